@@ -1,0 +1,81 @@
+"""Batched training-time augmentation and normalisation on the tensor's own device.
+
+DP-SGD runs large batches on the accelerator; a per-image Python loop or a CPU round trip
+would dominate the step, so both operations are single gathers/broadcasts.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Sequence
+
+import torch
+
+__all__ = ["augment_batch", "normalize"]
+
+
+def _reflect(i: torch.Tensor, n: int) -> torch.Tensor:
+    """Map indices in [-(n-1), 2n-2] onto [0, n) by mirroring at the edges (no edge repeat)."""
+    i = i.abs()
+    return torch.where(i > n - 1, 2 * (n - 1) - i, i)
+
+
+def augment_batch(
+    x: torch.Tensor,
+    *,
+    crop_padding: int,
+    hflip: bool,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Random crop (after reflect padding) and optional random horizontal flip, per example.
+
+    Equivalent to padding each image by ``crop_padding`` pixels with reflection, cropping a
+    random H x W window, and (if ``hflip``) mirroring it left-right with probability 1/2, but
+    done as two ``gather`` calls on ``x``'s device without materialising the padded batch.
+    Works for any dtype. ``generator`` makes it reproducible; its device may differ from
+    ``x``'s (the random offsets are drawn there and moved). Returns a new N,C,H,W tensor.
+    """
+    if x.ndim != 4:
+        raise ValueError(f"augment_batch expects N,C,H,W, got shape {tuple(x.shape)}")
+    if isinstance(crop_padding, bool) or not isinstance(crop_padding, numbers.Integral) or crop_padding < 0:
+        raise ValueError(f"crop_padding must be a non-negative int, got {crop_padding!r}")
+    n, c, h, w = x.shape
+    p = int(crop_padding)
+    if p > 0 and p > min(h, w) - 1:
+        raise ValueError(f"crop_padding={p} is too large for {h}x{w} images (reflect needs < {min(h, w)})")
+    if (p == 0 and not hflip) or n == 0:
+        return x.clone()
+    gen_device = generator.device if generator is not None else x.device
+    if p > 0:
+        offsets = torch.randint(0, 2 * p + 1, (2, n), generator=generator, device=gen_device).to(x.device)
+    else:
+        offsets = torch.zeros(2, n, dtype=torch.long, device=x.device)
+    if hflip:
+        flip = (torch.rand(n, generator=generator, device=gen_device) < 0.5).to(x.device)
+    else:
+        flip = torch.zeros(n, dtype=torch.bool, device=x.device)
+    ar_h = torch.arange(h, device=x.device)
+    ar_w = torch.arange(w, device=x.device)
+    rows = _reflect(offsets[0, :, None] - p + ar_h, h)  # N,H source rows
+    cols_pos = torch.where(flip[:, None], (w - 1) - ar_w, ar_w)  # flip = read columns backwards
+    cols = _reflect(offsets[1, :, None] - p + cols_pos, w)  # N,W source columns
+    out = x.gather(2, rows[:, None, :, None].expand(n, c, h, w))
+    return out.gather(3, cols[:, None, None, :].expand(n, c, h, w))
+
+
+def normalize(x_uint8: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """uint8 images (…,C,H,W) -> float32 ``(x/255 - mean) / std`` per channel, on x's device.
+
+    Kept separate from loading so the uint8 copy (4x smaller) is what lives in memory and
+    travels to the device; conversion happens per batch.
+    """
+    if x_uint8.dtype != torch.uint8:
+        raise TypeError(f"normalize expects uint8 pixels, got {x_uint8.dtype}; it divides by 255")
+    if x_uint8.ndim < 3:
+        raise ValueError(f"normalize expects ...,C,H,W, got shape {tuple(x_uint8.shape)}")
+    c = x_uint8.shape[-3]
+    if len(mean) != c or len(std) != c:
+        raise ValueError(f"need {c} mean and std values (one per channel), got {len(mean)} and {len(std)}")
+    m = torch.tensor(mean, dtype=torch.float32, device=x_uint8.device).view(c, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32, device=x_uint8.device).view(c, 1, 1)
+    return (x_uint8.to(torch.float32) / 255.0 - m) / s

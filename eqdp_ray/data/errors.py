@@ -1,0 +1,13 @@
+"""The one exception type the data layer raises for user-fixable problems."""
+
+from __future__ import annotations
+
+__all__ = ["DatasetError"]
+
+
+class DatasetError(ValueError):
+    """A data set cannot be loaded as asked; the message says what to change.
+
+    Subclasses ``ValueError`` so that callers validating configuration can catch both
+    bad arguments and missing files with one ``except``.
+    """

@@ -1,0 +1,118 @@
+"""The one entry point: name -> :class:`ImageDataset` with train/val/test splits."""
+
+from __future__ import annotations
+
+import numbers
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .cifar import load_cifar
+from .dataset import ImageDataset, SourceData
+from .digits import load_digits_source
+from .errors import DatasetError
+from .mnist import load_mnist
+from .splits import (
+    STREAM_TEST_SUBSET,
+    STREAM_TRAIN_SUBSET,
+    STREAM_VAL,
+    balanced_subset,
+    resolve_count,
+    rng_for,
+    stratified_split,
+)
+
+__all__ = ["DATASETS", "default_root", "load_dataset"]
+
+DATASETS: tuple[str, ...] = ("cifar10", "cifar100", "mnist", "rotated_mnist", "digits")
+
+ENV_DATA_DIR = "EQDP_DATA_DIR"
+
+
+def default_root() -> Path:
+    """Where data sets live when no root is given: ``$EQDP_DATA_DIR`` or ~/.cache/eqdp-ray/data."""
+    env = os.environ.get(ENV_DATA_DIR)
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".cache" / "eqdp-ray" / "data"
+
+
+def _source(name: str, root: Path, download: bool) -> SourceData:
+    if name in ("cifar10", "cifar100"):
+        return load_cifar(name, root, download=download)
+    if name in ("mnist", "rotated_mnist"):
+        return load_mnist(root, download=download, rotated=name == "rotated_mnist")
+    return load_digits_source()
+
+
+def _take(x: torch.Tensor, y: torch.Tensor, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    t = torch.from_numpy(idx)
+    return x[t].contiguous(), y[t].contiguous()
+
+
+def load_dataset(
+    name: str,
+    root: str | Path | None = None,
+    *,
+    download: bool = False,
+    val_size: int | float = 0.1,
+    seed: int = 0,
+    train_subset: int | None = None,
+    test_subset: int | None = None,
+) -> ImageDataset:
+    """Load a data set by name and split it for training, model selection and reporting.
+
+    - ``val_size`` (int count or float fraction in [0, 1)) is carved from the official
+      training data, stratified by class and fixed by ``seed``; the official test set is
+      never touched by it, so tuning on val keeps test honest.
+    - ``train_subset`` / ``test_subset`` then take that many examples, as equal a number per
+      class as possible, from the remaining training part / the test part (seeded by
+      ``seed``, each its own random stream, so one never moves the other or the val split).
+    - ``root`` defaults to :func:`default_root`; ``download`` fetches missing official files
+      (CIFAR, MNIST). ``digits`` ships with scikit-learn and ignores both.
+
+    All problems a user can fix (unknown name, missing files, bad sizes) raise
+    :class:`DatasetError` with a message saying what to change.
+    """
+    if not isinstance(name, str) or name.strip().lower() not in DATASETS:
+        raise DatasetError(f"unknown data set {name!r}; valid names are: {', '.join(DATASETS)}")
+    name = name.strip().lower()
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise DatasetError(f"seed must be a non-negative int, got {seed!r}")
+    for what, v in (("train_subset", train_subset), ("test_subset", test_subset)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1):
+            raise DatasetError(f"{what} must be a positive int or None, got {v!r}")
+    # Check val_size's type/range before any slow loading; the count is resolved below.
+    resolve_count(val_size, 2**62, "val_size")
+    root_path = default_root() if root is None else Path(root).expanduser()
+
+    src = _source(name, root_path, download)
+
+    n_val = resolve_count(val_size, len(src.train_y), "val_size")
+    train_idx, val_idx = stratified_split(src.train_y.numpy(), n_val, rng_for(seed, STREAM_VAL))
+    train_x, train_y = _take(src.train_x, src.train_y, train_idx)
+    val_x, val_y = _take(src.train_x, src.train_y, val_idx)
+    test_x, test_y = src.test_x, src.test_y
+
+    if train_subset is not None:
+        idx = balanced_subset(train_y.numpy(), train_subset, rng_for(seed, STREAM_TRAIN_SUBSET), "train_subset")
+        train_x, train_y = _take(train_x, train_y, idx)
+    if test_subset is not None:
+        idx = balanced_subset(test_y.numpy(), test_subset, rng_for(seed, STREAM_TEST_SUBSET), "test_subset")
+        test_x, test_y = _take(test_x, test_y, idx)
+
+    return ImageDataset(
+        name=name,
+        train_x=train_x,
+        train_y=train_y,
+        val_x=val_x,
+        val_y=val_y,
+        test_x=test_x.contiguous(),
+        test_y=test_y.contiguous(),
+        num_classes=src.num_classes,
+        mean=tuple(float(m) for m in src.mean),
+        std=tuple(float(s) for s in src.std),
+        hflip=src.hflip,
+    )

@@ -1,0 +1,211 @@
+"""MNIST and rotated MNIST from the official IDX files (plain or gzipped).
+
+Test-set-only copies (such as the offline one shipped for tests, which has just the
+``t10k-*`` files) are handled by splitting the 10,000 test digits into a training pool and a
+test part; see :func:`load_mnist`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .dataset import SourceData
+from .download import download_file
+from .errors import DatasetError
+
+__all__ = [
+    "MNIST_FILES",
+    "MNIST_MEAN",
+    "MNIST_STD",
+    "ROTATION_SEED",
+    "TEST_ONLY_TEST_EVERY",
+    "load_mnist",
+    "read_idx",
+    "rotate_images",
+]
+
+BASE_URL = "https://ossci-datasets.s3.amazonaws.com/mnist/"
+# file stem -> md5 of the official .gz; checked only for files this module downloads,
+# since other copies (like the offline one) may be recompressed with different headers.
+MNIST_FILES = {
+    "train-images-idx3-ubyte": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+    "train-labels-idx1-ubyte": "d53e105ee54ea40749a09fcbcd1e9432",
+    "t10k-images-idx3-ubyte": "9fb629c4189551a2d022fa330f9573f3",
+    "t10k-labels-idx1-ubyte": "ec29112dd5afa0611ce80d1b7f02629c",
+}
+_TRAIN = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte")
+_TEST = ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
+
+# Rotation angles come from this fixed seed, not from the split seed, so every run and every
+# split sees the same rotated digits (a data set, not an augmentation).
+ROTATION_SEED = 12345
+# Test-set-only copies: every TEST_ONLY_TEST_EVERY-th digit (indices 4, 9, 14, ...) is the
+# test part. Striding rather than taking a block keeps both halves of the official test file
+# (the first 5,000 digits are cleaner than the last 5,000) in both parts.
+TEST_ONLY_TEST_EVERY = 5
+
+_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """Parse an IDX file (gzip-compressed or not, detected from its first bytes)."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        data = f.read()
+    if data[:2] == b"\x1f\x8b":
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError) as e:
+            raise DatasetError(f"{path}: corrupt gzip data ({e}); delete it and download again") from e
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
+        raise DatasetError(f"{path} is not an IDX file (bad magic number {data[:4].hex()})")
+    ndim = data[3]
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise DatasetError(f"{path}: truncated IDX header")
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    dtype = np.dtype(_IDX_DTYPES[data[2]])
+    expected = math.prod(shape) * dtype.itemsize
+    if len(data) - header != expected:
+        raise DatasetError(
+            f"{path}: header says shape {shape} ({expected} bytes) but {len(data) - header} "
+            "bytes follow (truncated download?)"
+        )
+    return np.frombuffer(data, dtype=dtype, offset=header).reshape(shape).copy()
+
+
+def _locate(d: Path, stem: str) -> Path | None:
+    for name in (stem, stem + ".gz"):
+        if (d / name).is_file():
+            return d / name
+    return None
+
+
+def _candidates(root: Path) -> list[Path]:
+    # root/mnist, root itself, and torchvision's layout.
+    return [root / "mnist", root, root / "MNIST" / "raw"]
+
+
+def _find(root: Path, stems: tuple[str, ...]) -> Path | None:
+    for d in _candidates(root):
+        if all(_locate(d, s) for s in stems):
+            return d
+    return None
+
+
+def rotate_images(x: torch.Tensor, angles_deg: torch.Tensor | np.ndarray, chunk: int = 8192) -> torch.Tensor:
+    """Rotate each uint8 N,C,H,W image about its centre by its angle (degrees), bilinear.
+
+    Counter-clockwise as displayed (row 0 at the top) for positive angles. Corners that come
+    from outside the image are filled with 0 (black, the MNIST background) and the size stays
+    H,W. Done batched with ``affine_grid``/``grid_sample``, in chunks to bound memory.
+    """
+    if x.dtype != torch.uint8 or x.ndim != 4:
+        raise TypeError(f"rotate_images expects uint8 N,C,H,W, got {x.dtype} {tuple(x.shape)}")
+    a = torch.as_tensor(np.asarray(angles_deg), dtype=torch.float64).reshape(-1)
+    if len(a) != len(x):
+        raise ValueError(f"need one angle per image: {len(a)} angles for {len(x)} images")
+    rad = torch.deg2rad(a)
+    cos, sin = torch.cos(rad), torch.sin(rad)
+    # theta maps output to input coordinates (x right, y down, normalised to [-1, 1]);
+    # sampling at R(-angle) in these coordinates shows the content turned counter-clockwise.
+    theta = torch.zeros(len(x), 2, 3, dtype=torch.float64)
+    theta[:, 0, 0], theta[:, 0, 1] = cos, -sin
+    theta[:, 1, 0], theta[:, 1, 1] = sin, cos
+    out = torch.empty_like(x)
+    for s in range(0, len(x), chunk):
+        xb = x[s : s + chunk].to(torch.float32)
+        grid = F.affine_grid(theta[s : s + chunk].to(torch.float32), list(xb.shape), align_corners=False)
+        yb = F.grid_sample(xb, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        out[s : s + chunk] = yb.round_().clamp_(0, 255).to(torch.uint8)
+    return out
+
+
+def _angles(n: int, stream: int) -> np.ndarray:
+    return np.random.default_rng([ROTATION_SEED, stream]).uniform(0.0, 360.0, size=n)
+
+
+def _read_pair(d: Path, stems: tuple[str, str]) -> tuple[torch.Tensor, torch.Tensor]:
+    images_path, labels_path = _locate(d, stems[0]), _locate(d, stems[1])
+    assert images_path is not None and labels_path is not None
+    images, labels = read_idx(images_path), read_idx(labels_path)
+    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+        raise DatasetError(
+            f"{d}: {images_path.name} has shape {images.shape} and {labels_path.name} has shape "
+            f"{labels.shape}; expected N,28,28 images and N labels"
+        )
+    if labels.size and labels.max() > 9:
+        raise DatasetError(f"{labels_path}: labels outside 0..9; is this MNIST?")
+    return torch.from_numpy(images).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))
+
+
+def _missing_message(root: Path) -> str:
+    files = ", ".join(s + "[.gz]" for s in MNIST_FILES)
+    return (
+        f"MNIST not found in {root}: expected {files} in {root / 'mnist'} or {root}; "
+        "pass --set data.download=true or point data.root at a copy"
+    )
+
+
+def load_mnist(root: str | Path, *, download: bool = False, rotated: bool = False) -> SourceData:
+    """Load MNIST (or rotated MNIST) from IDX files in ``root/mnist``, ``root`` or ``root/MNIST/raw``.
+
+    Test-set-only copies: if only the ``t10k-*`` files exist (and ``download`` is off), a
+    warning is issued and the 10,000 official test digits are split deterministically,
+    independent of any seed: digits with index % 5 == 4 (2,000) form the test part, the other
+    8,000 the training pool from which :func:`load_dataset` carves validation.
+
+    Rotated MNIST: each digit is turned by an angle uniform in [0, 360) drawn from the fixed
+    :data:`ROTATION_SEED` (one stream for the official training file, one for the test file),
+    bilinearly, staying 28x28. Both training and test digits are rotated.
+    """
+    root = Path(root).expanduser()
+    full = _find(root, _TRAIN + _TEST)
+    if full is None and download:
+        target = _find(root, _TEST) or _find(root, _TRAIN) or root / "mnist"
+        for stem, md5 in MNIST_FILES.items():
+            if _locate(target, stem) is None:
+                download_file(BASE_URL + stem + ".gz", target / (stem + ".gz"), md5)
+        full = _find(root, _TRAIN + _TEST)
+    if full is not None:
+        train_x, train_y = _read_pair(full, _TRAIN)
+        test_x, test_y = _read_pair(full, _TEST)
+        if rotated:
+            train_x = rotate_images(train_x, _angles(len(train_x), 0))
+            test_x = rotate_images(test_x, _angles(len(test_x), 1))
+    else:
+        test_dir = _find(root, _TEST)
+        if test_dir is None:
+            raise DatasetError(_missing_message(root))
+        warnings.warn(
+            f"only the MNIST test set (t10k-*) was found in {test_dir}: splitting its 10,000 "
+            "digits into 8,000 for training/validation and 2,000 for test. Pass "
+            "--set data.download=true for the full 60,000-digit training set",
+            UserWarning,
+            stacklevel=4,  # the caller of load_dataset
+        )
+        x, y = _read_pair(test_dir, _TEST)
+        if rotated:
+            x = rotate_images(x, _angles(len(x), 1))  # same angles as in full mode
+        is_test = torch.arange(len(x)) % TEST_ONLY_TEST_EVERY == TEST_ONLY_TEST_EVERY - 1
+        train_x, train_y = x[~is_test].contiguous(), y[~is_test].contiguous()
+        test_x, test_y = x[is_test].contiguous(), y[is_test].contiguous()
+    return SourceData(
+        train_x=train_x,
+        train_y=train_y,
+        test_x=test_x,
+        test_y=test_y,
+        num_classes=10,
+        mean=MNIST_MEAN,
+        std=MNIST_STD,
+        hflip=False,
+    )

@@ -1,0 +1,113 @@
+"""Plain-tensor layers for equivariant networks that per-example gradient code can handle.
+
+escnn's own modules (``R2Conv`` and friends) own buffers and wrap tensors in
+``GeometricTensor``; Opacus refuses them. Here every layer takes and returns an ordinary
+NCHW tensor, and the trainable parameters of a steerable convolution are escnn's basis
+coefficients. escnn is used where it is strong: building the steerable kernel basis at
+construction time, so that wrong field-type wiring fails there, not after training.
+"""
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+with warnings.catch_warnings():
+    # escnn warns about py3nj, which only SO(3)/O(3) groups need; 2-D groups never use it.
+    warnings.simplefilter("ignore")
+    from escnn import gspaces
+    from escnn import nn as enn
+
+
+def make_gspace(group: str, order: int) -> gspaces.GSpace2D:
+    """The escnn 2-D gspace for C_N ("cyclic") or D_N ("dihedral")."""
+    if group in ("C", "cyclic"):
+        return gspaces.rot2dOnR2(N=order)
+    if group in ("D", "dihedral"):
+        return gspaces.flipRot2dOnR2(N=order)
+    raise ValueError(f"unknown group {group!r}: use 'cyclic' (C_N) or 'dihedral' (D_N)")
+
+
+def field_sizes(field_type: enn.FieldType) -> list[int]:
+    return [r.size for r in field_type.representations]
+
+
+class SteerableConv2d(nn.Module):
+    """A steerable convolution whose only parameter is the vector of basis coefficients.
+
+    The filter is the linear image of ``weight`` under escnn's basis expansion, so any update
+    to ``weight`` (noise included) keeps the layer exactly equivariant.
+    """
+
+    def __init__(
+        self,
+        in_type: enn.FieldType,
+        out_type: enn.FieldType,
+        kernel_size: int = 3,
+        padding: int = 1,
+        stride: int = 1,
+    ) -> None:
+        super().__init__()
+        reference = enn.R2Conv(in_type, out_type, kernel_size, padding=padding, stride=stride, bias=False)
+        self.in_type, self.out_type = in_type, out_type
+        self.kernel_size, self.padding, self.stride = kernel_size, padding, stride
+        # The expansion holds only buffers (the sampled basis): a child, so this module owns
+        # exactly one parameter and Opacus treats it as an ordinary trainable layer.
+        self.expansion = reference.basisexpansion
+        self.weight = nn.Parameter(reference.weights.detach().clone())
+
+    def expand(self, coefficients: torch.Tensor | None = None) -> torch.Tensor:
+        """The dense filter (out_channels, in_channels, k, k) for the given coefficients."""
+        coefficients = self.weight if coefficients is None else coefficients
+        k = self.kernel_size
+        return self.expansion(coefficients).reshape(self.out_type.size, self.in_type.size, k, k)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.expand(), stride=self.stride, padding=self.padding)
+
+    def extra_repr(self) -> str:
+        return f"{self.in_type.size}->{self.out_type.size} channels, {self.weight.numel()} coefficients"
+
+
+class FieldGroupNorm(nn.Module):
+    """GroupNorm whose groups and affine parameters respect field boundaries.
+
+    Statistics are per example (never across the batch, unlike BatchNorm, which would break
+    per-example privacy accounting). Each normalisation group holds whole fields, and scale and
+    shift are shared by all channels of a field, so a permutation representation acting inside
+    a field commutes with the layer: it stays equivariant.
+    """
+
+    def __init__(self, num_fields: int, field_size: int, num_groups: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        num_groups = max(1, min(num_groups, num_fields))
+        while num_fields % num_groups:
+            num_groups -= 1
+        self.num_fields, self.field_size, self.num_groups, self.eps = num_fields, field_size, num_groups, eps
+        self.weight = nn.Parameter(torch.ones(num_fields))
+        self.bias = nn.Parameter(torch.zeros(num_fields))
+
+    def normalized(self, x: torch.Tensor) -> torch.Tensor:
+        return F.group_norm(x, self.num_groups, eps=self.eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = self.weight.repeat_interleave(self.field_size)[None, :, None, None]
+        shift = self.bias.repeat_interleave(self.field_size)[None, :, None, None]
+        return self.normalized(x) * scale + shift
+
+    def extra_repr(self) -> str:
+        return f"fields={self.num_fields}, field_size={self.field_size}, groups={self.num_groups}"
+
+
+class GroupPool(nn.Module):
+    """Max over the channels of each field: regular fields become invariant scalars."""
+
+    def __init__(self, field_size: int) -> None:
+        super().__init__()
+        self.field_size = field_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        return x.reshape(n, c // self.field_size, self.field_size, h, w).amax(dim=2)

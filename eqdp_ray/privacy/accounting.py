@@ -1,0 +1,82 @@
+"""Calibrate sigma to a fixed (epsilon, delta) and report what was really spent.
+
+Opacus's accountants do the mathematics; this module makes sure they are asked about exactly
+the mechanism that runs: the same sample rate q the Poisson sampler uses and the same number
+of noisy steps the loop takes (each step is counted, even one whose sampled batch is empty).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from opacus.accountants import create_accountant
+from opacus.accountants.utils import get_noise_multiplier
+
+from eqdp_ray.privacy.errors import PrivacyBudgetError
+
+ACCOUNTANTS = ("rdp", "prv")
+
+
+@dataclass(frozen=True)
+class PrivacyPlan:
+    """The noise that a run will add and the budget that noise buys."""
+
+    target_epsilon: float
+    delta: float
+    sample_rate: float
+    steps: int
+    noise_multiplier: float
+    accountant: str
+    epsilon: float  # what (noise_multiplier, sample_rate, steps) actually spends
+
+
+def check_budget(target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str) -> None:
+    if accountant not in ACCOUNTANTS:
+        raise PrivacyBudgetError(f"unknown accountant {accountant!r}: use one of {', '.join(ACCOUNTANTS)}")
+    if not (isinstance(target_epsilon, (int, float)) and math.isfinite(target_epsilon) and target_epsilon > 0):
+        raise PrivacyBudgetError(f"target epsilon must be a finite number > 0, got {target_epsilon!r}")
+    if not (0 < delta < 1):
+        raise PrivacyBudgetError(f"delta must lie strictly between 0 and 1, got {delta!r} (typical: 1e-5, below 1/N)")
+    if not (0 < sample_rate <= 1):
+        raise PrivacyBudgetError(
+            f"sample rate must lie in (0, 1], got {sample_rate!r}: the expected batch size must not exceed the training set"
+        )
+    if steps < 1:
+        raise PrivacyBudgetError(f"the number of steps must be at least 1, got {steps}")
+
+
+def epsilon_spent(noise_multiplier: float, sample_rate: float, steps: int, delta: float, accountant: str = "rdp") -> float:
+    """Epsilon of `steps` Poisson-subsampled Gaussian steps, as the chosen accountant computes it."""
+    if steps == 0:
+        return 0.0
+    acc = create_accountant(mechanism=accountant)
+    acc.history = [(noise_multiplier, sample_rate, steps)]
+    return float(acc.get_epsilon(delta=delta))
+
+
+def plan_privacy(
+    target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str = "rdp"
+) -> PrivacyPlan:
+    """The smallest noise multiplier (to a tolerance) whose spent epsilon does not exceed the target."""
+    check_budget(target_epsilon, delta, sample_rate, steps, accountant)
+    try:
+        sigma = get_noise_multiplier(
+            target_epsilon=target_epsilon,
+            target_delta=delta,
+            sample_rate=sample_rate,
+            steps=steps,
+            accountant=accountant,
+            epsilon_tolerance=0.005 * target_epsilon,
+        )
+    except ValueError as exc:  # Opacus: "The privacy budget is too low."
+        raise PrivacyBudgetError(
+            f"no noise multiplier reaches epsilon={target_epsilon} at delta={delta} with sample rate {sample_rate:.4g} "
+            f"over {steps} steps ({exc}); raise epsilon or delta, or lower the sample rate or the number of steps"
+        ) from None
+    spent = epsilon_spent(sigma, sample_rate, steps, delta, accountant)
+    if not spent <= target_epsilon:  # never report more than the budget, whatever the search did
+        raise PrivacyBudgetError(
+            f"calibration gave sigma={sigma:.4f} spending epsilon={spent:.4f} > target {target_epsilon}; "
+            "this is a bug in eqdp-ray, please report it"
+        )
+    return PrivacyPlan(target_epsilon, delta, sample_rate, steps, float(sigma), accountant, spent)

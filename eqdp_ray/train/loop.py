@@ -1,0 +1,301 @@
+"""The DP-SGD training loop, readable top to bottom.
+
+Per step: Poisson-sample the batch, run it in physical micro-batches of K augmentations per
+example, take per-example gradients, average them over the K augmentations, clip each example
+to C, sum; all-reduce the sums over workers; add ONE Gaussian draw N(0, sigma^2 C^2); divide by
+the expected batch size; SGD step; EMA of the weights for evaluation. sigma was calibrated before
+the first step for exactly this sample rate and number of steps.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from eqdp_ray import __version__
+from eqdp_ray.config import ConfigError, RunConfig, config_to_dict
+from eqdp_ray.data import ImageDataset, load_dataset, normalize
+from eqdp_ray.models import build_model, count_parameters, model_summary
+from eqdp_ray.privacy import (
+    PerExampleGradients,
+    PoissonSampler,
+    PrivacyPlan,
+    add_gaussian_noise,
+    clip_and_sum,
+    epsilon_spent,
+    noise_generator,
+    plan_privacy,
+    secure_seed,
+)
+from eqdp_ray.train.augment import apply_crop_flip, draw_crop_flip
+from eqdp_ray.train.comm import LocalComm
+
+EpochCallback = Callable[[dict[str, Any], "TrainState"], None]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device '{name}' requested but no CUDA GPU is available here; use device: auto or cpu")
+    return device
+
+
+def derive_seed(secret: int, purpose: str, step: int) -> int:
+    """A per-step seed from the run's secret: resuming at step t needs no stored RNG state."""
+    digest = hashlib.sha256(f"{secret}:{purpose}:{step}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def steps_and_rate(config: RunConfig, train_size: int) -> tuple[int, float]:
+    t = config.training
+    if t.batch_size > train_size:
+        raise ConfigError(
+            f"training.batch_size={t.batch_size} exceeds the {train_size} training examples; lower it"
+        )
+    sample_rate = t.batch_size / train_size
+    steps = t.steps if t.steps is not None else max(1, math.ceil(t.epochs / sample_rate))
+    return steps, sample_rate
+
+
+class ExponentialMovingAverage:
+    """EMA of the weights with the usual warm-up, min(decay, (1+t)/(10+t)): post-processing, no privacy cost."""
+
+    def __init__(self, model: nn.Module, decay: float | None) -> None:
+        self.decay = decay
+        self.shadow = copy.deepcopy(model).eval()
+        for p in self.shadow.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        decay = 0.0 if self.decay is None else min(self.decay, (1 + step) / (10 + step))
+        for shadow, live in zip(self.shadow.parameters(), model.parameters()):
+            shadow.mul_(decay).add_(live.detach(), alpha=1 - decay)
+
+
+@dataclass
+class TrainState:
+    """Everything a checkpoint holds. Deliberately absent: the noise and sampler secrets."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    ema: ExponentialMovingAverage
+    step: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "ema": self.ema.shadow.state_dict(),
+            "step": self.step,
+            "history": self.history,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.ema.shadow.load_state_dict(state["ema"])
+        self.step = int(state["step"])
+        self.history = list(state["history"])
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, data: ImageDataset, device: torch.device, batch_size: int) -> float:
+    if len(y) == 0:
+        return float("nan")
+    model.eval()
+    correct = 0
+    for start in range(0, len(y), batch_size):
+        inputs = normalize(x[start : start + batch_size].to(device), data.mean, data.std)
+        correct += (model(inputs).argmax(1).cpu() == y[start : start + batch_size]).sum().item()
+    return correct / len(y)
+
+
+def _augmented_micro_batches(
+    rows: torch.Tensor, params: torch.Tensor, examples_per_micro: int
+):
+    for start in range(0, len(rows), examples_per_micro):
+        yield rows[start : start + examples_per_micro], params[start : start + examples_per_micro]
+
+
+def train(
+    config: RunConfig,
+    *,
+    comm: Any = None,
+    on_epoch: EpochCallback | None = None,
+    resume_state: dict[str, Any] | None = None,
+    log: Callable[[str], None] | None = print,
+    data: ImageDataset | None = None,
+) -> dict[str, Any]:
+    """Train one model with DP-SGD and return the result record (what result.json holds)."""
+    comm = comm or LocalComm()
+    log = log if (log is not None and comm.rank == 0) else (lambda _msg: None)
+    started = time.time()
+    t, p = config.training, config.privacy
+    device = resolve_device(config.device)
+
+    data = data or load_dataset(
+        config.data.name, config.data.root, download=config.data.download, val_size=config.data.val_size,
+        seed=config.seed, train_subset=config.data.train_subset, test_subset=config.data.test_subset,
+    )
+    train_size = len(data.train_y)
+    steps, sample_rate = steps_and_rate(config, train_size)
+    plan: PrivacyPlan = plan_privacy(p.target_epsilon, p.delta, sample_rate, steps, p.accountant)
+    hflip = data.hflip if t.hflip is None else t.hflip
+
+    torch.manual_seed(config.seed)  # public randomness: initialisation only
+    options = dict(config.model.options)
+    options.setdefault("in_channels", data.in_channels)
+    options.setdefault("num_classes", data.num_classes)
+    model = build_model(config.model.name, **options).to(device)
+    num_params = count_parameters(model)
+    gradients = PerExampleGradients(model)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=t.lr, momentum=t.momentum, nesterov=t.nesterov, weight_decay=t.weight_decay
+    )
+    state = TrainState(model, optimizer, ExponentialMovingAverage(model, t.ema_decay))
+    if resume_state is not None:
+        state.load_state_dict(resume_state)
+        state.ema.shadow.to(device)
+
+    # The secret behind noise and sampling: fresh from the OS for every (re)start, shared over
+    # the process group, never logged or checkpointed. A fixed value is for tests only.
+    secret = p.secret_seed if p.secret_seed is not None else comm.broadcast_int(secure_seed())
+    noise_rng, sample_rng = noise_generator(0), noise_generator(0)
+    sampler = PoissonSampler(train_size, sample_rate, sample_rng, comm.rank, comm.world_size)
+    augment_rng = torch.Generator()
+    examples_per_micro = max(1, t.physical_batch_size // t.augmult)
+    steps_per_epoch = max(1, round(1 / sample_rate))
+    eval_every = t.eval_every or steps_per_epoch
+    params = [q for q in model.parameters() if q.requires_grad]
+
+    log(
+        f"[eqdp-ray] {config.model.name} ({num_params:,} params) on {data.name}: {train_size} train / "
+        f"{len(data.val_y)} val / {len(data.test_y)} test, device {device}, workers {comm.world_size}"
+    )
+    log(
+        f"[eqdp-ray] privacy: target eps={plan.target_epsilon} delta={plan.delta} ({plan.accountant}); "
+        f"q={sample_rate:.5f} (expected batch {t.batch_size}), {steps} steps, sigma={plan.noise_multiplier:.4f}, "
+        f"C={p.max_grad_norm}, K={t.augmult}"
+    )
+
+    window = {"loss": 0.0, "correct": 0.0, "count": 0.0, "examples": 0.0, "time": 0.0}
+    best_val = -1.0
+    totals = {"examples": 0.0, "time": 0.0}  # sampled examples and seconds spent in training steps
+    while state.step < steps:
+        step_start = time.time()
+        model.train()
+        noise_rng.manual_seed(derive_seed(secret, "noise", state.step))
+        sample_rng.manual_seed(derive_seed(secret, "sample", state.step))
+        augment_rng.manual_seed(derive_seed(config.seed, "augment", state.step))
+        global_rows = sampler.sample_global()
+        aug_params = draw_crop_flip(len(global_rows), t.augmult, t.crop_padding, hflip, augment_rng)
+        mine = global_rows % comm.world_size == comm.rank
+        rows, params_mine = global_rows[mine], aug_params[mine]
+
+        summed = [torch.zeros_like(q) for q in params]
+        stats = torch.zeros(3, dtype=torch.float64)  # loss, correct, augmented count
+        for micro_rows, micro_params in _augmented_micro_batches(rows, params_mine, examples_per_micro):
+            images = normalize(data.train_x[micro_rows].to(device), data.mean, data.std)
+            images = images.repeat_interleave(t.augmult, dim=0)
+            inputs = apply_crop_flip(images, micro_params.reshape(-1, 3), t.crop_padding)
+            targets = data.train_y[micro_rows].to(device).repeat_interleave(t.augmult)
+            per_example, logits = gradients(inputs, targets)
+            clipped_sum, _ = clip_and_sum(per_example, p.max_grad_norm, t.augmult)
+            summed = [a + b for a, b in zip(summed, clipped_sum)]
+            with torch.no_grad():
+                stats[0] += nn.functional.cross_entropy(logits, targets, reduction="sum").item()
+                stats[1] += (logits.argmax(1) == targets).sum().item()
+                stats[2] += len(targets)
+        reduced = comm.all_reduce_sum(summed + [stats.to(summed[0].device)])
+        summed, stats = reduced[:-1], reduced[-1].cpu()
+        noisy = add_gaussian_noise(summed, plan.noise_multiplier, p.max_grad_norm, noise_rng)
+        for q, g in zip(params, noisy):
+            q.grad = g / sampler.expected_batch_size
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        state.ema.update(model, state.step)
+        state.step += 1
+
+        window["loss"] += stats[0].item()
+        window["correct"] += stats[1].item()
+        window["count"] += stats[2].item()
+        window["examples"] += len(global_rows)
+        window["time"] += time.time() - step_start
+        totals["examples"] += len(global_rows)
+        totals["time"] += time.time() - step_start
+
+        if state.step % eval_every == 0 or state.step == steps:
+            val_acc = evaluate(state.ema.shadow, data.val_x, data.val_y, data, device, t.eval_batch_size)
+            best_val = max(best_val, val_acc)
+            record = {
+                "epoch": state.step / steps_per_epoch,
+                "step": state.step,
+                "train_loss": window["loss"] / max(window["count"], 1),
+                "train_accuracy": window["correct"] / max(window["count"], 1),
+                "val_accuracy": val_acc,
+                "epsilon": epsilon_spent(plan.noise_multiplier, sample_rate, state.step, p.delta, p.accountant),
+                "samples_per_s": window["examples"] / max(window["time"], 1e-9),
+                "samples_per_s_per_worker": window["examples"] / max(window["time"], 1e-9) / comm.world_size,
+            }
+            state.history.append(record)
+            log(
+                f"[eqdp-ray] epoch {record['epoch']:.2f} step {state.step}/{steps}: loss {record['train_loss']:.4f} "
+                f"train acc {record['train_accuracy']:.4f} val acc {val_acc:.4f} eps {record['epsilon']:.3f} "
+                f"{record['samples_per_s']:.1f} samples/s"
+            )
+            window = dict.fromkeys(window, 0.0)
+            if on_epoch is not None:
+                on_epoch(record, state)
+
+    val_acc = evaluate(state.ema.shadow, data.val_x, data.val_y, data, device, t.eval_batch_size)
+    test_acc = evaluate(state.ema.shadow, data.test_x, data.test_y, data, device, t.eval_batch_size)
+    wall = time.time() - started
+    summary = model_summary(config.model.name, **options)
+    spent = epsilon_spent(plan.noise_multiplier, sample_rate, state.step, p.delta, p.accountant)
+    result = {
+        "name": config.name,
+        "model": config.model.name,
+        "group": summary.get("group"),
+        "num_params": num_params,
+        "dataset": data.name,
+        "train_size": train_size,
+        "val_size": len(data.val_y),
+        "test_size": len(data.test_y),
+        "target_epsilon": p.target_epsilon,
+        "delta": p.delta,
+        "accountant": p.accountant,
+        "noise_multiplier": plan.noise_multiplier,
+        "sample_rate": sample_rate,
+        "expected_batch_size": t.batch_size,
+        "max_grad_norm": p.max_grad_norm,
+        "augmult": t.augmult,
+        "steps": state.step,
+        "epsilon": spent,
+        "noise_source": "secure" if p.secret_seed is None else "fixed secret_seed (reproducible, NOT private)",
+        "val_accuracy": val_acc,
+        "best_val_accuracy": max(best_val, val_acc),
+        "test_accuracy": test_acc,
+        "wall_time_s": wall,
+        "samples_per_s": totals["examples"] / max(totals["time"], 1e-9),
+        "device": str(device),
+        "workers": comm.world_size,
+        "package_version": __version__,
+        "torch_version": torch.__version__,
+        "history": state.history,
+        "config": config_to_dict(config),
+    }
+    log(
+        f"[eqdp-ray] done: val acc {val_acc:.4f}, test acc {test_acc:.4f}, eps spent {spent:.4f} "
+        f"(target {p.target_epsilon}), {wall:.1f} s"
+    )
+    return result

@@ -1,0 +1,101 @@
+"""Per-example gradients must equal a loop of single-example backward passes, for every parameter."""
+import pytest
+import torch
+import torch.nn.functional as F
+from escnn import nn as enn
+from torch import nn
+
+from eqdp_ray.models.layers import FieldGroupNorm, GroupPool, SteerableConv2d, make_gspace
+from eqdp_ray.privacy import PerExampleGradients, UnsupportedModelError, check_model_supports_dp
+
+
+def small_equivariant_net(group: str, order: int, restrict: int | None) -> nn.Module:
+    gspace = make_gspace(group, order)
+    trivial = enn.FieldType(gspace, 2 * [gspace.trivial_repr])
+    hidden = enn.FieldType(gspace, 2 * [gspace.regular_repr])
+    layers = [SteerableConv2d(trivial, hidden), FieldGroupNorm(2, gspace.regular_repr.size, 2), nn.Mish()]
+    if restrict is not None:
+        sub_id = (None, restrict) if group == "dihedral" else restrict
+        hidden = hidden.restrict(sub_id)
+    out = enn.FieldType(hidden.gspace, 3 * [hidden.gspace.regular_repr])
+    layers += [
+        SteerableConv2d(hidden, out, stride=2),
+        GroupPool(hidden.gspace.regular_repr.size),
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.GroupNorm(2, 4),
+        nn.Mish(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 5),
+    ]
+    return nn.Sequential(*layers).double()
+
+
+def loop_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[list[torch.Tensor]]:
+    out = []
+    params = [p for p in model.parameters() if p.requires_grad]
+    for i in range(len(y)):
+        model.zero_grad()
+        F.cross_entropy(model(x[i : i + 1]), y[i : i + 1], reduction="sum").backward()
+        out.append([p.grad.detach().clone() for p in params])
+    return out
+
+
+@pytest.mark.parametrize("group,order,restrict", [("dihedral", 4, 2), ("cyclic", 8, None), ("dihedral", 1, None)])
+def test_per_example_gradients_match_single_example_loop(group, order, restrict):
+    torch.manual_seed(0)
+    model = small_equivariant_net(group, order, restrict)
+    x = torch.randn(5, 2, 8, 8, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 3, 4])
+    expected = loop_gradients(model, x, y)
+    grads, logits = PerExampleGradients(model)(x, y)
+    params = [p for p in model.parameters() if p.requires_grad]
+    assert len(grads) == len(params)
+    for j, (p, g) in enumerate(zip(params, grads)):
+        assert g.shape == (5, *p.shape)
+        for i in range(5):
+            torch.testing.assert_close(g[i], expected[i][j], rtol=1e-9, atol=1e-11)
+    assert logits.shape == (5, 5)
+
+
+def test_per_example_gradients_of_registry_models():
+    from eqdp_ray.models import build_model
+
+    torch.manual_seed(1)
+    for name, options in [
+        ("eq_resnet9", dict(group="dihedral", order=4, layout=(2, 4, 4), restrict=2)),
+        ("resnet9", dict(width=0.0625)),
+        ("wrn16_4", dict(width=1, depth=10)),
+    ]:
+        try:
+            model = build_model(name, in_channels=1, num_classes=3, **options).double()
+        except TypeError:
+            model = build_model(name, in_channels=1, num_classes=3).double()
+        x = torch.randn(3, 1, 8, 8, dtype=torch.float64)
+        y = torch.tensor([0, 1, 2])
+        expected = loop_gradients(model, x, y)
+        grads, _ = PerExampleGradients(model)(x, y)
+        for j, g in enumerate(grads):
+            for i in range(3):
+                torch.testing.assert_close(g[i], expected[i][j], rtol=1e-8, atol=1e-10)
+
+
+def test_batchnorm_is_refused_with_a_clear_message():
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.LazyLinear(2))
+    with pytest.raises(UnsupportedModelError, match="BatchNorm2d.*GroupNorm"):
+        check_model_supports_dp(model)
+    with pytest.raises(UnsupportedModelError):
+        PerExampleGradients(model)
+
+
+def test_layer_without_rule_is_refused():
+    class Custom(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.scale = nn.Parameter(torch.ones(1))
+
+        def forward(self, x):
+            return x * self.scale
+
+    with pytest.raises(UnsupportedModelError, match="no per-example gradient rule"):
+        check_model_supports_dp(nn.Sequential(nn.Linear(2, 2), Custom()))
