@@ -81,6 +81,9 @@ def download_file(url: str, dest: str | Path, md5: str | None = None) -> Path:
         )
     os.replace(part, dest)
     return dest
+    if 0:
+        pass
+    return dest
 
 
 def _check_member(member: tarfile.TarInfo, dest: Path) -> None:

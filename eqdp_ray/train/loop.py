@@ -90,6 +90,7 @@ class TrainState:
     ema: ExponentialMovingAverage
     step: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
+    restarts: int = 0  # how many times this run was resumed from a checkpoint
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -98,6 +99,7 @@ class TrainState:
             "ema": self.ema.shadow.state_dict(),
             "step": self.step,
             "history": self.history,
+            "restarts": self.restarts,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -106,6 +108,7 @@ class TrainState:
         self.ema.shadow.load_state_dict(state["ema"])
         self.step = int(state["step"])
         self.history = list(state["history"])
+        self.restarts = int(state.get("restarts", 0)) + 1
 
 
 @torch.no_grad()
@@ -118,6 +121,19 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, data: ImageData
         inputs = normalize(x[start : start + batch_size].to(device), data.mean, data.std)
         correct += (model(inputs).argmax(1).cpu() == y[start : start + batch_size]).sum().item()
     return correct / len(y)
+
+
+def ranks_in_sync(model: nn.Module, comm: Any) -> bool:
+    """Whether every rank holds bit-identical parameters (all-reduced min and max of a checksum)."""
+    checksum = torch.stack([p.detach().double().sum() for p in model.parameters()]).sum().cpu()
+    values = torch.zeros(comm.world_size, dtype=torch.float64)
+    values[comm.rank] = checksum
+    values = comm.all_reduce_sum([values])[0]
+    in_sync = bool((values == values[0]).all())
+    if not in_sync:
+        raise RuntimeError(f"ranks diverged: parameter checksums {values.tolist()}; the noise or the reduction "
+                           "is not shared, which would break the privacy analysis")
+    return in_sync
 
 
 def _augmented_micro_batches(
@@ -247,6 +263,8 @@ def train(
                 "samples_per_s": window["examples"] / max(window["time"], 1e-9),
                 "samples_per_s_per_worker": window["examples"] / max(window["time"], 1e-9) / comm.world_size,
             }
+            if comm.world_size > 1:
+                record["ranks_in_sync"] = ranks_in_sync(model, comm)
             state.history.append(record)
             log(
                 f"[eqdp-ray] epoch {record['epoch']:.2f} step {state.step}/{steps}: loss {record['train_loss']:.4f} "
@@ -289,6 +307,7 @@ def train(
         "samples_per_s": totals["examples"] / max(totals["time"], 1e-9),
         "device": str(device),
         "workers": comm.world_size,
+        "restarts": state.restarts,
         "package_version": __version__,
         "torch_version": torch.__version__,
         "history": state.history,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import pickle
 import time
 
 import numpy as np
@@ -94,17 +96,16 @@ def test_pickle_with_foreign_globals_is_refused(tmp_path):
     d = tmp_path / "cifar-10-batches-py"
     write_cifar10_py(d, n_per_batch=4)
 
+    marker = tmp_path / "pwned"
+
     class Evil:
         def __reduce__(self):
-            import os
-
-            return (os.system, ("echo pwned",))
-
-    import pickle
+            return (os.system, (f"touch {marker}",))
 
     (d / "data_batch_3").write_bytes(pickle.dumps({b"data": Evil()}, protocol=2))
     with pytest.raises(DatasetError, match="data_batch_3"):
         load_dataset("cifar10", tmp_path)
+    assert not marker.exists()
 
 
 def test_cifar100_binary_uses_fine_labels(tmp_path):

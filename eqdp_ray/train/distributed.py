@@ -1,0 +1,179 @@
+"""The same DP-SGD loop spread over N Ray Train workers (TorchTrainer; gloo on CPUs, NCCL on GPUs).
+
+What makes the distributed run the *same* mechanism as one process: every rank draws the same
+global Poisson mask and keeps its own shard (so the union is Poisson sampling of the whole set
+at rate q), the clipped sums are all-reduced, and every rank adds the *same* single noise draw
+from a generator seeded with a secret broadcast over the process group. Checkpoints carry the
+model, optimiser, EMA, step and history (the accountant's state is (sigma, q, step)), never the
+secret: a restart draws a fresh one.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from eqdp_ray.config import ConfigError, RunConfig, config_to_dict, parse_config
+
+RESULT_KEY = "result_json"
+
+
+class ClusterError(ConfigError):
+    """The cluster cannot run what was asked: too few resources, unreachable, unwritable storage."""
+
+
+def _worker_loop(payload: dict[str, Any]) -> None:
+    """Runs on every Ray Train worker."""
+    import ray.train
+    from ray.train import Checkpoint
+
+    from eqdp_ray.train.comm import TorchDistributedComm
+    from eqdp_ray.train.loop import train
+
+    config = parse_config(payload["config"])
+    cpus = payload.get("cpus_per_worker") or 1
+    torch.set_num_threads(max(1, int(cpus)))
+    comm = TorchDistributedComm()
+    if torch.cuda.is_available() and payload.get("gpus_per_worker"):
+        config.device = f"cuda:{torch.cuda.current_device()}"
+    else:
+        config.device = "cpu"
+
+    resume_state = None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            resume_state = torch.load(Path(directory) / "state.pt", map_location="cpu", weights_only=False)
+
+    def on_epoch(record: dict[str, Any], state: Any) -> None:
+        metrics = dict(record, pid=os.getpid(), rank=comm.rank, workers=comm.world_size)
+        if comm.rank == 0:
+            with tempfile.TemporaryDirectory() as directory:
+                torch.save(state.state_dict(), Path(directory) / "state.pt")
+                ray.train.report(metrics, checkpoint=Checkpoint.from_directory(directory))
+        else:
+            ray.train.report(metrics)
+
+    result = train(config, comm=comm, on_epoch=on_epoch, resume_state=resume_state)
+    final = {"final": True, "step": result["steps"], RESULT_KEY: json.dumps(result) if comm.rank == 0 else ""}
+    ray.train.report(final)
+
+
+def _check_storage(storage: str) -> None:
+    """Write and remove a probe file so unwritable storage fails now, not after the first epoch."""
+    import pyarrow.fs as pafs
+
+    try:
+        if "://" in storage:
+            fs, path = pafs.FileSystem.from_uri(storage)
+        else:
+            fs, path = pafs.LocalFileSystem(), str(Path(storage).expanduser().resolve())
+        fs.create_dir(path, recursive=True)
+        probe = f"{path}/.eqdp-write-probe-{uuid.uuid4().hex}"
+        with fs.open_output_stream(probe) as out:
+            out.write(b"ok")
+        fs.delete_file(probe)
+    except Exception as exc:  # noqa: BLE001 - any failure means the same thing to the user
+        raise ClusterError(f"checkpoint storage '{storage}' is not writable ({type(exc).__name__}: {exc}); "
+                           "pass --storage with a writable local path or bucket URI (and credentials)") from None
+
+
+def _connect(address: str | None, workers: int, cpus_per_worker: float) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        try:
+            ray.init(address=address, log_to_driver=True)
+        except Exception as exc:  # noqa: BLE001
+            raise ClusterError(f"cannot reach the Ray cluster at '{address}' ({type(exc).__name__}: {exc}); "
+                               "check the address (e.g. 'auto' on a cluster node) and that the cluster is up") from None
+    else:
+        # A local Ray sized to the machine; the driver itself needs no CPU reserved.
+        ray.init(num_cpus=max(os.cpu_count() or 1, int(workers * cpus_per_worker)), include_dashboard=True,
+                 log_to_driver=True)
+
+
+def _check_resources(workers: int, cpus_per_worker: float, gpus_per_worker: float) -> None:
+    import ray
+
+    available = ray.cluster_resources()
+    cpus, gpus = available.get("CPU", 0.0), available.get("GPU", 0.0)
+    if gpus_per_worker and gpus < workers * gpus_per_worker:
+        raise ClusterError(
+            f"requested {workers} workers x {gpus_per_worker} GPU but the cluster has {gpus:g} GPUs; "
+            "lower --workers/--gpus-per-worker, or add GPU nodes (omit --gpus-per-worker to train on CPUs)"
+        )
+    if cpus < workers * cpus_per_worker:
+        raise ClusterError(
+            f"requested {workers} workers x {cpus_per_worker:g} CPU but the cluster has {cpus:g} CPUs; "
+            "lower --workers or add nodes"
+        )
+
+
+def train_distributed(
+    config: RunConfig,
+    *,
+    workers: int,
+    gpus_per_worker: float = 0.0,
+    cpus_per_worker: float = 1.0,
+    address: str | None = None,
+    storage: str | None = None,
+    output_dir: str | Path | None = None,
+    max_failures: int = 3,
+    callbacks: list[Any] | None = None,
+    log: Callable[[str], None] | None = print,
+) -> dict[str, Any]:
+    """Train `config` on `workers` Ray Train workers and return the same result record as `train`."""
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig as TrainRunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    if workers < 1:
+        raise ClusterError(f"--workers must be >= 1, got {workers}")
+    if gpus_per_worker and not torch.cuda.is_available() and not address and not os.environ.get("RAY_ADDRESS"):
+        raise ClusterError("--gpus-per-worker was given but this machine has no CUDA GPU; omit it to train on CPUs "
+                           "or pass --address of a cluster with GPU nodes")
+    output_dir = Path(output_dir or Path("runs") / config.name)
+    storage = storage or str((output_dir / "ray").resolve())
+    _check_storage(storage)
+    _connect(address, workers, cpus_per_worker)
+    _check_resources(workers, cpus_per_worker, gpus_per_worker)
+
+    use_gpu = bool(gpus_per_worker)
+    resources = {"CPU": cpus_per_worker} | ({"GPU": gpus_per_worker} if use_gpu else {})
+    trainer = TorchTrainer(
+        _worker_loop,
+        train_loop_config={"config": config_to_dict(config), "cpus_per_worker": cpus_per_worker,
+                           "gpus_per_worker": gpus_per_worker},
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources),
+        run_config=TrainRunConfig(
+            name=f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}",
+            storage_path=storage,
+            failure_config=FailureConfig(max_failures=max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            callbacks=callbacks or [],
+        ),
+    )
+    started = time.time()
+    outcome = trainer.fit()
+    if outcome.error is not None:
+        raise RuntimeError(f"distributed training failed after {max_failures} retries: {outcome.error}")
+    result = json.loads(outcome.metrics[RESULT_KEY])
+    result["workers"] = workers
+    result["gpus_per_worker"] = gpus_per_worker
+    result["storage_path"] = outcome.path if hasattr(outcome, "path") else storage
+    result["checkpoint_path"] = outcome.checkpoint.path if outcome.checkpoint is not None else None
+    result["wall_time_s"] = time.time() - started
+    result["ray_version"] = ray.__version__
+    if log:
+        log(f"[eqdp-ray] distributed run finished: {workers} workers, checkpoints in {result['storage_path']}")
+    return result

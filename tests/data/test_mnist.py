@@ -1,0 +1,147 @@
+"""MNIST IDX parsing on the real test files, the test-set-only fallback, and rotated MNIST."""
+
+from __future__ import annotations
+
+import gzip
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from eqdp_ray.data import DatasetError, load_dataset
+from eqdp_ray.data.mnist import TEST_ONLY_TEST_EVERY, read_idx, rotate_images
+
+from .formats import idx_bytes, write_mnist
+
+OFFICIAL_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+
+
+@pytest.fixture(scope="module")
+def real_test_set(mnist_dir):
+    x = read_idx(mnist_dir / "t10k-images-idx3-ubyte.gz")
+    y = read_idx(mnist_dir / "t10k-labels-idx1-ubyte.gz")
+    return x, y
+
+
+def test_real_idx_files_parse(real_test_set):
+    x, y = real_test_set
+    assert x.shape == (10_000, 28, 28) and x.dtype == np.uint8
+    assert y.shape == (10_000,)
+    assert y[:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
+    assert np.bincount(y, minlength=10).tolist() == OFFICIAL_TEST_COUNTS
+    # Real digits: dark background, bright strokes, about 19% ink.
+    assert x[:, 0, :].max() == 0 and x.max() == 255
+    assert 0.12 < x.mean() / 255 < 0.15
+
+
+def test_idx_plain_and_gzip_agree(tmp_path):
+    arr = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    (tmp_path / "a").write_bytes(idx_bytes(arr))
+    (tmp_path / "a.gz").write_bytes(gzip.compress(idx_bytes(arr)))
+    assert np.array_equal(read_idx(tmp_path / "a"), arr)
+    assert np.array_equal(read_idx(tmp_path / "a.gz"), arr)
+
+
+def test_idx_bad_magic_and_truncation(tmp_path):
+    (tmp_path / "bad").write_bytes(b"\x12\x34\x08\x01" + b"\x00" * 8)
+    with pytest.raises(DatasetError, match="not an IDX file"):
+        read_idx(tmp_path / "bad")
+    good = idx_bytes(np.zeros((4, 5), np.uint8))
+    (tmp_path / "short").write_bytes(good[:-3])
+    with pytest.raises(DatasetError, match="truncated"):
+        read_idx(tmp_path / "short")
+
+
+def test_test_only_copy_warns_and_splits_deterministically(shared_data, real_test_set):
+    x, y = real_test_set
+    with pytest.warns(UserWarning, match="only the MNIST test set"):
+        ds = load_dataset("mnist", shared_data)
+    assert (len(ds.train_y), len(ds.val_y), len(ds.test_y)) == (7_200, 800, 2_000)
+    assert (ds.in_channels, ds.image_size, ds.num_classes, ds.hflip) == (1, 28, 10, False)
+    assert ds.mean == (0.1307,) and ds.std == (0.3081,)
+    # Documented rule: index % 5 == 4 is test, the rest is the pool for train + val.
+    is_test = np.arange(10_000) % TEST_ONLY_TEST_EVERY == TEST_ONLY_TEST_EVERY - 1
+    assert np.array_equal(ds.test_x[:, 0].numpy(), x[is_test])
+    assert np.array_equal(ds.test_y.numpy(), y[is_test])
+    pool = np.concatenate([ds.train_y.numpy(), ds.val_y.numpy()])
+    assert np.array_equal(np.bincount(pool, minlength=10), np.bincount(y[~is_test], minlength=10))
+
+
+def test_root_may_be_the_mnist_folder(mnist_dir, quiet_test_only):
+    ds = load_dataset("mnist", mnist_dir, val_size=0)
+    assert len(ds.train_y) == 8_000
+
+
+def test_full_copy_loads_without_warning(tmp_path):
+    written = write_mnist(tmp_path / "mnist", n_train=40, n_test=20, gz=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ds = load_dataset("mnist", tmp_path, val_size=10)
+    assert (len(ds.train_y), len(ds.val_y), len(ds.test_y)) == (30, 10, 20)
+    assert np.array_equal(ds.test_x[:, 0].numpy(), written["t10k"][0])
+    assert torch.bincount(ds.val_y, minlength=10).tolist() == [1] * 10
+
+
+def test_missing_mnist_message(tmp_path):
+    with pytest.raises(DatasetError) as e:
+        load_dataset("rotated_mnist", tmp_path)
+    msg = str(e.value)
+    assert str(tmp_path) in msg and "t10k-images-idx3-ubyte" in msg and "train-labels-idx1-ubyte" in msg
+    assert "data.download=true" in msg
+
+
+def test_rotate_by_0_and_90_degrees_is_exact():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (6, 1, 28, 28), generator=g, dtype=torch.uint8)
+    assert torch.equal(rotate_images(x, np.zeros(6)), x)
+    # positive angles turn the picture counter-clockwise, like torch.rot90(k=1) on (H, W)
+    assert torch.equal(rotate_images(x, np.full(6, 90.0)), torch.rot90(x, 1, dims=(2, 3)))
+    assert torch.equal(rotate_images(x, np.full(6, 180.0)), torch.rot90(x, 2, dims=(2, 3)))
+
+
+def test_rotate_keeps_ink_inside_the_frame():
+    x = torch.zeros(1, 1, 28, 28, dtype=torch.uint8)
+    x[0, 0, 10:18, 10:18] = 200  # centred square: any rotation keeps it inside 28x28
+    y = rotate_images(x, [37.0])
+    assert y.shape == x.shape and y.dtype == torch.uint8
+    assert not torch.equal(x, y)
+    assert abs(y.float().sum() / x.float().sum() - 1) < 0.02
+
+
+@pytest.fixture(scope="module")
+def rotated_pair(shared_data):
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="only the MNIST test set")
+        plain = load_dataset("mnist", shared_data, val_size=0.1, seed=1)
+        rot = load_dataset("rotated_mnist", shared_data, val_size=0.1, seed=1)
+        rot_other_split = load_dataset("rotated_mnist", shared_data, val_size=0.1, seed=2)
+    return plain, rot, rot_other_split
+
+
+def test_rotated_mnist_is_rotated_and_labels_unchanged(rotated_pair):
+    plain, rot, _ = rotated_pair
+    assert rot.train_x.shape == plain.train_x.shape == (7_200, 1, 28, 28)
+    assert rot.train_x.dtype == torch.uint8
+    assert torch.equal(rot.train_y, plain.train_y) and torch.equal(rot.test_y, plain.test_y)
+    differs = (rot.test_x != plain.test_x).flatten(1).any(1)
+    assert differs.float().mean() > 0.99  # train and test are both rotated
+    assert (rot.train_x != plain.train_x).flatten(1).any(1).float().mean() > 0.99
+    # Bilinear resampling roughly preserves ink; a broken rotation would not.
+    ratio = rot.test_x.float().sum() / plain.test_x.float().sum()
+    assert 0.9 < ratio < 1.05
+
+
+def test_rotated_mnist_is_deterministic_and_independent_of_split_seed(shared_data, rotated_pair):
+    _, rot, rot_other_split = rotated_pair
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="only the MNIST test set")
+        again = load_dataset("rotated_mnist", shared_data, val_size=0.1, seed=1)
+    assert torch.equal(again.train_x, rot.train_x) and torch.equal(again.val_x, rot.val_x)
+    # Another split seed regroups the same rotated images: the test part is identical and
+    # the train + val pool holds the same images.
+    assert torch.equal(rot_other_split.test_x, rot.test_x)
+    assert not torch.equal(rot_other_split.val_y, rot.val_y) or not torch.equal(rot_other_split.val_x, rot.val_x)
+    pool_a = torch.cat([rot.train_x, rot.val_x]).flatten(1).sum(1).sort().values
+    pool_b = torch.cat([rot_other_split.train_x, rot_other_split.val_x]).flatten(1).sum(1).sort().values
+    assert torch.equal(pool_a, pool_b)

@@ -1,0 +1,59 @@
+"""`eqdp-ray train` end to end, and its one-line errors for bad input."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from pathlib import Path
+
+from eqdp_ray.cli import main
+
+QUICKSTART = str(Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml")
+
+TINY = [
+    "--set", "model.options={group: dihedral, order: 4, layout: [2, 4, 4], num_groups: 2}",
+    "--set", "training.steps=2", "--set", "training.epochs=null", "--set", "training.batch_size=64",
+]
+
+
+def test_train_writes_result_json(tmp_path, capsys):
+    assert main(["train", QUICKSTART, *TINY, "--output", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["steps"] == 2 and result["epsilon"] <= result["target_epsilon"]
+    out = capsys.readouterr().out
+    assert "eps" in out and "samples/s" in out and "result written" in out
+
+
+@pytest.mark.parametrize(
+    "extra,match",
+    [
+        (["--set", "model.name=vgg"], "unknown model"),
+        (["--set", "model.options.group=icosahedral"], "group"),
+        (["--set", "privacy.target_epsilon=0"], "target_epsilon must be > 0"),
+        (["--set", "privacy.delta=1.5"], "delta"),
+        (["--set", "privacy.target_epsilon=0.0001", "--set", "training.batch_size=1000", "--set", "training.steps=5000"],
+         "no noise multiplier"),
+        (["--set", "data.name=cifar10", "--set", "data.root=/nonexistent/dir"], "/nonexistent/dir"),
+        (["--set", "training.lr_schedule=cosine"], "unknown key 'training.lr_schedule'"),
+    ],
+)
+def test_bad_input_is_one_clear_line(tmp_path, capsys, extra, match):
+    code = main(["train", QUICKSTART, *TINY, *extra, "--output", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("eqdp-ray: error:") and "Traceback" not in err
+    assert pytest.importorskip("re").search(match, err), err
+    assert not (tmp_path / "result.json").exists()
+
+
+def test_console_script_exit_code(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "eqdp_ray.cli", "train", str(tmp_path / "missing.yaml")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "config file not found" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_models_lists_parameter_counts(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "eq_resnet9" in out and "resnet9" in out and "wrn16_4" in out
