@@ -621,8 +621,9 @@ def _check_metric(metric: str, column: str, schema: pa.Schema) -> None:
     if column in numeric:
         return
     choices = [m for m in STANDARD_METRICS if m in numeric]
-    choices += sorted(n for n in numeric if n not in choices)
+    choices += sorted(n for n in numeric if n not in choices and not n.startswith("config."))
     choices += [f"{alias} (= {target})" for alias, target in METRIC_ALIASES.items()]
+    choices.append("or any numeric config.* column")
     what = "is not numeric" if column in schema.names else "is unknown"
     raise ResultsStoreError(f"metric {metric!r} {what}; choose one of: {', '.join(choices)}")
 
@@ -660,12 +661,19 @@ def _latest(table: pa.Table, keys: Sequence[str], nulls_equal: bool = False) -> 
     """
     if table.num_rows <= 1:
         return table
+    # Order within a key: missing timestamps count as oldest. (Timestamps are mapped to
+    # int64 with nulls -> min, because per-key null placement needs pyarrow >= 25.)
     order = [(k, "ascending") for k in keys]
-    for col in (WRITTEN_AT, "finished_at", _FILENAME):
+    sortable = table
+    for col in (WRITTEN_AT, "finished_at"):
         if col in table.column_names:
-            order.append((col, "ascending"))
-    idx = pc.sort_indices(table, sort_keys=order, null_placement="at_start")
-    table = table.take(idx)
+            name = f"__sort_{col}"
+            ticks = pc.fill_null(table[col].cast(pa.int64()), np.iinfo(np.int64).min)
+            sortable = sortable.append_column(name, ticks)
+            order.append((name, "ascending"))
+    if _FILENAME in table.column_names:
+        order.append((_FILENAME, "ascending"))
+    table = table.take(pc.sort_indices(sortable, sort_keys=order))
     same = np.ones(table.num_rows - 1, dtype=bool)
     for key in keys:
         same &= _same_as_next(table[key], nulls_equal)
