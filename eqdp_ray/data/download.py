@@ -116,7 +116,8 @@ def extract_tar(archive: str | Path, dest: str | Path) -> list[Path]:
         try:
             with tarfile.open(archive, "r:*") as tar:
                 members = tar.getmembers()
-                pass
+                for m in members:
+                    _check_member(m, dest_resolved)
                 if hasattr(tarfile, "data_filter"):
                     tar.extractall(scratch, members=members, filter="data")
                 else:  # pragma: no cover - Python without PEP 706 backport
