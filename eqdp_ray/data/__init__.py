@@ -1,7 +1,7 @@
 """Data layer: image data sets as uint8 tensors with train/val/test splits, plus batched
 augmentation and normalisation. Imports no other eqdp_ray subpackage."""
 
-from .augment import augment_batch, normalize
+from .augment import apply_crop_flip, augment_batch, draw_crop_flip, normalize
 from .dataset import ImageDataset
 from .errors import DatasetError
 from .load import DATASETS, default_root, load_dataset
@@ -10,7 +10,9 @@ __all__ = [
     "DATASETS",
     "DatasetError",
     "ImageDataset",
+    "apply_crop_flip",
     "augment_batch",
+    "draw_crop_flip",
     "default_root",
     "load_dataset",
     "normalize",

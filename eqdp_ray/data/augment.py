@@ -11,13 +11,65 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["augment_batch", "normalize"]
+__all__ = ["apply_crop_flip", "augment_batch", "draw_crop_flip", "normalize"]
 
 
 def _reflect(i: torch.Tensor, n: int) -> torch.Tensor:
     """Map indices in [-(n-1), 2n-2] onto [0, n) by mirroring at the edges (no edge repeat)."""
     i = i.abs()
     return torch.where(i > n - 1, 2 * (n - 1) - i, i)
+
+
+def _check_padding(crop_padding: int, h: int, w: int) -> int:
+    if isinstance(crop_padding, bool) or not isinstance(crop_padding, numbers.Integral) or crop_padding < 0:
+        raise ValueError(f"crop_padding must be a non-negative int, got {crop_padding!r}")
+    p = int(crop_padding)
+    if p > 0 and p > min(h, w) - 1:
+        raise ValueError(f"crop_padding={p} is too large for {h}x{w} images (reflect needs < {min(h, w)})")
+    return p
+
+
+def draw_crop_flip(
+    num: int, multiplicity: int, crop_padding: int, hflip: bool, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Random augmentation parameters, (num, multiplicity, 3) int64: row offset, column offset, flip.
+
+    Drawing the parameters apart from applying them lets the trainer draw them once for a whole
+    logical batch, so an example is augmented the same way whichever worker or micro-batch
+    it lands in.
+    """
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+    shape = (num, multiplicity)
+    if crop_padding > 0:
+        offsets = torch.randint(0, 2 * crop_padding + 1, (*shape, 2), generator=generator, device=gen_device)
+    else:
+        offsets = torch.full((*shape, 2), 0, dtype=torch.long, device=gen_device)
+    if hflip:
+        flip = (torch.rand(shape, generator=generator, device=gen_device) < 0.5).long()[..., None]
+    else:
+        flip = torch.zeros((*shape, 1), dtype=torch.long, device=gen_device)
+    return torch.cat([offsets, flip], dim=-1)
+
+
+def apply_crop_flip(x: torch.Tensor, params: torch.Tensor, crop_padding: int) -> torch.Tensor:
+    """Crop (after reflect padding) and flip each image of ``x`` by its row of ``params`` (N, 3).
+
+    Equivalent to padding each image by ``crop_padding`` pixels with reflection, cropping the
+    H x W window at the drawn offset, and mirroring it left-right where flagged, but done as two
+    ``gather`` calls on ``x``'s device without materialising the padded batch.
+    """
+    if x.ndim != 4:
+        raise ValueError(f"augmentation expects N,C,H,W, got shape {tuple(x.shape)}")
+    n, c, h, w = x.shape
+    p = _check_padding(crop_padding, h, w)
+    params = params.reshape(n, 3).to(x.device)
+    ar_h = torch.arange(h, device=x.device)
+    ar_w = torch.arange(w, device=x.device)
+    rows = _reflect(params[:, 0, None] - p + ar_h, h)  # N,H source rows
+    cols_pos = torch.where(params[:, 2, None].bool(), (w - 1) - ar_w, ar_w)  # flip = read columns backwards
+    cols = _reflect(params[:, 1, None] - p + cols_pos, w)  # N,W source columns
+    out = x.gather(2, rows[:, None, :, None].expand(n, c, h, w))
+    return out.gather(3, cols[:, None, None, :].expand(n, c, h, w))
 
 
 def augment_batch(
@@ -29,38 +81,19 @@ def augment_batch(
 ) -> torch.Tensor:
     """Random crop (after reflect padding) and optional random horizontal flip, per example.
 
-    Equivalent to padding each image by ``crop_padding`` pixels with reflection, cropping a
-    random H x W window, and (if ``hflip``) mirroring it left-right with probability 1/2, but
-    done as two ``gather`` calls on ``x``'s device without materialising the padded batch.
     Works for any dtype. ``generator`` makes it reproducible; its device may differ from
-    ``x``'s (the random offsets are drawn there and moved). Returns a new N,C,H,W tensor.
+    ``x``'s (the random parameters are drawn there and moved). Returns a new N,C,H,W tensor.
     """
     if x.ndim != 4:
         raise ValueError(f"augment_batch expects N,C,H,W, got shape {tuple(x.shape)}")
-    if isinstance(crop_padding, bool) or not isinstance(crop_padding, numbers.Integral) or crop_padding < 0:
-        raise ValueError(f"crop_padding must be a non-negative int, got {crop_padding!r}")
-    n, c, h, w = x.shape
-    p = int(crop_padding)
-    if p > 0 and p > min(h, w) - 1:
-        raise ValueError(f"crop_padding={p} is too large for {h}x{w} images (reflect needs < {min(h, w)})")
+    n, _, h, w = x.shape
+    p = _check_padding(crop_padding, h, w)
     if (p == 0 and not hflip) or n == 0:
         return x.clone()
-    gen_device = generator.device if generator is not None else x.device
-    if p > 0:
-        offsets = torch.randint(0, 2 * p + 1, (2, n), generator=generator, device=gen_device).to(x.device)
-    else:
-        offsets = torch.zeros(2, n, dtype=torch.long, device=x.device)
-    if hflip:
-        flip = (torch.rand(n, generator=generator, device=gen_device) < 0.5).to(x.device)
-    else:
-        flip = torch.zeros(n, dtype=torch.bool, device=x.device)
-    ar_h = torch.arange(h, device=x.device)
-    ar_w = torch.arange(w, device=x.device)
-    rows = _reflect(offsets[0, :, None] - p + ar_h, h)  # N,H source rows
-    cols_pos = torch.where(flip[:, None], (w - 1) - ar_w, ar_w)  # flip = read columns backwards
-    cols = _reflect(offsets[1, :, None] - p + cols_pos, w)  # N,W source columns
-    out = x.gather(2, rows[:, None, :, None].expand(n, c, h, w))
-    return out.gather(3, cols[:, None, None, :].expand(n, c, h, w))
+    if generator is None:
+        generator = torch.Generator(device=x.device)
+        generator.seed()
+    return apply_crop_flip(x, draw_crop_flip(n, 1, p, hflip, generator).reshape(n, 3), p)
 
 
 def normalize(x_uint8: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:

@@ -327,7 +327,7 @@ def normalize_trial(row: Mapping[str, Any], package_version: str) -> dict[str, A
     data: dict[str, Any] = {str(k): v for k, v in row.items()}
     data.pop(WRITTEN_AT, None)
     data.pop("rank", None)  # added by best(); not part of a trial
-    if "sigma" not in data and "noise_multiplier" in data:
+    if is_missing(data.get("sigma")) and "noise_multiplier" in data:
         data["sigma"] = data.pop("noise_multiplier")
 
     config = data.pop("config", None)

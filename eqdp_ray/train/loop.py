@@ -20,7 +20,7 @@ from torch import nn
 
 from eqdp_ray import __version__
 from eqdp_ray.config import ConfigError, RunConfig, config_to_dict
-from eqdp_ray.data import ImageDataset, load_dataset, normalize
+from eqdp_ray.data import ImageDataset, apply_crop_flip, draw_crop_flip, load_dataset, normalize
 from eqdp_ray.models import build_model, count_parameters, model_summary
 from eqdp_ray.privacy import (
     PerExampleGradients,
@@ -33,7 +33,6 @@ from eqdp_ray.privacy import (
     plan_privacy,
     secure_seed,
 )
-from eqdp_ray.train.augment import apply_crop_flip, draw_crop_flip
 from eqdp_ray.train.comm import LocalComm
 
 EpochCallback = Callable[[dict[str, Any], "TrainState"], None]
