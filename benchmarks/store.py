@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=100_000, help="trial rows to write")
     parser.add_argument("--store", default=None, help="store directory/URI (default: a temp dir, deleted after)")
-    parser.add_argument("--studies", type=int, default=4, help="studies to spread the rows over")
+    parser.add_argument("--studies", type=int, default=1, help="studies to spread the rows over")
     parser.add_argument("--batch", type=int, default=1000, help="rows per write_trials call (= per file)")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (median reported)")
     parser.add_argument("--compact", action="store_true", help="also compact the store and time again")
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         for start in range(0, len(rows), args.batch):
             store.write_trials(rows[start : start + args.batch])
         t_write = time.perf_counter() - t0
-        n_files = len(store._list_dir(store.trials_path, recursive=True))
+        n_files = len(store.list_files())
         print(f"generated {args.rows} rows in {t_gen:.1f} s; wrote {n_files} files in {t_write:.1f} s ({args.rows / t_write:,.0f} rows/s)")
         check = ResultsStore(uri).read_trials(columns=["trial_id"])
         assert len(check) == args.rows, f"expected {args.rows} rows, read {len(check)}"

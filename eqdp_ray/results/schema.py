@@ -473,8 +473,11 @@ def unify_schemas(schemas: Iterable[pa.Schema], canonical: Mapping[str, pa.DataT
     Column order: canonical (minus bookkeeping), ``config.*`` sorted, other extras
     sorted, then ``config_json``/``written_at``: stable output whatever the file order.
     """
-    by_name: dict[str, list[pa.DataType]] = {name: [dtype] for name, dtype in canonical.items()}
+    unique: dict[str, pa.Schema] = {}  # files mostly share a schema: merge each once
     for schema in schemas:
+        unique.setdefault(schema.to_string(show_field_metadata=False, show_schema_metadata=False), schema)
+    by_name: dict[str, list[pa.DataType]] = {name: [dtype] for name, dtype in canonical.items()}
+    for schema in unique.values():
         for field in schema:
             by_name.setdefault(field.name, []).append(field.type)
     dropped: list[str] = []

@@ -82,7 +82,7 @@ EPSILON_TOL = 1e-9
 
 _URI_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
 _FILENAME = "__filename"
-_RETRIES = 5
+_RETRIES = 12
 _T = TypeVar("_T")
 
 _clock_lock = threading.Lock()
@@ -396,6 +396,20 @@ class ResultsStore:
                 results.append(self._retrying(lambda t=table, s=name: self._compact_one(t, s)))
         return results
 
+    def maybe_compact(self, study: str, max_files: int = 256) -> list[CompactionResult]:
+        """Compact the study's tables that hold more than ``max_files`` files.
+
+        Cheap when there is nothing to do (one directory listing per table), so a tuning
+        driver can call it after every finished trial to keep ``best`` fast while the
+        study runs. Call it from one process (the driver), not from every trial worker.
+        """
+        results = []
+        for table in (TRIALS, HISTORY):
+            n_files = len(self.list_files(table, study))
+            if n_files > max_files:
+                results.append(self._retrying(lambda t=table: self._compact_one(t, study)))
+        return results
+
     def _compact_one(self, table_name: str, study: str) -> CompactionResult:
         directory = self._study_path(table_name, study)
         paths = self._list_dir(directory, recursive=True)
@@ -432,11 +446,16 @@ class ResultsStore:
     # ------------------------------------------------------------------ internals
 
     def _retrying(self, fn: Callable[[], _T]) -> _T:
-        for _ in range(_RETRIES):
+        """Run a read, re-listing when a file vanished under it (a compact merged it).
+
+        Compaction writes the merged file before deleting its inputs, so a fresh listing
+        always holds every row; backing off lets a running compaction finish.
+        """
+        for attempt in range(_RETRIES):
             try:
                 return fn()
             except _Vanished:
-                continue
+                time.sleep(min(0.5, 0.005 * 2**attempt))
         raise ResultsStoreError(f"files under {self.uri} kept disappearing during the read (concurrent compact?); retry")
 
     def _skip(self, path: str, reason: str) -> None:
@@ -445,15 +464,19 @@ class ResultsStore:
                 return
             self._warned.add(path)
             self.skipped_files.append(SkippedFile(path, reason))
-        warnings.warn(f"results store: skipping {path}: {reason}", SkippedFileWarning, stacklevel=4)
+        warnings.warn(f"results store: skipping {path}: {reason}", SkippedFileWarning, stacklevel=2)
 
     def _exists(self, path: str) -> bool:
         return self.fs.get_file_info(path).type != pafs.FileType.NotFound
 
     def _list_dir(self, directory: str, recursive: bool) -> list[str]:
         selector = pafs.FileSelector(directory, recursive=recursive, allow_not_found=True)
+        try:
+            infos = self.fs.get_file_info(selector)
+        except FileNotFoundError as exc:  # a (sub)directory appeared/vanished mid-listing
+            raise _Vanished(directory) from exc
         out = []
-        for info in self.fs.get_file_info(selector):
+        for info in infos:
             if info.type != pafs.FileType.File:
                 continue
             rel = info.path[len(directory):].lstrip("/")
@@ -471,9 +494,13 @@ class ResultsStore:
         return sorted(names)
 
     def _open(self, paths: Sequence[str]) -> list[tuple[str, ds.Fragment]]:
-        """Fragments of the usable files (footers read, cached on the fragment)."""
+        """Fragments of the usable files (footers read in parallel, cached on the fragment).
 
-        def one(path: str) -> tuple[str, ds.Fragment] | None:
+        Unusable files are reported from the calling thread, so that warning filters
+        (``warnings.catch_warnings``, ``pytest.warns``) see them.
+        """
+
+        def one(path: str) -> tuple[str, ds.Fragment | None, str | None]:
             try:
                 fragment = self._format.make_fragment(path, filesystem=self.fs)
                 schema = fragment.physical_schema
@@ -482,20 +509,29 @@ class ResultsStore:
             except (pa.ArrowException, ValueError, OSError) as exc:
                 if not self._exists(path):
                     raise _Vanished(path) from exc
-                self._skip(path, f"not a readable Parquet file ({exc})")
-                return None
+                return path, None, f"not a readable Parquet file ({exc})"
             missing = [c for c in KEY_COLUMNS if c not in schema.names]
             if missing:
-                self._skip(path, f"Parquet file without the {'/'.join(missing)} column(s): not written by this store")
-                return None
-            return path, fragment
+                return path, None, f"Parquet file without the {'/'.join(missing)} column(s): not written by this store"
+            return path, fragment, None
 
         if len(paths) > 8:
             with ThreadPoolExecutor(max_workers=min(16, len(paths))) as pool:
                 opened = list(pool.map(one, paths))
         else:
             opened = [one(p) for p in paths]
-        return [o for o in opened if o is not None]
+        usable = []
+        for path, fragment, reason in opened:
+            if fragment is None:
+                self._skip(path, reason or "unusable")
+            else:
+                usable.append((path, fragment))
+        return usable
+
+    def list_files(self, table: str = TRIALS, study: str | None = None) -> list[str]:
+        """Data files of a table (all studies, or one study's directory): for diagnostics."""
+        directory = self.table_path(table) if study is None else self._study_path(table, study)
+        return self._retrying(lambda: self._list_dir(directory, recursive=True))
 
     def _snapshot(self, table: str, study: str | None) -> _Snapshot:
         base = self.table_path(table)

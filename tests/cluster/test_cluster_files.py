@@ -104,8 +104,8 @@ def effective_setup(prepared: dict) -> dict[str, list[str]]:
     """Shell lines each kind of node runs (prepare_config merged setup_commands in already)."""
     kinds = {"head": prepared["head_setup_commands"], "worker": prepared["worker_setup_commands"]}
     for name, node_type in prepared["available_node_types"].items():
-        if "worker_setup_commands" in node_type:  # a per-type list replaces the global one
-            kinds[f"worker:{name}"] = prepared["setup_commands"] + node_type["worker_setup_commands"]
+        if "worker_setup_commands" in node_type:  # replaces setup + worker_setup entirely
+            kinds[f"worker:{name}"] = node_type["worker_setup_commands"]
     return {kind: [ln for cmd in cmds for ln in shell_lines(cmd)] for kind, cmds in kinds.items()}
 
 
@@ -223,8 +223,8 @@ def _rename_top_level(key: str, typo: str):
 
 def _rename_in_node_type(key: str, typo: str):
     def mutate(config: dict) -> None:
-        node_type = next(t for n, t in config["available_node_types"].items() if n != config["head_node_type"])
-        node_type[typo] = node_type.pop(key)
+        workers = [t for n, t in config["available_node_types"].items() if n != config["head_node_type"]]
+        workers[0][typo] = workers[0].pop(key)
     return mutate
 
 

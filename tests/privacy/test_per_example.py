@@ -64,14 +64,11 @@ def test_per_example_gradients_of_registry_models():
     torch.manual_seed(1)
     for name, options in [
         ("eq_resnet9", dict(group="dihedral", order=4, layout=(2, 4, 4), restrict=2)),
-        ("resnet9", dict(width=0.0625)),
-        ("wrn16_4", dict(width=1, depth=10)),
+        ("resnet9", dict(width=0.125, num_groups=2)),
+        ("wrn16_4", dict(width=1, depth=10, num_groups=4)),
     ]:
-        try:
-            model = build_model(name, in_channels=1, num_classes=3, **options).double()
-        except TypeError:
-            model = build_model(name, in_channels=1, num_classes=3).double()
-        x = torch.randn(3, 1, 8, 8, dtype=torch.float64)
+        model = build_model(name, in_channels=1, num_classes=3, **options).double()
+        x = torch.randn(3, 1, 16, 16, dtype=torch.float64)
         y = torch.tensor([0, 1, 2])
         expected = loop_gradients(model, x, y)
         grads, _ = PerExampleGradients(model)(x, y)

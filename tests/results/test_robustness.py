@@ -153,7 +153,8 @@ def test_compact_keeps_every_visible_row(store):
     pd.testing.assert_frame_equal(best_before, store.best(top=None))
     files = sorted(os.listdir(_study_dir(store)))
     assert len(files) == 2 and "corrupt.parquet" in files  # merged file + the untouched corrupt one
-    assert open(bad, "rb").read() == b"garbage"
+    with open(bad, "rb") as fh:
+        assert fh.read() == b"garbage"
     # configs survive with their types
     row = after.set_index("trial_id").loc["t03"]
     assert config_from_row(row) == {"lr": 0.03, "n": 3}
@@ -173,3 +174,26 @@ def test_compact_all_studies_and_pandas_still_reads(store):
     assert len(pd.read_parquet(store.trials_path)) == 10
     for study in ("a", "b"):
         assert len(os.listdir(_study_dir(store, study))) == 1
+
+
+def test_maybe_compact_only_acts_above_the_threshold(store):
+    for i in range(5):
+        store.write_trial(trial(trial_id=str(i)))
+    assert store.maybe_compact("s", max_files=5) == []
+    store.write_trial(trial(trial_id="5"))
+    results = store.maybe_compact("s", max_files=5)
+    assert [(r.table, r.files_merged) for r in results] == [("trials", 6)]
+    assert len(os.listdir(_study_dir(store))) == 1 and len(store.read_trials()) == 6
+
+
+def test_corrupt_file_among_many_is_reported(store):
+    # more than 8 files: footers are read by a thread pool; the warning must still surface
+    for i in range(12):
+        store.write_trial(trial(trial_id=f"t{i:02d}", best_val_accuracy=i / 12))
+    bad = os.path.join(_study_dir(store), "zz-bad.parquet")
+    with open(bad, "wb") as fh:
+        fh.write(b"PAR1" + b"\x00" * 64 + b"PAR1")  # magic bytes but no valid footer
+    with pytest.warns(SkippedFileWarning, match="zz-bad.parquet"):
+        top = store.best(top=1)
+    assert top["trial_id"].tolist() == ["t11"]
+    assert [s.path for s in store.skipped_files] == [bad]

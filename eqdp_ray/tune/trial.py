@@ -1,0 +1,318 @@
+"""One trial: build its config, train, report each validation pass to Tune, record the result.
+
+Who writes which row to the results store, and why:
+
+* the trial writes a ``running`` row when it starts, and its ``completed`` row (with the test
+  accuracy, which Tune never sees) and full history when it finishes;
+* a trial that ASHA stops, or that crashes, is killed before it can write anything, so the
+  driver-side `StoreCallback` writes ``stopped_early`` / ``failed`` rows from what the trial
+  reported. It knows a trial finished on its own from the ``eqdp_final`` flag of the last report.
+
+The store keeps the latest row of each (study, trial_id), so a restored trial that writes
+again replaces its earlier row instead of adding one.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from ray import tune
+
+from eqdp_ray import __version__
+from eqdp_ray.config import RunConfig, config_to_dict
+from eqdp_ray.tune.space import SearchSpace, resolve_params, trial_config
+
+FINAL = "eqdp_final"  # set on a trial's last report: it wrote its own row
+CHECKPOINT_FILE = "state.pt"
+META_FILE = "meta.json"
+
+
+@dataclass(frozen=True)
+class StudyContext:
+    """What every trial of a study shares; passed to trials with `tune.with_parameters`."""
+
+    space: SearchSpace
+    store_uri: str
+    train_size: int
+    storage_path: str
+    search_epsilon: float | None = None
+    search_delta: float | None = None
+
+
+def _now() -> _dt.datetime:
+    return _dt.datetime.now(_dt.timezone.utc)
+
+
+def devices_per_trial(space: SearchSpace) -> float:
+    """Devices a trial holds: its GPUs if it has any, else its workers (CPU processes)."""
+    r = space.resources
+    return r.workers * r.gpus_per_worker if r.gpus_per_worker else float(r.workers)
+
+
+def _penalty(space: SearchSpace) -> dict[str, float]:
+    """What an infeasible trial reports: the worst value of every objective, so samplers learn to avoid it."""
+    return {o.metric: (0.0 if o.mode == "max" else float("inf")) for o in space.objectives}
+
+
+def trial_row(ctx: StudyContext, trial_id: str, status: str, config: RunConfig | None, **values: Any) -> dict[str, Any]:
+    """A results-store row; `values` fill the metric columns (missing ones stay null)."""
+    p = ctx.space.privacy
+    row: dict[str, Any] = {
+        "study": ctx.space.study,
+        "trial_id": trial_id,
+        "status": status,
+        "target_epsilon": float(p["target_epsilon"]),
+        "delta": float(p["delta"]),
+        "accountant": p["accountant"],
+        "package_version": __version__,
+        "search_epsilon": ctx.search_epsilon,
+        "search_delta": ctx.search_delta,
+        "search_mode": "random_count" if ctx.space.private_selection else ctx.space.sampler.type,
+    }
+    if config is not None:
+        row["config"] = config_to_dict(config)
+    row.update({k: v for k, v in values.items() if v is not None})
+    return row
+
+
+def history_rows(ctx: StudyContext, trial_id: str, records: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    rows = []
+    for r in records:
+        if "val_accuracy" not in r or "step" not in r:
+            continue
+        rows.append({
+            "study": ctx.space.study, "trial_id": trial_id,
+            "epoch": int(math.floor(float(r.get("epoch", 0)) + 1e-9)), "step": int(r["step"]),
+            "train_loss": r.get("train_loss"), "train_accuracy": r.get("train_accuracy"),
+            "val_accuracy": r.get("val_accuracy"), "epsilon": r.get("epsilon"),
+            "samples_per_s": r.get("samples_per_s"), "timestamp": r.get("timestamp") or time.time(),
+        })
+    return rows
+
+
+def _store(ctx: StudyContext) -> Any:
+    from eqdp_ray.results import ResultsStore
+
+    return ResultsStore(ctx.store_uri)
+
+
+def _load_checkpoint() -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    import torch
+
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return None, {}
+    with checkpoint.as_directory() as directory:
+        state = torch.load(Path(directory) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+        meta_path = Path(directory) / META_FILE
+        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    return state, meta
+
+
+def run_trial(params: dict[str, Any], ctx: StudyContext) -> None:
+    """The Tune function trainable: one DP-SGD training run at the sampled hyperparameters."""
+    import torch
+
+    from eqdp_ray.data import load_dataset
+    from eqdp_ray.models import count_parameters
+    from eqdp_ray.privacy import PrivacyBudgetError, plan_privacy
+    from eqdp_ray.train import steps_and_rate
+
+    space = ctx.space
+    trial_id = tune.get_context().get_trial_id()
+    torch.set_num_threads(max(1, int(space.resources.cpus_per_worker)))
+    config = trial_config(space, params, ctx.train_size, name=f"{space.study}-{trial_id}")
+    store = _store(ctx)
+    started_at = _now()
+    resume_state, meta = _load_checkpoint()
+    elapsed_before = float(meta.get("elapsed_s", 0.0))
+    started_at = _dt.datetime.fromisoformat(meta["started_at"]) if "started_at" in meta else started_at
+    clock = time.time()
+    devices = devices_per_trial(space)
+
+    d = config.data
+    data = load_dataset(d.name, d.root, download=d.download, val_size=d.val_size, seed=config.seed,
+                        train_subset=d.train_subset, test_subset=d.test_subset)
+    steps, sample_rate = steps_and_rate(config, len(data.train_y))
+    p = config.privacy
+    base = {"sample_rate": sample_rate, "planned_steps": steps, "started_at": started_at,
+            "params_json": json.dumps(resolve_params(space, params), default=str)}
+    try:
+        plan = plan_privacy(p.target_epsilon, p.delta, sample_rate, steps, p.accountant)
+    except PrivacyBudgetError as exc:
+        store.write_trial(trial_row(ctx, trial_id, "failed", config, **base, steps=0, epsilon=0.0,
+                                    finished_at=_now(), error=f"infeasible: {exc}", wall_time_s=0.0,
+                                    device_seconds=0.0))
+        tune.report({**_penalty(space), "step": 0, "total_steps": steps, "infeasible": True, FINAL: True})
+        return
+    base["sigma"] = plan.noise_multiplier
+    store.write_trial(trial_row(ctx, trial_id, "running", config, **base, steps=0, epsilon=0.0))
+
+    earlier = [float(h["val_accuracy"]) for h in (resume_state or {}).get("history", [])]
+    best_val = max(earlier, default=-1.0)
+    last: dict[str, Any] = {}
+
+    def metrics(record: Mapping[str, Any], num_params: int) -> dict[str, Any]:
+        nonlocal best_val
+        best_val = max(best_val, float(record["val_accuracy"]))
+        wall = elapsed_before + time.time() - clock
+        return {
+            "val_accuracy": float(record["val_accuracy"]), "best_val_accuracy": best_val,
+            "epsilon": float(record["epsilon"]), "step": int(record["step"]), "total_steps": steps,
+            "epoch": float(record["epoch"]), "train_loss": float(record["train_loss"]),
+            "train_accuracy": float(record["train_accuracy"]), "samples_per_s": float(record["samples_per_s"]),
+            "sigma": plan.noise_multiplier, "sample_rate": sample_rate, "num_params": num_params,
+            "wall_time_s": wall, "device_seconds": wall * devices, "timestamp": time.time(),
+        }
+
+    def on_epoch(record: dict[str, Any], state: Any) -> None:
+        m = metrics(record, count_parameters(state.model))
+        last.update(m)
+        if record["step"] >= steps:
+            return  # the last pass is reported after the trial has written its own row
+        with tempfile.TemporaryDirectory() as directory:
+            torch.save(state.state_dict(), Path(directory) / CHECKPOINT_FILE)
+            Path(directory, META_FILE).write_text(json.dumps({"elapsed_s": m["wall_time_s"],
+                                                              "started_at": started_at.isoformat()}))
+            tune.report(m, checkpoint=tune.Checkpoint.from_directory(directory))
+
+    if space.resources.workers == 1:
+        from eqdp_ray.train import train
+
+        result = train(config, on_epoch=on_epoch, resume_state=resume_state, data=data, log=print)
+    else:
+        result = _train_distributed(ctx, config, trial_id, metrics_of=metrics, last=last)
+
+    wall = elapsed_before + time.time() - clock
+    final = dict(last)
+    final.update({"val_accuracy": float(result["val_accuracy"]), "step": int(result["steps"]),
+                  "epsilon": float(result["epsilon"]), "num_params": int(result["num_params"]),
+                  "wall_time_s": wall, "device_seconds": wall * devices})
+    seen = [float(h["val_accuracy"]) for h in result.get("history", [])]
+    final["best_val_accuracy"] = max([float(result["best_val_accuracy"]), final["val_accuracy"], *seen])
+    status = "completed" if final["step"] >= steps else "stopped_early"
+    store.write_history(history_rows(ctx, trial_id, result.get("history", [])))
+    store.write_trial(trial_row(
+        ctx, trial_id, status, config, **base, steps=final["step"], epsilon=final["epsilon"],
+        best_val_accuracy=final["best_val_accuracy"], final_val_accuracy=final["val_accuracy"],
+        test_accuracy=result.get("test_accuracy"), num_params=final["num_params"], wall_time_s=wall,
+        device_seconds=final["device_seconds"], finished_at=_now(), group=result.get("group"),
+        noise_source=result.get("noise_source"), workers=space.resources.workers,
+    ))
+    final[FINAL] = True
+    final.pop("test_accuracy", None)  # never shown to the searcher
+    tune.report(final)
+
+
+def _train_distributed(ctx: StudyContext, config: RunConfig, trial_id: str, *, metrics_of: Any,
+                       last: dict[str, Any]) -> dict[str, Any]:
+    """A trial with several workers launches its own TorchTrainer; its epochs reach Tune through a callback."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from eqdp_ray.train.distributed import train_distributed
+
+    class EpochsToTune(TuneReportCallback):
+        """Forward rank 0's validation passes (not its final bookkeeping report) in the trial's format."""
+
+        def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+            record = metrics[0] if metrics else {}
+            if "val_accuracy" not in record or record.get("final"):
+                return
+            m = metrics_of(record, int(last.get("num_params", 0)))
+            last.update(m)
+            self._training_actor_item_queue.put(m)
+
+    r = ctx.space.resources
+    with tempfile.TemporaryDirectory() as output:
+        return train_distributed(
+            config, workers=r.workers, gpus_per_worker=r.gpus_per_worker, cpus_per_worker=r.cpus_per_worker,
+            storage=f"{ctx.storage_path.rstrip('/')}/{ctx.space.study}-train", output_dir=output,
+            callbacks=[EpochsToTune()], log=print,
+        )
+
+
+# ------------------------------------------------------------------------------------------
+# Driver side: rows for trials that could not write their own
+# ------------------------------------------------------------------------------------------
+
+
+def _error_text(trial: Any) -> str:
+    try:
+        error = trial.get_error()
+    except Exception:  # noqa: BLE001 - best effort: a missing error file must not lose the row
+        error = None
+    text = str(error) if error is not None else "unknown error (see the trial's error.txt)"
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return (lines[-1] if lines else text)[:1000]
+
+
+class StoreCallback(tune.Callback):
+    """Writes stopped_early and failed rows for trials that could not write their own (see module docstring).
+
+    Module-level (not a closure) because Tune pickles it into the experiment state, and
+    `--resume` restores it from there, history of unfinished trials included (get_state).
+    """
+
+    def __init__(self, ctx: StudyContext) -> None:
+        self.ctx = ctx
+        self.history: dict[str, list[dict[str, Any]]] = {}
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        if "val_accuracy" in result and not result.get(FINAL) and not result.get("infeasible"):
+            keep = ("val_accuracy", "epsilon", "step", "epoch", "train_loss", "train_accuracy", "samples_per_s",
+                    "timestamp")
+            self.history.setdefault(trial.trial_id, []).append({k: result.get(k) for k in keep})
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        last = trial.last_result or {}
+        if last.get(FINAL):
+            self.history.pop(trial.trial_id, None)
+            return
+        self._write(trial, "stopped_early" if "val_accuracy" in last else "failed",
+                    None if "val_accuracy" in last else "ended before its first validation pass")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._write(trial, "failed", _error_text(trial))
+
+    def _write(self, trial: Any, status: str, error: str | None) -> None:
+        ctx, last = self.ctx, trial.last_result or {}
+        try:
+            config = trial_config(ctx.space, trial.config, ctx.train_size, name=f"{ctx.space.study}-{trial.trial_id}")
+        except Exception:  # noqa: BLE001 - the row matters more than its config
+            config = None
+        store = _store(ctx)
+        rows = history_rows(ctx, trial.trial_id, self.history.pop(trial.trial_id, []))
+        if rows:
+            store.write_history(rows)
+        has_metrics = "val_accuracy" in last and not last.get("infeasible")
+        store.write_trial(trial_row(
+            ctx, trial.trial_id, status, config,
+            sigma=last.get("sigma"), sample_rate=last.get("sample_rate"), steps=last.get("step"),
+            planned_steps=last.get("total_steps"), epsilon=last.get("epsilon"),
+            best_val_accuracy=last.get("best_val_accuracy") if has_metrics else None,
+            final_val_accuracy=last.get("val_accuracy") if has_metrics else None,
+            num_params=last.get("num_params") if has_metrics else None,
+            wall_time_s=last.get("wall_time_s"), device_seconds=last.get("device_seconds"),
+            finished_at=_now(), error=error,
+            params_json=json.dumps(resolve_params(ctx.space, trial.config), default=str),
+        ))
+
+    def get_state(self) -> dict[str, Any]:
+        return {"history": self.history}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.history = dict(state.get("history", {}))
+
+
+def is_final(result: Mapping[str, Any]) -> bool:
+    return bool(result.get(FINAL))
+
+
+__all__ = ["StudyContext", "StoreCallback", "run_trial", "trial_row", "history_rows", "devices_per_trial",
+           "FINAL", "is_final"]
