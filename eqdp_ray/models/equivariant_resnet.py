@@ -58,6 +58,11 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # escnn's py3nj warning; only 3-D groups need it
     from escnn import gspaces
     from escnn import nn as enn
+    from escnn.nn.modules.basismanager.basisexpansion_blocks import BlocksBasisExpansion
+    from escnn.nn.modules.basismanager.basisexpansion_singleblock import (
+        SingleBlockBasisExpansion,
+        normalize_basis,
+    )
 
 __all__ = [
     "EquivariantResNet9",
@@ -278,10 +283,24 @@ class FieldStandardize(nn.Module):
 # --------------------------------------------------------------------------------------------
 
 
+class _PrivateBlocksExpansion(BlocksBasisExpansion):
+    """escnn's block expansion with ordinary identity hashing (see ``_exact_private_expansion``)."""
+
+    __hash__ = object.__hash__
+    __eq__ = object.__eq__
+
+
+class _PrivateSingleBlockExpansion(SingleBlockBasisExpansion):
+    """escnn's single-block expansion with ordinary identity hashing."""
+
+    __hash__ = object.__hash__
+    __eq__ = object.__eq__
+
+
 def _exact_private_expansion(expansion: nn.Module) -> nn.Module:
     """A private copy of an escnn basis expansion, its basis re-sampled in float64.
 
-    Two problems with escnn's expansion as ``R2Conv`` leaves it:
+    Three problems with escnn's expansion as ``R2Conv`` leaves it:
 
     * escnn caches sampled bases globally and hands the *same* block modules to every layer
       with the same representation pair, across models. ``model.double()`` or ``.to(device)``
@@ -291,18 +310,20 @@ def _exact_private_expansion(expansion: nn.Module) -> nn.Module:
       equivariant only to ~1e-7 relative, even after ``.double()``. Re-sampling in float64 and
       rounding once to float32 keeps exact equalities exact (rounding is deterministic), so the
       model is invariant to float64 round-off when run in float64, as the tests demand.
+    * escnn hashes these modules by content (converting tensors to numpy), which
+      ``named_modules`` does for every module; inside ``torch.func`` transforms (vmap/grad
+      per-example gradients) that fails. The copies get ordinary identity hashing, as every
+      other ``nn.Module`` has.
     """
-    from escnn.nn.modules.basismanager.basisexpansion_singleblock import (
-        SingleBlockBasisExpansion,
-        normalize_basis,
-    )
-
     private = copy.deepcopy(expansion)
     points = torch.as_tensor(private.points, dtype=torch.float64)
-    for block in private.modules():
-        if not isinstance(block, SingleBlockBasisExpansion):
+    for block in list(private.modules()):
+        if type(block) is BlocksBasisExpansion:
+            block.__class__ = _PrivateBlocksExpansion
+        if type(block) is not SingleBlockBasisExpansion:
             continue
-        basis = copy.deepcopy(block.basis).double()  # escnn's analytic bases are cached and shared too
+        block.__class__ = _PrivateSingleBlockExpansion
+        basis = block.basis.double()  # private: deep-copied with the block (escnn shares the original)
         sampled = basis.sample(points).permute(1, 2, 3, 0)
         sizes = torch.tensor([attr["shape"][0] for attr in block.basis], dtype=sampled.dtype)
         sampled = normalize_basis(sampled, sizes)[block._mask].to(block.sampled_basis.dtype)
@@ -391,9 +412,11 @@ class EquivariantResNet9(nn.Module):
         group: ``"cyclic"`` (C_N, rotations) or ``"dihedral"`` (D_N, rotations and flips).
         order: N, the number of rotations, 1..16.
         layout: widths of the three stages before the parameter-fixing rule.
-        restrict: rotation order M of the subgroup (C_M / D_M) that the last stage is restricted
-            to, ``"halved"`` for N/2, or None. The paper's CIFAR-10 model is D4 -> D2. After a
-            restriction the whole network is only invariant to the subgroup.
+        restrict: rotation order M (dividing N) of the subgroup the last stage is restricted
+            to: C_M inside C_N, or D_M inside D_N keeping D_N's reflection (escnn id ``(0, M)``;
+            ``(None, M)`` would be the rotation-only C_M). ``"halved"`` (default, the paper's
+            CIFAR-10 D4 -> D2) means N/2; None means no restriction. After a restriction the
+            whole network is only invariant to the subgroup.
         num_groups: normalisation groups per stage (int or three ints); adapted per layer to a
             divisor of the field count, see ``resolve_field_groups``.
         in_channels: input channels, each a trivial (scalar) field.

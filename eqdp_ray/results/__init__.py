@@ -15,6 +15,8 @@ from eqdp_ray.results.schema import (
     flatten_config,
 )
 from eqdp_ray.results.store import DEFAULT_URI, EPSILON_TOL, CompactionResult, ResultsStore
+from eqdp_ray.results.query import NoResults, best_configs, emit_config, list_results, write_config
+from eqdp_ray.results.report import build_report
 
 __all__ = [
     "CompactionResult",
@@ -35,4 +37,10 @@ __all__ = [
     "format_table",
     "to_csv",
     "to_json",
+    "NoResults",
+    "best_configs",
+    "build_report",
+    "emit_config",
+    "list_results",
+    "write_config",
 ]

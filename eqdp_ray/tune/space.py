@@ -13,6 +13,7 @@ The schema is documented for users in docs/SEARCH_SPACES.md; keep the two in ste
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import difflib
@@ -20,9 +21,10 @@ import json
 import math
 import re
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import yaml
 
@@ -51,9 +53,10 @@ class _Source:
 
     def where(self, path: Path_) -> str:
         dotted = ".".join(path)
+        for o in sorted(self.overridden):  # an override at, above or inside the key
+            if o[: len(path)] == path or path[: len(o)] == o:
+                return f"--set {'.'.join(o)}: '{dotted}': "
         for i in range(len(path), 0, -1):
-            if path[:i] in self.overridden:
-                return f"--set {'.'.join(path[:i])}: " + (f"'{dotted}': " if i < len(path) else "")
             if path[:i] in self.lines:
                 prefix = f"{self.name}:" if self.name else "line "
                 return f"{prefix}{self.lines[path[:i]]}: '{dotted}': "
@@ -879,7 +882,8 @@ def check_space(space: SearchSpace, train_size: int) -> SpaceCheck:
     first_error = ""
     for q, steps in corners:
         try:
-            plan_privacy(float(p["target_epsilon"]), float(p["delta"]), q, steps, str(p["accountant"]))
+            with quiet_accountant():
+                plan_privacy(float(p["target_epsilon"]), float(p["delta"]), q, steps, str(p["accountant"]))
             feasible.append((q, steps))
         except PrivacyBudgetError as exc:
             first_error = first_error or str(exc)
@@ -903,6 +907,14 @@ def check_space(space: SearchSpace, train_size: int) -> SpaceCheck:
 # ------------------------------------------------------------------------------------------
 # Small helpers
 # ------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def quiet_accountant() -> Iterator[None]:
+    """Silence Opacus's "optimal order is the largest alpha" hint: at epsilon >= 8 it fires on every call."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Optimal order is the")
+        yield
 
 
 def _is_scalar(value: Any) -> bool:

@@ -43,6 +43,7 @@ class StudyContext:
     storage_path: str
     search_epsilon: float | None = None
     search_delta: float | None = None
+    checkpoint_every_s: float = 30.0  # tiny trials report often; a checkpoint per report floods Tune's state
 
 
 def _now() -> _dt.datetime:
@@ -91,7 +92,8 @@ def history_rows(ctx: StudyContext, trial_id: str, records: list[Mapping[str, An
             "epoch": int(math.floor(float(r.get("epoch", 0)) + 1e-9)), "step": int(r["step"]),
             "train_loss": r.get("train_loss"), "train_accuracy": r.get("train_accuracy"),
             "val_accuracy": r.get("val_accuracy"), "epsilon": r.get("epsilon"),
-            "samples_per_s": r.get("samples_per_s"), "timestamp": r.get("timestamp") or time.time(),
+            "samples_per_s": r.get("samples_per_s"),
+            "timestamp": _dt.datetime.fromtimestamp(float(r.get("timestamp") or time.time()), _dt.timezone.utc),
         })
     return rows
 
@@ -171,16 +173,23 @@ def run_trial(params: dict[str, Any], ctx: StudyContext) -> None:
             "wall_time_s": wall, "device_seconds": wall * devices, "timestamp": time.time(),
         }
 
+    last_checkpoint = [clock]
+
     def on_epoch(record: dict[str, Any], state: Any) -> None:
+        record["timestamp"] = time.time()  # lands in state.history too, and so in the history rows
         m = metrics(record, count_parameters(state.model))
         last.update(m)
         if record["step"] >= steps:
             return  # the last pass is reported after the trial has written its own row
+        if time.time() - last_checkpoint[0] < ctx.checkpoint_every_s:
+            tune.report(m)
+            return
         with tempfile.TemporaryDirectory() as directory:
             torch.save(state.state_dict(), Path(directory) / CHECKPOINT_FILE)
             Path(directory, META_FILE).write_text(json.dumps({"elapsed_s": m["wall_time_s"],
                                                               "started_at": started_at.isoformat()}))
             tune.report(m, checkpoint=tune.Checkpoint.from_directory(directory))
+        last_checkpoint[0] = time.time()
 
     if space.resources.workers == 1:
         from eqdp_ray.train import train

@@ -1,0 +1,157 @@
+"""`eqdp-ray best / results / report`: parse, call `eqdp_ray.results.query` / `.report`, print.
+
+Imported by eqdp_ray.cli at start-up for every command, so nothing heavy (pandas, pyarrow,
+matplotlib) is imported at module level.
+
+Exit codes: 0 with output; 1 when the store (or the filtered part of it) has no results;
+2 for input the user must fix (raised as ValueError subclasses and printed by eqdp_ray.cli).
+Files of the store that could not be read are listed on stderr, one line each, and never
+stop the command: a stray file should not hide a week of tuning results.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+DEFAULT_STORE = "./eqdp-results"  # = eqdp_ray.results.DEFAULT_URI, without importing pyarrow here
+STATUS_CHOICES = ("completed", "stopped_early", "failed", "running")  # = eqdp_ray.results.STATUSES
+
+
+def _run(args: argparse.Namespace, body: Callable[[Any], int]) -> int:
+    """Open the store, run ``body(store)``, report skipped files, map "no results" to exit 1."""
+    from eqdp_ray.results import ResultsStore, ResultsStoreError, SkippedFileWarning
+    from eqdp_ray.results.query import NoResults
+
+    store = ResultsStore(args.store)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SkippedFileWarning)  # reported below, one line each
+            return body(store)
+    except NoResults as exc:
+        print(f"eqdp-ray: no results: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # unreachable store, missing credentials, unwritable output
+        raise ResultsStoreError(f"{exc}") from None
+    finally:
+        for skipped in store.skipped_files:
+            print(f"skipped {skipped.path}: {skipped.reason}", file=sys.stderr)
+
+
+def _print(text: str) -> None:
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+
+
+def cmd_best(args: argparse.Namespace) -> int:
+    from eqdp_ray.results import export
+    from eqdp_ray.results.query import BEST_COLUMNS, best_configs, summary_view, write_config
+
+    def body(store: Any) -> int:
+        top = best_configs(store, study=args.study, epsilon=None, metric=args.metric, top=args.top,
+                           mode=args.mode)
+        if args.format == "table":
+            _print(export(summary_view(top, BEST_COLUMNS), "table"))
+        else:
+            _print(export(top, args.format))
+        if args.emit_config:
+            winner = top.iloc[0]
+            emitted = write_config(winner, args.emit_config)
+            note = f"; dropped keys unknown to the run config: {', '.join(emitted.dropped)}" if emitted.dropped else ""
+            print(f"[eqdp-ray] wrote the config of trial {winner['trial_id']} (study {winner['study']}) to "
+                  f"{emitted.path} with privacy.secret_seed: null{note}; run it with `eqdp-ray train {emitted.path}`",
+                  file=sys.stderr)
+        return 0
+
+    return _run(args, body)
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    from eqdp_ray.results import export
+    from eqdp_ray.results.query import STUDY_LIST_COLUMNS, TRIAL_LIST_COLUMNS, list_results, summary_view
+
+    def body(store: Any) -> int:
+        df = list_results(store, study=args.study, status=args.status, epsilon=args.epsilon)
+        if args.format != "table":
+            _print(export(df, args.format))
+        elif args.study is None:
+            _print(export(summary_view(df, STUDY_LIST_COLUMNS), "table"))
+        else:
+            _print(export(summary_view(df, TRIAL_LIST_COLUMNS), "table"))
+        return 0
+
+    return _run(args, body)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from eqdp_ray.results.report import build_report
+
+    def body(store: Any) -> int:
+        report = build_report(store, args.out, study=args.study)
+        for name, path in report.images.items():
+            print(f"[eqdp-ray] {name}: {path}" if path else f"[eqdp-ray] {name}: skipped ({report.notes[name]})")
+        print(f"[eqdp-ray] report: {report.html} (and {report.markdown})")
+        return 0
+
+    return _run(args, body)
+
+
+def _epsilon(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"epsilon must be a positive finite number, got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _store_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--store", default=DEFAULT_STORE,
+                   help=f"results store: local path or s3://, gs:// URI (default {DEFAULT_STORE})")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add `best`, `results` and `report` to the top-level parser (called by eqdp_ray.cli)."""
+    formats = ("table", "json", "csv")
+
+    p = subparsers.add_parser("best", help="the best trials of the results store, and the winner's config")
+    _store_arg(p)
+    p.add_argument("--study", default=None, help="only this study (default: all studies)")
+    p.add_argument("--epsilon", type=_epsilon, default=None,
+                   help="only trials run for this target epsilon (exact match: budgets are a grid)")
+    p.add_argument("--metric", default="val_accuracy",
+                   help="rank by this numeric column (default val_accuracy = best_val_accuracy)")
+    p.add_argument("--mode", choices=("max", "min"), default=None,
+                   help="max or min of the metric (default: min for epsilon/time/size, max otherwise)")
+    p.add_argument("--top", type=_positive_int, default=5, help="how many trials to show (default 5)")
+    p.add_argument("--format", choices=formats, default="table",
+                   help="table (readable columns) or json/csv (full rows, config included)")
+    p.add_argument("--emit-config", default=None, metavar="PATH",
+                   help="write the winner's config as YAML for `eqdp-ray train PATH` (secret seed left null)")
+    p.set_defaults(handler=cmd_best)
+
+    p = subparsers.add_parser("results", help="list the studies of the results store, or the trials of one")
+    _store_arg(p)
+    p.add_argument("--study", default=None, help="list this study's trials (default: list the studies)")
+    p.add_argument("--status", choices=STATUS_CHOICES, default=None, help="only trials with this status")
+    p.add_argument("--epsilon", type=_epsilon, default=None, help="only trials run for this target epsilon")
+    p.add_argument("--format", choices=formats, default="table", help="table, json or csv (full rows)")
+    p.set_defaults(handler=cmd_results)
+
+    p = subparsers.add_parser("report", help="plots and a Markdown/HTML page of a study (or of the whole store)")
+    _store_arg(p)
+    p.add_argument("--study", default=None, help="report on this study (default: every study in the store)")
+    p.add_argument("--out", required=True, help="output directory (created if missing)")
+    p.set_defaults(handler=cmd_report)

@@ -1,0 +1,421 @@
+"""Questions asked of the results store: the best configurations, listings, the winner as a run config.
+
+This is the Python API behind ``eqdp-ray best`` / ``eqdp-ray results`` (and the data side of
+``eqdp-ray report``): the CLI only parses arguments and prints what these functions return,
+so a notebook gets exactly what the terminal shows. Functions accept a ``ResultsStore`` or a
+store URI, so one-off questions need no set-up.
+
+"No results" is not an input error: it raises ``NoResults`` (a ``LookupError``, so the CLI can
+exit 1 for it and 2 for bad arguments, which are ``ResultsStoreError``/``ValueError``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from eqdp_ray.results.errors import ResultsStoreError
+from eqdp_ray.results.schema import METRIC_ALIASES, RANKABLE_STATUSES, config_from_row, is_missing
+from eqdp_ray.results.store import ResultsStore
+
+#: Metrics where smaller is better: ``best`` ranks them ascending unless told otherwise.
+COST_METRICS: tuple[str, ...] = ("epsilon", "wall_time_s", "device_seconds", "num_params", "sigma", "steps")
+
+#: Columns of the readable ``best`` table (json/csv get full rows instead).
+BEST_COLUMNS: tuple[str, ...] = (
+    "rank", "study", "trial_id", "status", "model", "group", "best_val_accuracy", "test_accuracy",
+    "epsilon", "target_epsilon", "sigma", "sample_rate", "steps", "num_params", "wall_time_s",
+)  # fmt: skip
+#: Columns of the readable per-trial listing of one study.
+TRIAL_LIST_COLUMNS: tuple[str, ...] = (
+    "trial_id", "status", "model", "group", "best_val_accuracy", "test_accuracy", "epsilon",
+    "target_epsilon", "sigma", "sample_rate", "steps", "num_params", "wall_time_s", "finished_at",
+)  # fmt: skip
+#: Columns of the readable study listing.
+STUDY_LIST_COLUMNS: tuple[str, ...] = (
+    "study", "n_trials", "n_completed", "n_stopped_early", "n_failed", "n_running",
+    "best_val_accuracy", "target_epsilons", "last_finished_at",
+)  # fmt: skip
+
+#: Integer columns that pandas turns into floats when some rows lack them; shown as integers.
+INT_COLUMNS: frozenset[str] = frozenset(
+    {"rank", "steps", "num_params", "n_trials", "n_completed", "n_stopped_early", "n_failed", "n_running"}
+)
+
+_GROUP_LETTERS = {"dihedral": "D", "cyclic": "C"}
+
+
+class NoResults(LookupError):
+    """The store (or the filtered part of it) holds nothing to show.
+
+    Not a ``ValueError``: the request was valid, the answer is empty, and scripts want to
+    tell the two apart (the CLI exits 1 here, 2 for bad input).
+    """
+
+
+def as_store(store: ResultsStore | str | os.PathLike[str]) -> ResultsStore:
+    """A ``ResultsStore`` for a store or a URI, so every API call accepts either."""
+    return store if isinstance(store, ResultsStore) else ResultsStore(store)
+
+
+def default_mode(metric: str) -> str:
+    """``"min"`` for cost-like metrics (epsilon, time, size), ``"max"`` for accuracies."""
+    column = METRIC_ALIASES.get(metric, metric)
+    return "min" if column in COST_METRICS else "max"
+
+
+# ------------------------------------------------------------------------------ best
+
+
+def best_configs(
+    store: ResultsStore | str | os.PathLike[str],
+    study: str | None = None,
+    epsilon: float | None = None,
+    metric: str = "val_accuracy",
+    top: int | None = 5,
+    mode: str | None = None,
+) -> pd.DataFrame:
+    """The ``top`` ranked trials (full rows, leading ``rank`` column), best first.
+
+    Raises ``NoResults`` with a message that says what was searched and what exists (an
+    empty store, or no finished trial matching the filters), and ``ResultsStoreError`` for
+    an unknown metric or study. The metric is validated even on an empty store, so a typo
+    is reported as a typo, not as "no results".
+    """
+    store = as_store(store)
+    mode = mode or default_mode(metric)
+    if not store.studies():
+        store.best(metric=metric, top=1, mode=mode)  # validates the metric (raises if unknown)
+        raise NoResults(f"the results store {store.uri} holds no trials")
+    top_df = store.best(study=study, epsilon=epsilon, metric=metric, top=top, mode=mode)
+    if top_df.empty:
+        raise NoResults(_explain_empty(store, study, epsilon, metric))
+    return top_df
+
+
+def _explain_empty(store: ResultsStore, study: str | None, epsilon: float | None, metric: str) -> str:
+    column = METRIC_ALIASES.get(metric, metric)
+    where = f"study {study!r}" if study else f"the store {store.uri}"
+    parts = [f"no {' or '.join(RANKABLE_STATUSES)} trial with a value for {column} in {where}"]
+    if epsilon is not None:
+        parts.append(f"with target_epsilon={epsilon:g}")
+    try:
+        trials = store.read_trials(study, columns=["study", "status", "target_epsilon"])
+    except ResultsStoreError:
+        trials = pd.DataFrame(columns=["study", "status", "target_epsilon"])
+    if trials.empty:
+        parts.append("(it holds no readable trials)")
+    else:
+        counts = trials["status"].astype(str).value_counts().sort_index()
+        parts.append("(trials there: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + ")")
+        targets = sorted({float(t) for t in trials["target_epsilon"] if not is_missing(t)})
+        if epsilon is not None and targets:
+            parts.append("target epsilons present: " + ", ".join(f"{t:g}" for t in targets))
+    return " ".join(parts)
+
+
+# ------------------------------------------------------------------------------ listings
+
+
+def list_results(
+    store: ResultsStore | str | os.PathLike[str],
+    study: str | None = None,
+    status: str | Sequence[str] | None = None,
+    epsilon: float | None = None,
+) -> pd.DataFrame:
+    """Without ``study``: one summary row per study (``list_studies``); with it: its trials.
+
+    Filters: ``status`` and ``epsilon`` (the trial's ``target_epsilon``, as in ``best``).
+    For the study listing they select the studies that have at least one matching trial;
+    the counts shown stay those of the whole study, so nothing is silently re-scoped.
+    Raises ``NoResults`` when nothing matches.
+    """
+    store = as_store(store)
+    if study is None:
+        studies = store.list_studies()
+        if studies.empty:
+            raise NoResults(f"the results store {store.uri} holds no trials")
+        if status is not None or epsilon is not None:
+            matching = store.read_trials(status=status, epsilon=epsilon, columns=["study"])
+            keep = set(matching["study"].astype(str))
+            studies = studies[studies["study"].astype(str).isin(keep)].reset_index(drop=True)
+            if studies.empty:
+                raise NoResults(f"no study in {store.uri} has trials matching {_filters(status, epsilon)}")
+        return studies
+    trials = store.read_trials(study, status=status, epsilon=epsilon)
+    if trials.empty:
+        what = f" matching {_filters(status, epsilon)}" if status is not None or epsilon is not None else ""
+        raise NoResults(f"study {study!r} has no trials{what}")
+    return trials
+
+
+def _filters(status: str | Sequence[str] | None, epsilon: float | None) -> str:
+    parts = []
+    if status is not None:
+        parts.append("status=" + (status if isinstance(status, str) else ",".join(status)))
+    if epsilon is not None:
+        parts.append(f"target_epsilon={epsilon:g}")
+    return " and ".join(parts)
+
+
+# ------------------------------------------------------------------------------ views
+
+
+def model_name(row: Mapping[str, Any] | pd.Series) -> str | None:
+    """``config.model.name`` of a row, or None."""
+    model = config_from_row(row).get("model")
+    name = model.get("name") if isinstance(model, Mapping) else None
+    return None if is_missing(name) else str(name)
+
+
+def group_label(row: Mapping[str, Any] | pd.Series) -> str | None:
+    """Symmetry group of a trial's model, e.g. ``"D4"``, ``"C8"``, ``"D4->D2"``; None if not equivariant.
+
+    Prefers the ``group`` column that a trial writes from the model registry (it knows the
+    defaults the config left implicit); otherwise builds it from ``config.model.options``.
+    """
+    recorded = row.get("group") if hasattr(row, "get") else None
+    if isinstance(recorded, str) and recorded:
+        return recorded
+    model = config_from_row(row).get("model")
+    options = model.get("options") if isinstance(model, Mapping) else None
+    if not isinstance(options, Mapping) or is_missing(options.get("group")):
+        return None
+    group, order, restrict = str(options["group"]), options.get("order"), options.get("restrict")
+    letter = _GROUP_LETTERS.get(group.lower())
+    if letter is None:
+        return group if is_missing(order) else f"{group}/{order}"
+    if is_missing(order):
+        return group
+    label = f"{letter}{int(order)}"
+    if isinstance(restrict, (int, np.integer)) and not isinstance(restrict, bool):
+        label += f"->{letter}{int(restrict)}"
+    return label
+
+
+def summary_view(df: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    """The readable subset of a results frame: derived ``model``/``group`` plus ``columns``.
+
+    Columns that are absent are left out, and ``group`` only appears when some row has one,
+    so a table of baselines carries no empty column.
+    """
+    view = pd.DataFrame(index=df.index)
+    records = df.to_dict("records")
+    for column in columns:
+        if column == "model":
+            view["model"] = [model_name(r) for r in records]
+        elif column == "group":
+            groups = [group_label(r) for r in records]
+            if any(g is not None for g in groups):
+                view["group"] = groups
+        elif column in df.columns:
+            series = df[column]
+            if isinstance(series.dtype, pd.CategoricalDtype):
+                series = series.astype(str)
+            elif column in INT_COLUMNS and pd.api.types.is_float_dtype(series):
+                finite = series.dropna()
+                if (finite == finite.round()).all():
+                    series = series.astype("Int64")
+            view[column] = series
+    return view.reset_index(drop=True)
+
+
+# ------------------------------------------------------------------------------ emit config
+
+
+@dataclass(frozen=True)
+class EmittedConfig:
+    """What ``write_config`` wrote: the path, the validated config and the keys it dropped."""
+
+    path: Path
+    config: dict[str, Any]
+    dropped: tuple[str, ...]
+
+
+def _run_config_keys() -> dict[str, Any]:
+    """Nested map of the keys ``RunConfig`` knows; ``None`` marks a free-form leaf or dict."""
+    from eqdp_ray.config import RunConfig
+
+    def keys(cls: type) -> dict[str, Any]:
+        hints = typing.get_type_hints(cls)
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            hint = hints[f.name]
+            out[f.name] = keys(hint) if dataclasses.is_dataclass(hint) else None
+        return out
+
+    return keys(RunConfig)
+
+
+def _prune(config: Mapping[str, Any], known: Mapping[str, Any], prefix: str = "") -> tuple[dict[str, Any], list[str]]:
+    """Drop keys the run config does not know (tune-only extras); report them as dotted paths."""
+    kept: dict[str, Any] = {}
+    dropped: list[str] = []
+    for key, value in config.items():
+        path = f"{prefix}{key}"
+        if key not in known:
+            dropped.append(path)
+        elif known[key] is not None and isinstance(value, Mapping):
+            kept[key], sub = _prune(value, known[key], path + ".")
+            dropped += sub
+        else:
+            kept[key] = value
+    return kept, dropped
+
+
+def _plain(value: Any) -> Any:
+    """YAML-safe Python values (tuples -> lists, numpy -> Python), so safe_dump never fails."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def _emit(row: Mapping[str, Any] | pd.Series) -> tuple[dict[str, Any], list[str]]:
+    from eqdp_ray.config import ConfigError, config_to_dict, parse_config
+
+    config = config_from_row(row)
+    pruned, dropped = _prune(config, _run_config_keys())
+    privacy = pruned.get("privacy")
+    pruned["privacy"] = dict(privacy) if isinstance(privacy, Mapping) else {}
+    # The trial's seed (if it had a fixed one) made its noise known to anyone holding the
+    # config: a run from the emitted file must draw a fresh secret seed.
+    pruned["privacy"]["secret_seed"] = None
+    try:
+        parsed = parse_config(_plain(pruned))
+    except ConfigError as exc:
+        who = f"trial {row.get('trial_id')!r} of study {row.get('study')!r}"
+        raise ResultsStoreError(f"the config of {who} is not a valid run config: {exc}") from None
+    return _plain(config_to_dict(parsed)), dropped
+
+
+def emit_config(row: Mapping[str, Any] | pd.Series) -> dict[str, Any]:
+    """The trial's config as a validated, complete run config dict (``eqdp-ray train`` input).
+
+    Keys the run config does not know (search-only extras) are dropped, defaults are filled
+    in (so the file pins every setting), and ``privacy.secret_seed`` is always null: a fixed
+    seed would make the noise of the new run predictable. Raises ``ResultsStoreError`` when
+    the stored config cannot be a run config.
+    """
+    return _emit(row)[0]
+
+
+def write_config(row: Mapping[str, Any] | pd.Series, path: str | os.PathLike[str]) -> EmittedConfig:
+    """Write ``emit_config(row)`` as YAML (with a provenance comment) that ``eqdp-ray train`` accepts."""
+    import yaml
+
+    config, dropped = _emit(row)
+    dumper = _dumper()
+    target = Path(path)
+    header = [
+        f"# Config of trial {row.get('trial_id')} of study {row.get('study')}, written by `eqdp-ray best`.",
+        f"# best_val_accuracy={_fmt(row.get('best_val_accuracy'))} test_accuracy={_fmt(row.get('test_accuracy'))} "
+        f"epsilon={_fmt(row.get('epsilon'))} "
+        f"(target {_fmt(row.get('target_epsilon'))}, delta {_fmt(row.get('delta'))})",
+        "# privacy.secret_seed is null: a fresh secret seed is drawn for the new run, so its noise is private.",
+    ]
+    if dropped:
+        header.append(f"# dropped keys unknown to the run config: {', '.join(dropped)}")
+    text = "\n".join(header) + "\n" + yaml.dump(config, Dumper=dumper, sort_keys=False)
+    if target.parent and not target.parent.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(text)
+    return EmittedConfig(target, config, tuple(dropped))
+
+
+def _dumper() -> type:
+    import yaml
+
+    class Dumper(yaml.SafeDumper):
+        """Block mappings, inline lists: reads like the hand-written configs in configs/."""
+
+    Dumper.add_representer(
+        list, lambda d, v: d.represent_sequence("tag:yaml.org,2002:seq", v, flow_style=True)
+    )
+    return Dumper
+
+
+def _fmt(value: Any) -> str:
+    if is_missing(value):
+        return "n/a"
+    if isinstance(value, (float, np.floating)):
+        return f"{float(value):.4g}"
+    return str(value)
+
+
+# ------------------------------------------------------------------------------ analysis
+
+
+def rankable(trials: pd.DataFrame, metric: str = "best_val_accuracy") -> pd.DataFrame:
+    """Trials ``best`` would rank: completed/stopped_early with a finite metric value."""
+    if trials.empty or metric not in trials.columns or "status" not in trials.columns:
+        return trials.iloc[0:0]
+    values = pd.to_numeric(trials[metric], errors="coerce")
+    mask = trials["status"].astype(str).isin(RANKABLE_STATUSES) & np.isfinite(values)
+    return trials[mask]
+
+
+def pareto_front(trials: pd.DataFrame, x: str = "num_params", y: str = "best_val_accuracy") -> pd.DataFrame:
+    """Rows not dominated in (max ``y``, min ``x``), sorted by ``x``: the accuracy/size trade-off.
+
+    A row is on the front when no other row is at least as small and strictly more accurate
+    (or as accurate and strictly smaller). Rows missing either value are ignored.
+    """
+    if trials.empty or x not in trials.columns or y not in trials.columns:
+        return trials.iloc[0:0]
+    xs = pd.to_numeric(trials[x], errors="coerce")
+    ys = pd.to_numeric(trials[y], errors="coerce")
+    valid = trials[np.isfinite(xs) & np.isfinite(ys)].copy()
+    valid["__x"], valid["__y"] = xs[valid.index], ys[valid.index]
+    valid = valid.sort_values(["__x", "__y"], ascending=[True, False], kind="mergesort")
+    keep, best_y = [], -math.inf
+    for index, value in zip(valid.index, valid["__y"]):
+        if value > best_y:
+            keep.append(index)
+            best_y = value
+    return valid.loc[keep].drop(columns=["__x", "__y"])
+
+
+def best_per_epsilon(trials: pd.DataFrame, metric: str = "best_val_accuracy") -> pd.DataFrame:
+    """The best rankable trial of each (study, target_epsilon): one point of a privacy/utility curve.
+
+    Trials without a target epsilon are grouped under the epsilon they spent, so foreign
+    rows still show up. Columns: study, target_epsilon, the metric, test_accuracy, epsilon,
+    trial_id, sorted by target_epsilon then study.
+    """
+    ranked = rankable(trials, metric)
+    if ranked.empty or "study" not in ranked.columns:
+        return pd.DataFrame(columns=["study", "target_epsilon", metric, "test_accuracy", "epsilon", "trial_id"])
+    ranked = ranked.copy()
+    target = pd.to_numeric(ranked.get("target_epsilon"), errors="coerce")
+    spent = pd.to_numeric(ranked.get("epsilon"), errors="coerce")
+    ranked["target_epsilon"] = target.where(np.isfinite(target), spent)
+    ranked = ranked[np.isfinite(ranked["target_epsilon"])]
+    ranked["study"] = ranked["study"].astype(str)
+    ranked["__score"] = pd.to_numeric(ranked[metric], errors="coerce")
+    ranked = ranked.sort_values(["__score", "trial_id"], ascending=[False, True], kind="mergesort")
+    best = ranked.groupby(["study", "target_epsilon"], sort=False).head(1)
+    cols = [c for c in ["study", "target_epsilon", metric, "test_accuracy", "epsilon", "trial_id"] if c in best.columns]
+    return best.sort_values(["target_epsilon", "study"], kind="mergesort")[cols].reset_index(drop=True)
+
+
+def trial_order(trials: pd.DataFrame) -> pd.DataFrame:
+    """Trials in the order they ran: by start time, then finish/write time, then id."""
+    if trials.empty:
+        return trials
+    keys = [c for c in ("started_at", "finished_at", "written_at", "trial_id") if c in trials.columns]
+    return trials.sort_values(keys, na_position="last", kind="mergesort").reset_index(drop=True)
+

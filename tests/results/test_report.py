@@ -1,0 +1,218 @@
+"""`eqdp-ray report`: plots, the page, and Optuna importances rebuilt from stored trials."""
+from __future__ import annotations
+
+import math
+import random
+import struct
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+from eqdp_ray.cli import main
+from eqdp_ray.results import NoResults, ResultsStore
+from eqdp_ray.results import report as report_module
+from eqdp_ray.results.report import ADAPTIVE_SENTENCE, PLOTS, build_report, param_importances, study_from_trials
+
+from .test_cli import build_store, run_config, trial_row
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """Width and height from the IHDR chunk; fails on anything that is not a PNG."""
+    data = path.read_bytes()
+    assert data[:8] == PNG_MAGIC, f"{path} is not a PNG"
+    assert data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+def lr_study(root: Path, n: int = 16) -> ResultsStore:
+    """A study where accuracy is driven by the learning rate alone (batch size, clip: noise-free no-ops)."""
+    rng = random.Random(0)
+    store = ResultsStore(str(root))
+    rows = []
+    for i in range(n):
+        lr = math.exp(rng.uniform(math.log(0.25), math.log(4.0)))
+        acc = 0.9 - 0.1 * abs(math.log2(lr))  # best at lr = 1
+        model, group, order = rng.choice([("eq_resnet9", "dihedral", 4), ("eq_resnet9", "cyclic", 8)])
+        config = run_config(model, group, order, lr=lr, batch_size=rng.choice([64, 128, 256]),
+                            clip=rng.uniform(0.5, 4.0))
+        rows.append(trial_row("lr", f"t{i:02d}", acc, minute=i, config=config, num_params=10000 + 1000 * i))
+    store.write_trials(rows)
+    return store
+
+
+def test_report_writes_four_plots_and_a_page(tmp_path, capsys):
+    store = build_store(tmp_path / "store")
+    out = tmp_path / "report"
+    code = main(["report", "--store", store.uri, "--out", str(out)])
+    stdout, stderr = capsys.readouterr()
+    assert code == 0, stderr
+    for name in PLOTS.values():
+        path = out / name
+        assert path.stat().st_size > 5000, name
+        width, height = png_size(path)
+        assert width >= 400 and height >= 200
+        assert str(path) in stdout
+    md = (out / "report.md").read_text()
+    page = (out / "index.html").read_text()
+    for name in PLOTS.values():
+        assert f"]({name})" in md
+        assert f"<img src='{name}'" in page
+    assert "Plot skipped" not in md
+    # the top-5 table, best first, with the per-trial epsilon
+    top_lines = [line for line in md.splitlines() if line.startswith("| ") and "digits" in line]
+    assert [line.split("|")[3].strip() for line in top_lines] == ["t01", "t05", "t00", "p1", "p2"]
+    assert "| 1 | digits8 | t01 | completed | eq_resnet9 | C8 | 0.9300 |" in md
+    assert "<td>t01</td>" in page
+    # privacy: per-trial targets, the recorded search-level bound, and the adaptive caveat
+    assert "Study digits8: each trial is differentially private on its own with target epsilon 8" in md
+    assert "epsilon spent by finished trials: 7.92" in md
+    assert "Study digits1" in md and "is (2.6, 2e-05)-DP" in md
+    assert "No search-level epsilon was recorded (search mode: tpe)" in md
+    assert ADAPTIVE_SENTENCE in md and ADAPTIVE_SENTENCE in page
+    assert "Adaptive searches (TPE, ASHA) are not covered by a search-level bound" in md
+
+
+def test_report_for_one_study_uses_optuna_importances(tmp_path):
+    store = lr_study(tmp_path / "store")
+    rep = build_report(store, tmp_path / "out", study="lr")
+    assert all(rep.images[k] is not None for k in PLOTS), rep.notes
+    imp = rep.importances
+    assert imp is not None and imp.method == "optuna-fanova" and imp.from_optuna
+    assert set(imp.values) == {"training.lr", "training.batch_size", "privacy.max_grad_norm",
+                               "model.options.group", "model.options.order"}
+    assert max(imp.values, key=imp.values.get) == "training.lr"
+    assert imp.values["training.lr"] > 0.5
+    assert sum(imp.values.values()) == pytest.approx(1.0)
+
+    # the same numbers as Optuna's own estimator on the rebuilt study
+    study, _ = study_from_trials(store.read_trials("lr"))
+    direct = optuna.importance.get_param_importances(
+        study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0)
+    )
+    assert imp.values == pytest.approx(direct)
+    md = rep.markdown.read_text()
+    assert "Optuna fANOVA importances over 16 finished trials" in md and "| training.lr |" in md
+    assert "Fallback" not in md
+
+
+def test_study_is_rebuilt_with_inferred_distributions(tmp_path):
+    store = lr_study(tmp_path / "store", n=10)
+    trials = store.read_trials("lr")
+    study, dists = study_from_trials(trials)
+    assert len(study.trials) == 10
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    assert sorted(t.value for t in study.trials) == pytest.approx(sorted(trials["best_val_accuracy"]))
+    assert isinstance(dists["training.lr"], FloatDistribution) and dists["training.lr"].log
+    assert dists["training.lr"].low == pytest.approx(trials["config.training.lr"].min())
+    assert dists["training.batch_size"] == CategoricalDistribution([64, 128, 256])
+    assert dists["model.options.group"] == CategoricalDistribution(["cyclic", "dihedral"])
+    # constants and identifiers are not parameters
+    assert "model.name" not in dists and "data.name" not in dists and "name" not in dists
+    assert "privacy.secret_seed" not in dists
+
+
+def test_conditional_parameters_are_left_out_of_fanova_and_listed(tmp_path):
+    store = build_store(tmp_path / "store")
+    imp = param_importances(store.read_trials("digits8"))
+    # 4 finished trials with accuracy: t00, t01, t02 (resnet9: no group/order/layout), t05
+    assert imp.method == "optuna-fanova"
+    assert "model.options.group" in imp.left_out and "model.name" in imp.values
+    assert "not set in every trial" in imp.note
+
+
+def test_fallback_when_too_few_trials_is_labelled(tmp_path):
+    store = ResultsStore(str(tmp_path / "store"))
+    store.write_trials([
+        trial_row("s", "a", 0.6, minute=0, config=run_config(lr=1.0)),
+        trial_row("s", "b", 0.8, minute=1, config=run_config(lr=2.0)),
+    ])  # fmt: skip
+    rep = build_report(store, tmp_path / "out")
+    assert rep.images["importance"] is not None
+    assert rep.importances.method == "fallback-spread"
+    assert rep.importances.values == {"training.lr": pytest.approx(0.2)}
+    md = rep.markdown.read_text()
+    assert "Fallback, not fANOVA: 2 trials and 1 varying parameters are too few for fANOVA" in md
+    assert "| training.lr | 0.2000 |" in md
+
+
+def test_fallback_when_optuna_fails(tmp_path, monkeypatch):
+    store = lr_study(tmp_path / "store", n=6)
+
+    class Broken:
+        def __init__(self, *args, **kwargs):
+            raise RuntimeError("no forest today")
+
+    monkeypatch.setattr(optuna.importance, "FanovaImportanceEvaluator", Broken)
+    rep = build_report(store, tmp_path / "out")
+    assert rep.importances.method == "fallback-spread"
+    assert "Optuna's fANOVA failed (RuntimeError: no forest today)" in rep.notes["importance"]
+    assert "Fallback, not fANOVA" in (tmp_path / "out" / "index.html").read_text()
+    assert png_size(tmp_path / "out" / PLOTS["importance"])[0] > 0
+
+
+def test_single_trial_study_skips_what_cannot_be_drawn(tmp_path):
+    store = ResultsStore(str(tmp_path / "store"))
+    store.write_trial(trial_row("one", "only", 0.7))
+    out = tmp_path / "out"
+    rep = build_report(store, out, study="one")
+    assert rep.images["history"] and rep.images["pareto"] and rep.images["epsilon"]
+    assert rep.images["importance"] is None and not (out / PLOTS["importance"]).exists()
+    assert "needs at least 2 finished trials" in rep.notes["importance"]
+    md = rep.markdown.read_text()
+    assert "_Plot skipped: needs at least 2 finished trials" in md
+    assert PLOTS["importance"] not in md and PLOTS["importance"] not in rep.html.read_text()
+    assert "| 1 | one | only |" in md
+
+
+def test_nans_and_missing_columns_skip_plots_with_notes(tmp_path):
+    store = ResultsStore(str(tmp_path / "store"))
+    # foreign-ish rows: no config, no num_params, no epsilon, one NaN accuracy
+    store.write_trials([
+        {"study": "bare", "trial_id": "a", "status": "completed", "best_val_accuracy": 0.5},
+        {"study": "bare", "trial_id": "b", "status": "completed", "best_val_accuracy": float("nan")},
+        {"study": "bare", "trial_id": "c", "status": "failed"},
+    ])  # fmt: skip
+    rep = build_report(store, tmp_path / "out")
+    assert rep.images["history"] is not None
+    assert rep.images["pareto"] is None and "parameter count" in rep.notes["pareto"]
+    assert rep.images["epsilon"] is None and "epsilon" in rep.notes["epsilon"]
+    assert rep.images["importance"] is None
+    page = rep.html.read_text()
+    assert page.count("Plot skipped") == 3
+    assert "No search-level epsilon was recorded" in page and ADAPTIVE_SENTENCE in page
+
+
+def test_report_without_ranked_trials_still_writes_a_page(tmp_path):
+    store = ResultsStore(str(tmp_path / "store"))
+    store.write_trial(trial_row("s", "a", None, status="running"))
+    rep = build_report(store, tmp_path / "out")
+    assert all(path is None for path in rep.images.values())
+    assert "No finished trial has a validation accuracy." in rep.markdown.read_text()
+
+
+def test_report_of_an_empty_store_or_unknown_study(tmp_path, capsys):
+    with pytest.raises(NoResults):
+        build_report(ResultsStore(str(tmp_path / "nothing")), tmp_path / "out")
+    code = main(["report", "--store", str(tmp_path / "nothing"), "--out", str(tmp_path / "out")])
+    _, err = capsys.readouterr()
+    assert code == 1 and "no results" in err
+    store = build_store(tmp_path / "store")
+    code = main(["report", "--store", store.uri, "--study", "nope", "--out", str(tmp_path / "out")])
+    _, err = capsys.readouterr()
+    assert code == 2 and "unknown study 'nope'" in err
+
+
+def test_a_plot_that_fails_is_a_note_not_a_crash(tmp_path, monkeypatch):
+    store = build_store(tmp_path / "store")
+
+    def broken(*args, **kwargs):
+        raise KeyError("num_params")
+
+    monkeypatch.setattr(report_module, "pareto_front", broken)
+    rep = build_report(store, tmp_path / "out", study="digits8")
+    assert rep.images["pareto"] is None and "KeyError" in rep.notes["pareto"]
+    assert rep.images["history"] is not None and rep.images["importance"] is not None

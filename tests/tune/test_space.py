@@ -1,0 +1,266 @@
+"""Search-space schema: every malformed space fails before any trial starts, naming the line or key."""
+import textwrap
+
+import optuna
+import pytest
+
+from eqdp_ray.config import ConfigError
+from eqdp_ray.tune.runner import DefineByRun
+from eqdp_ray.tune.space import (
+    SpaceError,
+    check_space,
+    corner_points,
+    load_space,
+    privacy_candidates,
+    resolve_params,
+    trial_config,
+)
+
+TRAIN_SIZE = 1294  # digits: 1438 training digits minus the 10% validation split
+
+
+def base(**changes):
+    space = {
+        "study": "unit",
+        "privacy": {"target_epsilon": 8.0, "delta": 1e-5},
+        "data": {"name": "digits"},
+        "fixed": {"training.steps": 20},
+        "search": {
+            "model.name": {"type": "categorical", "choices": ["eq_resnet9", "resnet9"]},
+            "model.options.order": {"type": "categorical", "choices": [2, 4], "when": {"model.name": "eq_resnet9"}},
+            "model.options.layout": {"type": "categorical", "choices": [[4, 8, 16], [8, 8, 16]],
+                                     "when": {"model.name": "eq_resnet9"}},
+            "model.options.width": {"type": "categorical", "choices": [0.125, 0.25], "when": {"model.name": "resnet9"}},
+            "training.lr": {"type": "loguniform", "low": 0.5, "high": 4.0},
+            "training.batch_size": {"type": "int", "low": 64, "high": 256, "step": 64},
+        },
+        "num_samples": 3,
+    }
+    space.update(changes)
+    return space
+
+
+def write(tmp_path, text):
+    path = tmp_path / "space.yaml"
+    path.write_text(textwrap.dedent(text).lstrip())
+    return path
+
+
+VALID_YAML = """
+    study: unit
+    privacy: {target_epsilon: 8.0, delta: 1.0e-5}
+    data: {name: digits}
+    fixed:
+      training.steps: 20
+    search:
+      training.lr: {type: loguniform, low: 0.5, high: 4.0}
+      training.batch_size: {type: categorical, choices: [64, 128]}
+    num_samples: 2
+"""
+
+
+def test_valid_yaml_parses_with_defaults(tmp_path):
+    space = load_space(write(tmp_path, VALID_YAML))
+    assert space.study == "unit" and space.privacy["accountant"] == "rdp"
+    assert space.sampler.type == "tpe" and space.scheduler.type == "asha"
+    assert list(space.search) == ["training.lr", "training.batch_size"]
+    check = check_space(space, TRAIN_SIZE)
+    assert check.points_checked >= 3 and check.hardest_feasible
+
+
+def test_unknown_config_key_names_line_and_suggests(tmp_path):
+    text = VALID_YAML.replace("training.lr: {type", "trainng.lr: {type")
+    with pytest.raises(SpaceError, match=r"space\.yaml:7: 'search\.trainng\.lr': unknown config key 'trainng\.lr'; "
+                                         r"did you mean 'training\.lr'"):
+        load_space(write(tmp_path, text))
+
+
+def test_unknown_top_level_and_nested_keys_name_their_line(tmp_path):
+    with pytest.raises(SpaceError, match=r"space\.yaml:9: 'num_sample'.*did you mean 'num_samples'"):
+        load_space(write(tmp_path, VALID_YAML.replace("num_samples: 2", "num_sample: 2")))
+    text = VALID_YAML.replace("{type: loguniform, low: 0.5, high: 4.0}", "{type: loguniform, low: 0.5, hgh: 4.0}")
+    with pytest.raises(SpaceError, match=r"space\.yaml:7: 'search\.training\.lr\.hgh': unknown key"):
+        load_space(write(tmp_path, text))
+
+
+def test_duplicate_yaml_key_is_an_error(tmp_path):
+    text = VALID_YAML + "    num_samples: 5\n"
+    with pytest.raises(SpaceError, match=r"space\.yaml:10: duplicate key 'num_samples' \(first at line 9\)"):
+        load_space(write(tmp_path, text))
+
+
+@pytest.mark.parametrize("spec,match", [
+    ({"type": "float", "low": 2.0, "high": 2.0}, "empty range: low=2.0 must be below high=2.0"),
+    ({"type": "int", "low": 5, "high": 3}, "empty range"),
+    ({"type": "loguniform", "low": 0.0, "high": 1.0}, "log scale needs low > 0"),
+    ({"type": "categorical", "choices": []}, "non-empty list of choices"),
+    ({"type": "categorical", "choices": [1, 1]}, "repeated choice"),
+    ({"type": "gaussian", "low": 0, "high": 1}, "type must be one of"),
+    (0.5, "needs a distribution"),
+])
+def test_bad_distributions(spec, match):
+    space = base()
+    space["search"]["training.momentum"] = spec
+    with pytest.raises(SpaceError, match=match):
+        load_space(space)
+
+
+def test_fixed_and_searched_is_an_error(tmp_path):
+    text = VALID_YAML.replace("training.steps: 20", "training.steps: 20\n      training.lr: 1.0")
+    with pytest.raises(SpaceError, match=r"space\.yaml:8: 'search\.training\.lr': is both fixed \(line 6\) and searched"):
+        load_space(write(tmp_path, text))
+
+
+@pytest.mark.parametrize("block,key", [("search", "privacy.noise_multiplier"), ("search", "sigma"),
+                                       ("fixed", "privacy.sigma"), ("fixed", "noise_multiplier")])
+def test_sigma_is_never_set(block, key):
+    space = base()
+    value = {"type": "float", "low": 0.5, "high": 2.0} if block == "search" else 1.0
+    space[block][key] = value
+    with pytest.raises(SpaceError, match="sigma .* is never set or searched"):
+        load_space(space)
+    with pytest.raises(SpaceError, match="sigma"):
+        load_space(base(privacy={"target_epsilon": 8.0, "delta": 1e-5, "noise_multiplier": 1.0}))
+
+
+@pytest.mark.parametrize("block", ["search", "fixed"])
+def test_the_budget_cannot_move(block):
+    space = base()
+    space[block]["privacy.target_epsilon"] = {"type": "float", "low": 1, "high": 8} if block == "search" else 4.0
+    with pytest.raises(SpaceError, match="belongs to the privacy block"):
+        load_space(space)
+    space = base()
+    space[block]["data.val_size"] = {"type": "float", "low": 0.1, "high": 0.2} if block == "search" else 0.2
+    with pytest.raises(SpaceError, match="belongs to the data block"):
+        load_space(space)
+
+
+def test_clip_norm_is_a_training_choice_not_part_of_the_budget():
+    with pytest.raises(SpaceError, match="clip norm is a training choice"):
+        load_space(base(privacy={"target_epsilon": 8.0, "delta": 1e-5, "max_grad_norm": 1.0}))
+    space = base()
+    space["search"]["privacy.max_grad_norm"] = {"type": "float", "low": 0.5, "high": 4.0, "log": True}
+    assert "privacy.max_grad_norm" in load_space(space).search
+
+
+def test_impossible_budget_fails_before_any_trial():
+    space = load_space(base(privacy={"target_epsilon": 1e-4, "delta": 1e-5},
+                            fixed={"training.steps": 20000, "training.batch_size": TRAIN_SIZE},
+                            search={"training.lr": {"type": "float", "low": 0.5, "high": 2.0}}))
+    with pytest.raises(SpaceError, match="no trial of this space can meet the privacy budget epsilon=0.0001"):
+        check_space(space, TRAIN_SIZE)
+
+
+def test_multi_objective_with_asha_is_refused():
+    objectives = [{"metric": "val_accuracy", "mode": "max"}, {"metric": "num_params", "mode": "min"}]
+    with pytest.raises(SpaceError, match="ASHA stops trials on a single metric"):
+        load_space(base(objectives=objectives, scheduler={"type": "asha"}))
+    space = load_space(base(objectives=objectives))  # without an explicit scheduler: none
+    assert space.scheduler.type == "none" and space.multi_objective and space.modes == ["max", "min"]
+
+
+def test_test_accuracy_never_drives_the_search():
+    with pytest.raises(SpaceError, match="test_accuracy never drives the search"):
+        load_space(base(objectives=[{"metric": "test_accuracy"}]))
+
+
+def test_random_count_needs_random_search_without_early_stopping():
+    count = {"distribution": "truncated_negative_binomial", "mean": 4, "eta": 1}
+    space = load_space(base(num_samples=count))
+    assert space.private_selection and space.sampler.type == "random" and space.scheduler.type == "none"
+    with pytest.raises(SpaceError, match="needs sampler type random"):
+        load_space(base(num_samples=count, sampler={"type": "tpe"}))
+    with pytest.raises(SpaceError, match="needs scheduler type none"):
+        load_space(base(num_samples=count, scheduler={"type": "asha"}))
+    with pytest.raises(SpaceError, match="mean must be > 1"):
+        load_space(base(num_samples={"distribution": "truncated_negative_binomial", "mean": 1}))
+
+
+def test_sampled_configs_must_parse():
+    space = base()
+    space["search"]["training.momentum"] = {"type": "float", "low": 0.5, "high": 1.0}  # momentum 1.0 is invalid
+    with pytest.raises(SpaceError, match=r"training\.momentum=1\.0.*momentum must lie in \[0, 1\)"):
+        check_space(load_space(space), TRAIN_SIZE)
+
+
+def test_batch_larger_than_the_training_set_is_caught():
+    space = base()
+    space["search"]["training.batch_size"] = {"type": "categorical", "choices": [128, 4096]}
+    with pytest.raises(SpaceError, match="expected batch of 4096, more than the 1294 training examples"):
+        check_space(load_space(space), TRAIN_SIZE)
+
+
+def test_condition_on_unknown_key_and_cycles():
+    space = base()
+    space["search"]["model.options.group"] = {"type": "categorical", "choices": ["cyclic"],
+                                              "when": {"model.options.bogus": 1}}
+    with pytest.raises(SpaceError, match="neither searched nor fixed"):
+        load_space(space)
+    space = base()
+    space["search"]["training.momentum"] = {"type": "float", "low": 0, "high": 0.9, "when": {"training.nesterov": True}}
+    space["search"]["training.nesterov"] = {"type": "categorical", "choices": [True, False],
+                                            "when": {"training.momentum": 0.5}}
+    with pytest.raises(SpaceError, match="cycle"):
+        load_space(space)
+
+
+def test_define_by_run_respects_conditions_and_configs_parse():
+    space = load_space(base())
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3), direction="maximize")
+    define = DefineByRun(space)
+    seen = set()
+    for _ in range(20):
+        trial = study.ask()
+        define(trial)
+        params = resolve_params(space, trial.params)
+        seen.add(params["model.name"])
+        eq_keys = {"model.options.order", "model.options.layout"}
+        if params["model.name"] == "eq_resnet9":
+            assert eq_keys <= set(params) and "model.options.width" not in params
+            assert isinstance(params["model.options.layout"], tuple)  # JSON-decoded list
+        else:
+            assert not eq_keys & set(params) and "model.options.width" in params
+        config = trial_config(space, trial.params, TRAIN_SIZE)
+        assert config.training.steps == 20 and config.privacy.target_epsilon == 8.0
+        assert config.device == "cpu"  # the space reserves no GPU
+        study.tell(trial, 0.5)
+    assert seen == {"eq_resnet9", "resnet9"}
+
+
+def test_corner_points_activate_conditional_keys():
+    space = load_space(base())
+    points = corner_points(space)
+    assert any(p.get("model.options.width") == 0.25 and p["model.name"] == "resnet9" for p in points)
+    assert any(p.get("model.options.layout") == (8, 8, 16) for p in points)
+    assert {p["training.batch_size"] for p in points} == {64, 256}
+
+
+def test_sample_rate_pseudo_key_and_privacy_candidates():
+    space = base(fixed={"training.epochs": 2})
+    del space["search"]["training.batch_size"]
+    space["search"]["sample_rate"] = {"type": "categorical", "choices": [0.05, 0.1]}
+    space = load_space(space)
+    config = trial_config(space, {"sample_rate": 0.1, "training.lr": 1.0, "model.name": "resnet9"}, TRAIN_SIZE)
+    assert config.training.batch_size == round(0.1 * TRAIN_SIZE)
+    candidates = privacy_candidates(space, TRAIN_SIZE)
+    assert candidates == sorted({(65 / TRAIN_SIZE, 40), (129 / TRAIN_SIZE, 21)})
+    with pytest.raises(SpaceError, match="set only one of 'training.batch_size' and 'sample_rate'"):
+        load_space(base(fixed={"training.steps": 5, "sample_rate": 0.1}))
+
+
+def test_overrides_apply_to_dotted_keys(tmp_path):
+    path = write(tmp_path, VALID_YAML)
+    space = load_space(path, ["num_samples=7", "fixed.training.steps=9", "search.training.lr.high=3",
+                              "sampler.seed=5"])
+    assert space.num_samples == 7 and space.fixed["training.steps"] == 9 and space.sampler.seed == 5
+    assert space.search["training.lr"].high == 3
+    with pytest.raises(SpaceError, match=r"--set search\.training\.lr\.high: 'search\.training\.lr': empty range"):
+        load_space(path, ["search.training.lr.high=0.1"])
+    with pytest.raises(SpaceError, match="no searched key matches"):
+        load_space(path, ["search.training.nope.high=3"])
+
+
+def test_space_error_is_a_config_error():
+    assert issubclass(SpaceError, ConfigError)
+    with pytest.raises(ConfigError, match="study name"):
+        load_space(base(study="has space"))
