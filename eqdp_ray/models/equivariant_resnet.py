@@ -42,7 +42,6 @@ head instead of 1,570.
 """
 from __future__ import annotations
 
-import copy
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -58,11 +57,6 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # escnn's py3nj warning; only 3-D groups need it
     from escnn import gspaces
     from escnn import nn as enn
-    from escnn.nn.modules.basismanager.basisexpansion_blocks import BlocksBasisExpansion
-    from escnn.nn.modules.basismanager.basisexpansion_singleblock import (
-        SingleBlockBasisExpansion,
-        normalize_basis,
-    )
 
 __all__ = [
     "EquivariantResNet9",
@@ -283,84 +277,11 @@ class FieldStandardize(nn.Module):
 # --------------------------------------------------------------------------------------------
 
 
-class _PrivateBlocksExpansion(BlocksBasisExpansion):
-    """escnn's block expansion with ordinary identity hashing (see ``_exact_private_expansion``)."""
-
-    __hash__ = object.__hash__
-    __eq__ = object.__eq__
-
-
-class _PrivateSingleBlockExpansion(SingleBlockBasisExpansion):
-    """escnn's single-block expansion with ordinary identity hashing."""
-
-    __hash__ = object.__hash__
-    __eq__ = object.__eq__
-
-
-def _exact_private_expansion(expansion: nn.Module) -> nn.Module:
-    """A private copy of an escnn basis expansion, its basis re-sampled in float64.
-
-    Three problems with escnn's expansion as ``R2Conv`` leaves it:
-
-    * escnn caches sampled bases globally and hands the *same* block modules to every layer
-      with the same representation pair, across models. ``model.double()`` or ``.to(device)``
-      on one model would then change the buffers under every other model. A deep copy makes
-      the buffers this layer's own.
-    * escnn samples the analytic basis at float32 grid points, so the stored filters are
-      equivariant only to ~1e-7 relative, even after ``.double()``. Re-sampling in float64 and
-      rounding once to float32 keeps exact equalities exact (rounding is deterministic), so the
-      model is invariant to float64 round-off when run in float64, as the tests demand.
-    * escnn hashes these modules by content (converting tensors to numpy), which
-      ``named_modules`` does for every module; inside ``torch.func`` transforms (vmap/grad
-      per-example gradients) that fails. The copies get ordinary identity hashing, as every
-      other ``nn.Module`` has.
-    """
-    private = copy.deepcopy(expansion)
-    points = torch.as_tensor(private.points, dtype=torch.float64)
-    for block in list(private.modules()):
-        if type(block) is BlocksBasisExpansion:
-            block.__class__ = _PrivateBlocksExpansion
-        if type(block) is not SingleBlockBasisExpansion:
-            continue
-        block.__class__ = _PrivateSingleBlockExpansion
-        basis = block.basis.double()  # private: deep-copied with the block (escnn shares the original)
-        sampled = basis.sample(points).permute(1, 2, 3, 0)
-        sizes = torch.tensor([attr["shape"][0] for attr in block.basis], dtype=sampled.dtype)
-        sampled = normalize_basis(sampled, sizes)[block._mask].to(block.sampled_basis.dtype)
-        if sampled.shape != block.sampled_basis.shape or not torch.allclose(
-            sampled, block.sampled_basis, atol=1e-5, rtol=1e-4
-        ):  # pragma: no cover - guards an escnn change
-            raise RuntimeError("float64 re-sampling of the escnn basis does not match escnn's own basis")
-        block.sampled_basis = sampled
-    return private
-
-
 def _steerable_conv(
     in_type: enn.FieldType, out_type: enn.FieldType, bandlimit: float | None
 ) -> layers.SteerableConv2d:
-    """A 3x3 ``SteerableConv2d`` with the reference's band limit and an exact, private basis.
-
-    ``layers.SteerableConv2d`` builds its basis with escnn's default frequency cut-off. The
-    reference keeps frequencies up to ``bandlimit * radius`` (3 r), which is what gives the
-    paper's parameter count. Until the layer takes that option, the basis expansion and the
-    coefficient vector are swapped for those of an escnn ``R2Conv`` with the reference cut-off.
-    The module stays an exact ``SteerableConv2d`` (its per-example gradient rule applies) and
-    ``expand`` is unchanged, so equivariance holds for any coefficients, noisy ones included.
-    See ``_exact_private_expansion`` for why the expansion is copied and re-sampled.
-    """
-    conv = layers.SteerableConv2d(in_type, out_type, kernel_size=3, padding=1)
-    expansion = conv.expansion
-    if bandlimit is not None:
-        reference = enn.R2Conv(
-            in_type, out_type, 3, padding=1, bias=False, frequencies_cutoff=float(bandlimit)
-        )
-        expansion = reference.basisexpansion
-        conv.weight = nn.Parameter(reference.weights.detach().clone())
-    conv.expansion = _exact_private_expansion(expansion)
-    expected = (out_type.size, in_type.size, 3, 3)
-    if tuple(conv.expand().shape) != expected:  # pragma: no cover - guards a layers.py change
-        raise RuntimeError(f"SteerableConv2d expands to {tuple(conv.expand().shape)}, not {expected}")
-    return conv
+    """A 3x3 ``SteerableConv2d`` with the reference's band limit (frequencies up to 3 r)."""
+    return layers.SteerableConv2d(in_type, out_type, kernel_size=3, padding=1, frequencies_cutoff=bandlimit)
 
 
 class EquivariantConvBlock(nn.Sequential):

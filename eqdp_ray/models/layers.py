@@ -8,6 +8,7 @@ construction time, so that wrong field-type wiring fails there, not after traini
 """
 from __future__ import annotations
 
+import copy
 import warnings
 
 import torch
@@ -19,6 +20,8 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from escnn import gspaces
     from escnn import nn as enn
+    from escnn.nn.modules.basismanager.basisexpansion_blocks import BlocksBasisExpansion
+    from escnn.nn.modules.basismanager.basisexpansion_singleblock import SingleBlockBasisExpansion, normalize_basis
 
 
 def make_gspace(group: str, order: int) -> gspaces.GSpace2D:
@@ -32,6 +35,59 @@ def make_gspace(group: str, order: int) -> gspaces.GSpace2D:
 
 def field_sizes(field_type: enn.FieldType) -> list[int]:
     return [r.size for r in field_type.representations]
+
+
+class _PrivateBlocksExpansion(BlocksBasisExpansion):
+    """escnn's block expansion with ordinary identity hashing (see ``_exact_private_expansion``)."""
+
+    __hash__ = object.__hash__
+    __eq__ = object.__eq__
+
+
+class _PrivateSingleBlockExpansion(SingleBlockBasisExpansion):
+    """escnn's single-block expansion with ordinary identity hashing."""
+
+    __hash__ = object.__hash__
+    __eq__ = object.__eq__
+
+
+def _exact_private_expansion(expansion: nn.Module) -> nn.Module:
+    """A private copy of an escnn basis expansion, its basis re-sampled in float64.
+
+    Used by every ``SteerableConv2d``.
+    Three problems with escnn's expansion as ``R2Conv`` leaves it:
+
+    * escnn caches sampled bases globally and hands the *same* block modules to every layer
+      with the same representation pair, across models. ``model.double()`` or ``.to(device)``
+      on one model would then change the buffers under every other model. A deep copy makes
+      the buffers this layer's own.
+    * escnn samples the analytic basis at float32 grid points, so the stored filters are
+      equivariant only to ~1e-7 relative, even after ``.double()``. Re-sampling in float64 and
+      rounding once to float32 keeps exact equalities exact (rounding is deterministic), so the
+      model is invariant to float64 round-off when run in float64, as the tests demand.
+    * escnn hashes these modules by content (converting tensors to numpy), which
+      ``named_modules`` does for every module; inside ``torch.func`` transforms (vmap/grad
+      per-example gradients) that fails. The copies get ordinary identity hashing, as every
+      other ``nn.Module`` has.
+    """
+    private = copy.deepcopy(expansion)
+    points = torch.as_tensor(private.points, dtype=torch.float64)
+    for block in list(private.modules()):
+        if type(block) is BlocksBasisExpansion:
+            block.__class__ = _PrivateBlocksExpansion
+        if type(block) is not SingleBlockBasisExpansion:
+            continue
+        block.__class__ = _PrivateSingleBlockExpansion
+        basis = block.basis.double()  # private: deep-copied with the block (escnn shares the original)
+        sampled = basis.sample(points).permute(1, 2, 3, 0)
+        sizes = torch.tensor([attr["shape"][0] for attr in block.basis], dtype=sampled.dtype)
+        sampled = normalize_basis(sampled, sizes)[block._mask].to(block.sampled_basis.dtype)
+        if sampled.shape != block.sampled_basis.shape or not torch.allclose(
+            sampled, block.sampled_basis, atol=1e-5, rtol=1e-4
+        ):  # pragma: no cover - guards an escnn change
+            raise RuntimeError("float64 re-sampling of the escnn basis does not match escnn's own basis")
+        block.sampled_basis = sampled
+    return private
 
 
 class SteerableConv2d(nn.Module):
@@ -48,14 +104,19 @@ class SteerableConv2d(nn.Module):
         kernel_size: int = 3,
         padding: int = 1,
         stride: int = 1,
+        frequencies_cutoff: float | None = None,
     ) -> None:
+        """`frequencies_cutoff` (per unit radius) sets the basis band limit; None: escnn's default."""
         super().__init__()
-        reference = enn.R2Conv(in_type, out_type, kernel_size, padding=padding, stride=stride, bias=False)
+        cutoff = None if frequencies_cutoff is None else float(frequencies_cutoff)
+        reference = enn.R2Conv(
+            in_type, out_type, kernel_size, padding=padding, stride=stride, bias=False, frequencies_cutoff=cutoff
+        )
         self.in_type, self.out_type = in_type, out_type
         self.kernel_size, self.padding, self.stride = kernel_size, padding, stride
         # The expansion holds only buffers (the sampled basis): a child, so this module owns
         # exactly one parameter and Opacus treats it as an ordinary trainable layer.
-        self.expansion = reference.basisexpansion
+        self.expansion = _exact_private_expansion(reference.basisexpansion)
         self.weight = nn.Parameter(reference.weights.detach().clone())
 
     def expand(self, coefficients: torch.Tensor | None = None) -> torch.Tensor:

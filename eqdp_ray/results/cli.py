@@ -25,7 +25,10 @@ def _run(args: argparse.Namespace, body: Callable[[Any], int]) -> int:
     from eqdp_ray.results import ResultsStore, ResultsStoreError, SkippedFileWarning
     from eqdp_ray.results.query import NoResults
 
-    store = ResultsStore(args.store)
+    try:
+        store = ResultsStore(args.store)
+    except OSError as exc:  # e.g. an s3:// store without credentials
+        raise ResultsStoreError(f"cannot open the results store {args.store}: {exc}") from None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", SkippedFileWarning)  # reported below, one line each
@@ -49,7 +52,7 @@ def cmd_best(args: argparse.Namespace) -> int:
     from eqdp_ray.results.query import BEST_COLUMNS, best_configs, summary_view, write_config
 
     def body(store: Any) -> int:
-        top = best_configs(store, study=args.study, epsilon=None, metric=args.metric, top=args.top,
+        top = best_configs(store, study=args.study, epsilon=args.epsilon, metric=args.metric, top=args.top,
                            mode=args.mode)
         if args.format == "table":
             _print(export(summary_view(top, BEST_COLUMNS), "table"))

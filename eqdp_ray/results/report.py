@@ -81,8 +81,12 @@ TOP_COLUMNS = (
 )  # fmt: skip
 
 
-class _Skip(Exception):
-    """A plot that cannot be drawn from these trials; the message goes on the page."""
+class CannotPlot(Exception):
+    """These trials cannot make this plot (too few, values missing); the message goes on the page.
+
+    Not a ``ValueError``: it is an expected outcome that ``build_report`` turns into a note,
+    not an input error.
+    """
 
 
 @dataclass
@@ -148,7 +152,7 @@ def build_report(
         try:
             notes[key] = fn(path)
             images[key] = path
-        except _Skip as exc:
+        except CannotPlot as exc:
             notes[key] = str(exc)
             images[key] = None
         except Exception as exc:  # one odd column must not cost the whole report
@@ -244,7 +248,7 @@ def plot_history(trials: pd.DataFrame, path: Path) -> str:
     """Validation accuracy of each trial in the order trials started, and the running best."""
     values = _numeric(trials, METRIC)
     if not np.isfinite(values).any():
-        raise _Skip(f"no trial has a {METRIC} value")
+        raise CannotPlot(f"no trial has a {METRIC} value")
     fig = _figure()
     ax = fig.add_subplot()
     studies = sorted(trials["study"].astype(str).unique())
@@ -279,7 +283,7 @@ def plot_pareto(trials: pd.DataFrame, path: Path) -> str:
     params = _numeric(ranked, "num_params")
     ranked = ranked[np.isfinite(params)]
     if ranked.empty:
-        raise _Skip("no finished trial has both a validation accuracy and a parameter count")
+        raise CannotPlot("no finished trial has both a validation accuracy and a parameter count")
     models = [model_name(r) or "unknown" for r in ranked.to_dict("records")]
     front = pareto_front(ranked, "num_params", METRIC)
     fig = _figure()
@@ -311,7 +315,7 @@ def plot_epsilon(trials: pd.DataFrame, path: Path, highlight: str | None = None)
     """Best validation accuracy per (study, target epsilon) across studies: the privacy/utility curve."""
     points = best_per_epsilon(trials, METRIC)
     if points.empty:
-        raise _Skip("no finished trial has both a validation accuracy and an epsilon")
+        raise CannotPlot("no finished trial has both a validation accuracy and an epsilon")
     fig = _figure()
     ax = fig.add_subplot()
     studies = sorted(points["study"].unique())
@@ -473,7 +477,7 @@ def param_importances(trials: pd.DataFrame, metric: str = METRIC) -> Importances
     ranked = rankable(trials, metric)
     n = len(ranked)
     if n < 2:
-        raise _Skip(f"needs at least 2 finished trials with a {metric} value, found {n}")
+        raise CannotPlot(f"needs at least 2 finished trials with a {metric} value, found {n}")
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
@@ -481,7 +485,7 @@ def param_importances(trials: pd.DataFrame, metric: str = METRIC) -> Importances
             warnings.simplefilter("ignore")
             study, distributions = study_from_trials(ranked, metric)
             if not distributions:
-                raise _Skip("no config key varies between the finished trials")
+                raise CannotPlot("no config key varies between the finished trials")
             reason = None
             if n < 3 or len(distributions) < 2:
                 reason = f"{n} trials and {len(distributions)} varying parameters are too few for fANOVA"

@@ -1,0 +1,91 @@
+"""A real search on a real local Ray: Tune + Optuna + ASHA, rows in a real Parquet store, resume."""
+import optuna
+import pytest
+
+from eqdp_ray.results import ResultsStore
+from eqdp_ray.tune import load_space, run_search
+from eqdp_ray.tune.runner import DefineByRun
+
+pytestmark = pytest.mark.ray
+
+ray = pytest.importorskip("ray")
+
+
+def e2e_space(study, **changes):
+    space = {
+        "study": study,
+        "privacy": {"target_epsilon": 4.0, "delta": 1e-5},
+        "data": {"name": "digits", "train_subset": 300, "test_subset": 100},
+        "fixed": {
+            "model.name": "resnet9", "model.options.width": 0.125, "model.options.num_groups": 2,
+            "training.eval_every": 2, "training.crop_padding": 0, "training.ema_decay": 0.9,
+            "training.physical_batch_size": 128, "privacy.secret_seed": 7,
+        },
+        "search": {
+            "training.steps": {"type": "categorical", "choices": [4, 12]},
+            "training.lr": {"type": "float", "low": 0.5, "high": 2.0, "log": True},
+            "training.batch_size": {"type": "categorical", "choices": [32, 64]},
+        },
+        "resources": {"workers": 1, "cpus_per_worker": 1},
+        "sampler": {"type": "random", "seed": 0},
+        # A trial of 12 steps validates 6 times: ASHA stops it at its 3rd report (max_t). One of 4
+        # steps validates twice and completes.
+        "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2, "max_t": 3},
+        "num_samples": 3,
+        "max_concurrent": 2,
+    }
+    space.update(changes)
+    return space
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def test_search_writes_rows_asha_stops_and_resume_does_not_duplicate(tmp_path, local_ray):
+    space = e2e_space("e2e")
+    # Precondition of this test (not of the code): seed 0 draws both step counts.
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    drawn = []
+    for _ in range(3):
+        trial = study.ask()
+        DefineByRun(load_space(space))(trial)
+        drawn.append(trial.params["training.steps"])
+    assert set(drawn) == {4, 12}
+
+    store_dir = tmp_path / "store"
+    summary = run_search(space, store=str(store_dir), log=lambda _m: None)
+    store = ResultsStore(str(store_dir))
+    trials = store.read_trials("e2e")
+
+    assert len(trials) == 3 and trials["trial_id"].is_unique
+    assert set(trials["status"]) == {"completed", "stopped_early"}
+    assert (trials["epsilon"] <= trials["target_epsilon"] + 1e-9).all() and (trials["target_epsilon"] == 4.0).all()
+    assert trials["sigma"].notna().all() and trials["sample_rate"].notna().all()
+    assert trials["search_epsilon"].isna().all()  # ASHA: adaptive, no search-level bound
+    done = trials[trials["status"] == "completed"]
+    stopped = trials[trials["status"] == "stopped_early"]
+    assert (done["steps"] == 4).all() and done["test_accuracy"].notna().all()
+    assert (stopped["steps"] < 12).all() and (stopped["planned_steps"] == 12).all()
+    assert stopped["test_accuracy"].isna().all()  # stopped trials are never tested
+    assert (trials["config.training.steps"] == [{4: 4, 12: 12}[s] for s in trials["config.training.steps"]]).all()
+    assert set(trials["config.model.name"]) == {"resnet9"}
+
+    history = store.read_history("e2e")
+    assert set(history["trial_id"]) == set(trials["trial_id"])
+    assert not history.duplicated(["trial_id", "step"]).any()
+    assert (history["epsilon"] <= 4.0 + 1e-9).all()
+    assert summary.status_counts == trials["status"].value_counts().to_dict() and summary.top
+
+    # Resuming a finished study re-runs nothing and adds no row.
+    before = store.read_trials("e2e", latest_only=False)
+    run_search(space, store=str(store_dir), resume=True, log=lambda _m: None)
+    after = store.read_trials("e2e", latest_only=False)
+    assert len(after) == len(before)
+    assert sorted(after["written_at"]) == sorted(before["written_at"])
+
+    with pytest.raises(Exception, match="already has an experiment"):
+        run_search(space, store=str(store_dir), log=lambda _m: None)
