@@ -155,6 +155,11 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model
 
 
+def describe_group(name: str, **options: Any) -> str | None:
+    """The symmetry group of a model, e.g. ``"D4->D2"``, without building it; None if not equivariant."""
+    return _group_description(name, resolve_options(name, **options))
+
+
 def _group_description(name: str, options: Mapping[str, Any]) -> str | None:
     if not _spec(name).equivariant:
         return None

@@ -488,7 +488,8 @@ def param_importances(trials: pd.DataFrame, metric: str = METRIC) -> Importances
                 raise CannotPlot("no config key varies between the finished trials")
             reason = None
             if n < 3 or len(distributions) < 2:
-                reason = f"{n} trials and {len(distributions)} varying parameters are too few for fANOVA"
+                reason = (f"{_count(n, 'trial')} and {_count(len(distributions), 'varying parameter')} are too few "
+                          "for fANOVA (it needs 3 and 2)")
             else:
                 try:
                     evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)

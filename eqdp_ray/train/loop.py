@@ -21,7 +21,7 @@ from torch import nn
 from eqdp_ray import __version__
 from eqdp_ray.config import ConfigError, RunConfig, config_to_dict
 from eqdp_ray.data import ImageDataset, apply_crop_flip, draw_crop_flip, load_dataset, normalize
-from eqdp_ray.models import build_model, count_parameters, model_summary
+from eqdp_ray.models import build_model, count_parameters, describe_group
 from eqdp_ray.privacy import (
     PerExampleGradients,
     PoissonSampler,
@@ -277,12 +277,11 @@ def train(
     val_acc = evaluate(state.ema.shadow, data.val_x, data.val_y, data, device, t.eval_batch_size)
     test_acc = evaluate(state.ema.shadow, data.test_x, data.test_y, data, device, t.eval_batch_size)
     wall = time.time() - started
-    summary = model_summary(config.model.name, **options)
     spent = epsilon_spent(plan.noise_multiplier, sample_rate, state.step, p.delta, p.accountant)
     result = {
         "name": config.name,
         "model": config.model.name,
-        "group": summary.get("group"),
+        "group": describe_group(config.model.name, **options),
         "num_params": num_params,
         "dataset": data.name,
         "train_size": train_size,

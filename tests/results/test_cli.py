@@ -370,3 +370,12 @@ def test_module_entry_point_in_a_subprocess(store):
     assert proc.returncode == 0, proc.stderr
     assert [r["trial_id"] for r in json.loads(proc.stdout)] == ["t01"]
     assert proc.stderr == ""
+
+
+def test_cli_constants_mirror_the_store():
+    """The CLI module avoids importing pyarrow at start-up, so it repeats two constants: keep them equal."""
+    from eqdp_ray.results import DEFAULT_URI, STATUSES
+    from eqdp_ray.results import cli as results_cli
+
+    assert results_cli.DEFAULT_STORE == DEFAULT_URI
+    assert results_cli.STATUS_CHOICES == STATUSES

@@ -135,7 +135,7 @@ def test_fallback_when_too_few_trials_is_labelled(tmp_path):
     assert rep.importances.method == "fallback-spread"
     assert rep.importances.values == {"training.lr": pytest.approx(0.2)}
     md = rep.markdown.read_text()
-    assert "Fallback, not fANOVA: 2 trials and 1 varying parameters are too few for fANOVA" in md
+    assert "Fallback, not fANOVA: 2 trials and 1 varying parameter are too few for fANOVA (it needs 3 and 2)" in md
     assert "| training.lr | 0.2000 |" in md
 
 

@@ -29,8 +29,9 @@ def e2e_space(study, **changes):
         "resources": {"workers": 1, "cpus_per_worker": 1},
         "sampler": {"type": "random", "seed": 0},
         # A trial of 12 steps validates 6 times: ASHA stops it at its 3rd report (max_t). One of 4
-        # steps validates twice and completes.
-        "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2, "max_t": 3},
+        # steps validates twice and completes. grace_period = max_t: no rung cuts before max_t, so
+        # which trial stops does not depend on the accuracies.
+        "scheduler": {"type": "asha", "grace_period": 3, "reduction_factor": 2, "max_t": 3},
         "num_samples": 3,
         "max_concurrent": 2,
     }
