@@ -1,4 +1,4 @@
-"""Per-example gradients through Opacus's hook machinery (its grad-sampler registry).
+"""Per-example gradients with Opacus's grad-sampler registry and our own light hooks.
 
 Opacus's own strict check rejects any trainable layer that owns buffers; our steerable
 convolution owns the (constant, data-independent) sampled basis, so the check is done here
@@ -8,15 +8,15 @@ trainable layer without a registered per-example rule.
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from opacus import GradSampleModule
 from opacus.grad_sample.grad_sample_module import GradSampleModule as _GSM
 from opacus.utils.module_utils import trainable_modules
 from torch import nn
 
-import eqdp_ray.privacy.grad_samplers  # noqa: F401  (registers our rules with Opacus)
+from eqdp_ray.privacy.grad_samplers import AUGMENTATION_AWARE_RULES  # also registers our rules with Opacus
 from eqdp_ray.privacy.errors import UnsupportedModelError
 
 _MIXING_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm, nn.LocalResponseNorm)
@@ -41,22 +41,75 @@ def check_model_supports_dp(model: nn.Module) -> None:
 
 
 class PerExampleGradients:
-    """Computes the gradient of each example's own loss for every trainable parameter."""
+    """Per-example gradients of every trainable parameter, averaged over each example's K inputs.
+
+    Forward hooks keep each trainable layer's input; backward hooks hand it, with the gradient
+    of the layer's output, to the layer's rule: ours for steerable convolutions and field norms
+    (they average over K inside the contraction), Opacus's registry for nn.Conv2d, nn.Linear and
+    nn.GroupNorm (averaged after). Backward asks autograd for the gradient of the *input* only,
+    so the summed parameter gradients of ordinary training, which DP-SGD would discard, are
+    never computed: that is what keeps a DP step close to a non-private one.
+    """
 
     def __init__(self, model: nn.Module) -> None:
         check_model_supports_dp(model)
         self.model = model
-        self.wrapped = GradSampleModule(model, batch_first=True, loss_reduction="sum", strict=False)
         self.parameters = [p for p in model.parameters() if p.requires_grad]
+        self._active = False
+        self._multiplicity = 1
+        self._inputs: dict[nn.Module, list[torch.Tensor]] = {}
+        self._grads: dict[nn.Parameter, torch.Tensor] = {}
+        self._handles = []
+        for _, module in trainable_modules(model):
+            self._handles.append(module.register_forward_hook(self._keep_input))
+            self._handles.append(module.register_full_backward_hook(self._per_example_rule))
 
-    def __call__(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """Per-example gradients, one (N, *param.shape) tensor per parameter, and the logits."""
-        self.wrapped.zero_grad(set_to_none=True)
-        logits = self.wrapped(inputs)
-        with warnings.catch_warnings():
-            # The first layer's input needs no gradient; Opacus's hook still sees what it needs.
-            warnings.filterwarnings("ignore", message="Full backward hook is firing")
-            F.cross_entropy(logits, targets, reduction="sum").backward()
-        grads = [p.grad_sample for p in self.parameters]
-        self.wrapped.zero_grad(set_to_none=True)
+    def _keep_input(self, module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        if self._active:
+            self._inputs[module] = [t.detach() for t in inputs]
+
+    def _per_example_rule(self, module: nn.Module, grad_input: Any, grad_output: tuple[torch.Tensor, ...]) -> None:
+        if not self._active:
+            return
+        activations, backprops, k = self._inputs.pop(module), grad_output[0].detach(), self._multiplicity
+        rule = AUGMENTATION_AWARE_RULES.get(type(module))
+        if rule is not None:
+            grads = rule(module, activations, backprops, k)
+        else:
+            grads = _GSM.GRAD_SAMPLERS[type(module)](module, activations, backprops)
+            if k > 1:
+                grads = {p: g.reshape(-1, k, *g.shape[1:]).mean(dim=1) for p, g in grads.items()}
+        for p, g in grads.items():
+            self._grads[p] = g if p not in self._grads else self._grads[p] + g
+
+    def __call__(
+        self, inputs: torch.Tensor, targets: torch.Tensor, multiplicity: int = 1
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Per-example gradients, one (N/K, *param.shape) tensor per parameter, and the logits.
+
+        Rows of `inputs` are example-major: the K augmentations of an example are adjacent.
+        """
+        if len(targets) % multiplicity:
+            raise ValueError(f"{len(targets)} inputs are not a whole number of examples of {multiplicity} augmentations")
+        self._grads, self._multiplicity, self._active = {}, multiplicity, True
+        try:
+            with warnings.catch_warnings():
+                # Hooks fire although parameters get no summed gradient; that is the point.
+                warnings.filterwarnings("ignore", message="Full backward hook is firing")
+                inputs = inputs.detach().requires_grad_(True)
+                logits = self.model(inputs)
+                torch.autograd.grad(F.cross_entropy(logits, targets, reduction="sum"), [inputs])
+        finally:
+            self._active = False
+            self._inputs.clear()
+        n = len(targets) // multiplicity
+        grads = [self._grads.pop(p, None) for p in self.parameters]
+        grads = [torch.zeros(n, *p.shape, dtype=p.dtype, device=p.device) if g is None else g
+                 for p, g in zip(self.parameters, grads)]  # a parameter the forward did not use
         return grads, logits.detach()
+
+    def detach(self) -> None:
+        """Remove the hooks from the model."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()

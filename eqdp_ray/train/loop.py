@@ -173,11 +173,12 @@ def train(
     options.setdefault("num_classes", data.num_classes)
     model = build_model(config.model.name, **options).to(device)
     num_params = count_parameters(model)
+    ema = ExponentialMovingAverage(model, t.ema_decay)  # copied before the hooks are attached
     gradients = PerExampleGradients(model)
     optimizer = torch.optim.SGD(
         model.parameters(), lr=t.lr, momentum=t.momentum, nesterov=t.nesterov, weight_decay=t.weight_decay
     )
-    state = TrainState(model, optimizer, ExponentialMovingAverage(model, t.ema_decay))
+    state = TrainState(model, optimizer, ema)
     if resume_state is not None:
         state.load_state_dict(resume_state)
         state.ema.shadow.to(device)
@@ -224,8 +225,8 @@ def train(
             images = images.repeat_interleave(t.augmult, dim=0)
             inputs = apply_crop_flip(images, micro_params.reshape(-1, 3), t.crop_padding)
             targets = data.train_y[micro_rows].to(device).repeat_interleave(t.augmult)
-            per_example, logits = gradients(inputs, targets)
-            clipped_sum, _ = clip_and_sum(per_example, p.max_grad_norm, t.augmult)
+            per_example, logits = gradients(inputs, targets, t.augmult)  # already averaged over K
+            clipped_sum, _ = clip_and_sum(per_example, p.max_grad_norm)
             summed = [a + b for a, b in zip(summed, clipped_sum)]
             with torch.no_grad():
                 stats[0] += nn.functional.cross_entropy(logits, targets, reduction="sum").item()

@@ -862,11 +862,14 @@ def privacy_corners(space: SearchSpace, train_size: int) -> list[tuple[float, in
 
 def check_space(space: SearchSpace, train_size: int) -> SpaceCheck:
     """Fail before any trial starts if sampled configs are invalid or no trial can meet the budget."""
+    from eqdp_ray.models import resolve_options
+
     points = corner_points(space)
     for params in points:
         try:
             config = trial_config(space, params, train_size)
-        except ConfigError as exc:
+            resolve_options(config.model.name, **config.model.options)  # names only: building takes seconds
+        except (ConfigError, ValueError) as exc:
             keys = ", ".join(f"{k}={v!r}" for k, v in params.items()) or "(nothing searched)"
             raise SpaceError(f"{space.source + ': ' if space.source else ''}the trial config at {keys} is invalid: "
                              f"{exc}") from None

@@ -96,3 +96,28 @@ def test_layer_without_rule_is_refused():
 
     with pytest.raises(UnsupportedModelError, match="no per-example gradient rule"):
         check_model_supports_dp(nn.Sequential(nn.Linear(2, 2), Custom()))
+
+
+@pytest.mark.parametrize("group,order,restrict", [("dihedral", 4, 2), ("cyclic", 4, None)])
+def test_augmentation_multiplicity_averages_each_examples_inputs(group, order, restrict):
+    torch.manual_seed(2)
+    model = small_equivariant_net(group, order, restrict)
+    k = 3
+    x = torch.randn(4 * k, 2, 8, 8, dtype=torch.float64)  # example-major: rows 0..2 are example 0
+    y = torch.tensor([0, 1, 2, 3]).repeat_interleave(k)
+    singles = loop_gradients(model, x, y)
+    grads, _ = PerExampleGradients(model)(x, y, multiplicity=k)
+    for j, g in enumerate(grads):
+        assert g.shape[0] == 4
+        for i in range(4):
+            expected = torch.stack([singles[i * k + a][j] for a in range(k)]).mean(0)
+            torch.testing.assert_close(g[i], expected, rtol=1e-9, atol=1e-11)
+
+
+def test_parameters_get_no_summed_gradient_and_hooks_can_be_removed():
+    model = small_equivariant_net("dihedral", 4, None)
+    engine = PerExampleGradients(model)
+    engine(torch.randn(2, 2, 8, 8, dtype=torch.float64), torch.tensor([0, 1]))
+    assert all(p.grad is None for p in model.parameters())
+    engine.detach()
+    assert all(not m._forward_hooks and not m._backward_hooks for m in model.modules())

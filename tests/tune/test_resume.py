@@ -19,12 +19,12 @@ from eqdp_ray.tune import run_search
 pytestmark = pytest.mark.ray
 
 SPACE = {
-    "study": "resumable",
+    "study": "resumable",  # three trials of a few seconds each; the test interrupts the second
     "privacy": {"target_epsilon": 4.0, "delta": 1e-5},
     "data": {"name": "digits", "train_subset": 300, "test_subset": 100},
     "fixed": {
         "model.name": "resnet9", "model.options.width": 0.125, "model.options.num_groups": 2,
-        "training.steps": 120, "training.eval_every": 10, "training.crop_padding": 0, "training.ema_decay": 0.9,
+        "training.steps": 240, "training.eval_every": 20, "training.crop_padding": 0, "training.ema_decay": 0.9,
         "training.physical_batch_size": 128, "privacy.secret_seed": 7,
     },
     "search": {
@@ -60,8 +60,9 @@ def test_interrupted_study_resumes_without_rerunning_or_duplicating(tmp_path):
             while time.time() < deadline and proc.poll() is None:
                 if (store_dir / "trials").exists():
                     rows = store.read_trials("resumable")
-                    if (rows["status"] == "completed").any():
+                    if (rows["status"] == "completed").any() and (rows["status"] == "running").any():
                         completed = rows[rows["status"] == "completed"]
+                        time.sleep(2.0)  # let the second trial checkpoint a few validation passes
                         break
                 time.sleep(0.5)
             assert completed is not None, (tmp_path / "first.log").read_text()[-3000:]
@@ -71,7 +72,7 @@ def test_interrupted_study_resumes_without_rerunning_or_duplicating(tmp_path):
             if proc.poll() is None:
                 proc.kill()
     interrupted = store.read_trials("resumable")
-    assert len(interrupted) < 3 or (interrupted["status"] != "completed").any(), "interrupt came too late"
+    assert (interrupted["status"] != "completed").any(), "the interrupt came too late to test anything"
 
     summary = run_search(str(space_file), store=str(store_dir), resume=True, log=lambda _m: None)
 
@@ -80,13 +81,13 @@ def test_interrupted_study_resumes_without_rerunning_or_duplicating(tmp_path):
     assert (trials["status"] == "completed").all()
     for _, row in completed.iterrows():  # finished before the interrupt: not re-run
         assert trials.loc[trials["trial_id"] == row["trial_id"], "written_at"].item() == row["written_at"]
-    assert (trials["epsilon"] <= 4.0 + 1e-9).all() and (trials["steps"] == 120).all()
+    assert (trials["epsilon"] <= 4.0 + 1e-9).all() and (trials["steps"] == 240).all()
     assert trials["search_epsilon"].notna().all() and trials["search_epsilon"].nunique() == 1
     assert (trials["search_epsilon"] > 4.0).all() and (trials["search_delta"] == 1e-5).all()
     assert summary.search_privacy is not None and summary.search_privacy.epsilon == trials["search_epsilon"].iloc[0]
     history = store.read_history("resumable")
     assert not history.duplicated(["trial_id", "step"]).any()
     for _, steps in history.groupby("trial_id")["step"]:
-        assert sorted(steps) == list(range(10, 121, 10))
+        assert sorted(steps) == list(range(20, 241, 20))
     saved = json.loads((store_dir / "experiments" / "resumable" / "eqdp-study.json").read_text())
     assert saved["num_trials"] == 3
