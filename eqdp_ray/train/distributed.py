@@ -51,18 +51,26 @@ def _worker_loop(payload: dict[str, Any]) -> None:
         with checkpoint.as_directory() as directory:
             resume_state = torch.load(Path(directory) / "state.pt", map_location="cpu", weights_only=False)
 
-    def on_epoch(record: dict[str, Any], state: Any) -> None:
-        metrics = dict(record, pid=os.getpid(), rank=comm.rank, workers=comm.world_size)
-        if comm.rank == 0:
-            with tempfile.TemporaryDirectory() as directory:
-                torch.save(state.state_dict(), Path(directory) / "state.pt")
-                ray.train.report(metrics, checkpoint=Checkpoint.from_directory(directory))
-        else:
+    last_state: dict[str, Any] = {}
+
+    def report(metrics: dict[str, Any], state: Any, result: dict[str, Any] | None = None) -> None:
+        # Ray keeps the metrics of rank 0's checkpointed reports; every rank must call report.
+        if comm.rank != 0:
             ray.train.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as directory:
+            torch.save(state.state_dict(), Path(directory) / "state.pt")
+            if result is not None:
+                (Path(directory) / "result.json").write_text(json.dumps(result))
+            ray.train.report(metrics, checkpoint=Checkpoint.from_directory(directory))
+
+    def on_epoch(record: dict[str, Any], state: Any) -> None:
+        last_state["state"] = state
+        report(dict(record, pid=os.getpid(), rank=comm.rank, workers=comm.world_size), state)
 
     result = train(config, comm=comm, on_epoch=on_epoch, resume_state=resume_state)
-    final = {"final": True, "step": result["steps"], RESULT_KEY: json.dumps(result) if comm.rank == 0 else ""}
-    ray.train.report(final)
+    report({"final": True, "step": result["steps"], RESULT_KEY: json.dumps(result) if comm.rank == 0 else ""},
+           last_state["state"], result if comm.rank == 0 else None)
 
 
 def _check_storage(storage: str) -> None:
@@ -167,7 +175,10 @@ def train_distributed(
     outcome = trainer.fit()
     if outcome.error is not None:
         raise RuntimeError(f"distributed training failed after {max_failures} retries: {outcome.error}")
-    result = json.loads(outcome.metrics[RESULT_KEY])
+    if outcome.checkpoint is None or not (outcome.metrics or {}).get("final"):
+        raise RuntimeError(f"distributed training ended without a final result (metrics: {outcome.metrics})")
+    with outcome.checkpoint.as_directory() as directory:
+        result = json.loads((Path(directory) / "result.json").read_text())
     result["workers"] = workers
     result["gpus_per_worker"] = gpus_per_worker
     result["storage_path"] = outcome.path if hasattr(outcome, "path") else storage

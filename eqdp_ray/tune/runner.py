@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 from eqdp_ray.tune.search_privacy import SearchPrivacy, count_distribution, search_privacy
 from eqdp_ray.tune.space import (
+    CONDITION_DEFAULTS,
     SearchSpace,
     SpaceCheck,
     SpaceError,
@@ -50,9 +51,7 @@ class DefineByRun:
         self.space = space
 
     def __call__(self, trial: Any) -> None:
-        from eqdp_ray.tune.space import _CONDITION_DEFAULTS  # defaults that conditions may name
-
-        values: dict[str, Any] = dict(_CONDITION_DEFAULTS)
+        values: dict[str, Any] = dict(CONDITION_DEFAULTS)
         values.update(self.space.fixed)
         for key, dist in self.space.search.items():
             if dist.active(values):
@@ -156,11 +155,12 @@ def trial_dirname(trial: Any) -> str:
 
 def trial_resources(space: SearchSpace) -> dict[str, float]:
     """One worker: the trial is the worker. Several: the trial only launches a TorchTrainer, which
-    reserves the workers' CPUs and GPUs itself, so the trial holds nothing (or it could deadlock)."""
+    reserves the workers' CPUs and GPUs itself, so the trial holds no CPU (or it could deadlock);
+    Tune needs a non-empty request, so it asks for a little (logical) memory instead."""
     r = space.resources
     if r.workers == 1:
         return {"cpu": r.cpus_per_worker, "gpu": r.gpus_per_worker}
-    return {"cpu": 0}
+    return {"cpu": 0, "memory": 64 * 1024**2}
 
 
 def plan_search_privacy(space: SearchSpace, train_size: int) -> SearchPrivacy:
@@ -293,9 +293,12 @@ def run_search(
         f"configs checked, {train_size} training examples; experiment at {experiment}")
     log(f"[eqdp-ray] {note}")
 
+    search_epsilon = privacy.epsilon if privacy else None
+    if resume and saved.get("search_epsilon") is not None:
+        search_epsilon = float(saved["search_epsilon"])  # every row of a study carries the same number
     ctx = StudyContext(space=space, store_uri=store_uri, train_size=train_size, storage_path=storage,
-                       search_epsilon=privacy.epsilon if privacy else None,
-                       search_delta=privacy.delta if privacy else None, checkpoint_every_s=checkpoint_every_s)
+                       search_epsilon=search_epsilon, search_delta=privacy.delta if privacy else None,
+                       checkpoint_every_s=checkpoint_every_s)
     if num_trials == 0:
         log("[eqdp-ray] the secret draw gave K=0 trials: the search ends without output, as the bound assumes. "
             "Running it again is a second search whose privacy adds up.")
@@ -303,7 +306,8 @@ def run_search(
 
     started_ray = _connect(address, space)
     try:
-        _check_cluster(space)
+        if started_ray and not address:
+            _check_cluster(space)  # a cluster may autoscale: only a local Ray is known to be final
         trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), trial_resources(space))
         if resume:
             tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_errored=True)

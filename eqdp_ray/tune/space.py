@@ -480,7 +480,7 @@ def _dependency_order(search: dict[str, Distribution], fixed: Mapping[str, Any],
         for parent, _ in dist.when:
             if parent == key:
                 raise source.error(("search", key, "when"), "a key cannot depend on itself")
-            if parent not in search and parent not in fixed and parent not in _CONDITION_DEFAULTS:
+            if parent not in search and parent not in fixed and parent not in CONDITION_DEFAULTS:
                 raise source.error(("search", key, "when", parent), f"condition on '{parent}', which is neither "
                                    "searched nor fixed in this space")
     ordered: dict[str, Distribution] = {}
@@ -495,8 +495,8 @@ def _dependency_order(search: dict[str, Distribution], fixed: Mapping[str, Any],
     return ordered
 
 
-# Defaults of RunConfig that conditions may refer to without fixing them.
-_CONDITION_DEFAULTS = {k: v for k, v in {
+#: Defaults of RunConfig that conditions may refer to without fixing them.
+CONDITION_DEFAULTS = {k: v for k, v in {
     "model.name": RunConfig().model.name, "training.optimizer": RunConfig().training.optimizer,
 }.items()}
 
@@ -673,9 +673,10 @@ def apply_space_overrides(data: dict[str, Any], overrides: Iterable[str], source
 
 def load_space(space: str | Path | Mapping[str, Any] | SearchSpace, overrides: Iterable[str] = ()) -> SearchSpace:
     """Read and shape-check a space from a YAML path or plain data (`--set` overrides applied first)."""
+    overrides = list(overrides)
     if isinstance(space, SearchSpace):
-        if list(overrides):
-            return load_space(space.to_dict(), overrides)
+        if overrides:
+            raise SpaceError("--set overrides apply to a space file or its plain data, not to a parsed SearchSpace")
         return space
     if isinstance(space, Mapping):
         data, source = copy.deepcopy(dict(space)), _Source()
@@ -700,7 +701,7 @@ def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
 
 def resolve_params(space: SearchSpace, params: Mapping[str, Any]) -> dict[str, Any]:
     """Decode the sampled values (Optuna's scalars) and keep only keys whose conditions hold."""
-    values: dict[str, Any] = dict(_CONDITION_DEFAULTS)
+    values: dict[str, Any] = dict(CONDITION_DEFAULTS)
     values.update(space.fixed)
     out: dict[str, Any] = {}
     for key, dist in space.search.items():
@@ -758,7 +759,7 @@ def _activate(space: SearchSpace, key: str) -> dict[str, Any]:
 
 def _point(space: SearchSpace, overrides: Mapping[str, Any]) -> dict[str, Any]:
     """A full parameter assignment: overrides where given, the first corner elsewhere."""
-    values: dict[str, Any] = dict(_CONDITION_DEFAULTS)
+    values: dict[str, Any] = dict(CONDITION_DEFAULTS)
     values.update(space.fixed)
     params: dict[str, Any] = {}
     for key, dist in space.search.items():

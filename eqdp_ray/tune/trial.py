@@ -196,14 +196,20 @@ def run_trial(params: dict[str, Any], ctx: StudyContext) -> None:
 
         result = train(config, on_epoch=on_epoch, resume_state=resume_state, data=data, log=print)
     else:
-        result = _train_distributed(ctx, config, trial_id, metrics_of=metrics, last=last)
+        from eqdp_ray.models import model_summary
+
+        options = {"in_channels": data.in_channels, "num_classes": data.num_classes, **config.model.options}
+        num_params = int(model_summary(config.model.name, **options)["params"])
+        result = _train_distributed(ctx, config, metrics_of=lambda record: metrics(record, num_params))
 
     wall = elapsed_before + time.time() - clock
-    final = dict(last)
+    history = result.get("history") or []
+    final = dict(last) if last else (metrics(history[-1], int(result["num_params"])) if history else {})
     final.update({"val_accuracy": float(result["val_accuracy"]), "step": int(result["steps"]),
                   "epsilon": float(result["epsilon"]), "num_params": int(result["num_params"]),
+                  "sigma": plan.noise_multiplier, "sample_rate": sample_rate, "total_steps": steps,
                   "wall_time_s": wall, "device_seconds": wall * devices})
-    seen = [float(h["val_accuracy"]) for h in result.get("history", [])]
+    seen = [float(h["val_accuracy"]) for h in history]
     final["best_val_accuracy"] = max([float(result["best_val_accuracy"]), final["val_accuracy"], *seen])
     status = "completed" if final["step"] >= steps else "stopped_early"
     store.write_history(history_rows(ctx, trial_id, result.get("history", [])))
@@ -219,9 +225,11 @@ def run_trial(params: dict[str, Any], ctx: StudyContext) -> None:
     tune.report(final)
 
 
-def _train_distributed(ctx: StudyContext, config: RunConfig, trial_id: str, *, metrics_of: Any,
-                       last: dict[str, Any]) -> dict[str, Any]:
-    """A trial with several workers launches its own TorchTrainer; its epochs reach Tune through a callback."""
+def _train_distributed(ctx: StudyContext, config: RunConfig, *, metrics_of: Any) -> dict[str, Any]:
+    """A trial with several workers launches its own TorchTrainer; its epochs reach Tune through a callback.
+
+    Ray Train runs the callback in its controller, not in this process: it only forwards.
+    """
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from eqdp_ray.train.distributed import train_distributed
@@ -231,11 +239,8 @@ def _train_distributed(ctx: StudyContext, config: RunConfig, trial_id: str, *, m
 
         def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
             record = metrics[0] if metrics else {}
-            if "val_accuracy" not in record or record.get("final"):
-                return
-            m = metrics_of(record, int(last.get("num_params", 0)))
-            last.update(m)
-            self._training_actor_item_queue.put(m)
+            if "val_accuracy" in record and not record.get("final"):
+                self._training_actor_item_queue.put(metrics_of(record))
 
     r = ctx.space.resources
     with tempfile.TemporaryDirectory() as output:

@@ -90,3 +90,19 @@ def test_search_writes_rows_asha_stops_and_resume_does_not_duplicate(tmp_path, l
 
     with pytest.raises(Exception, match="already has an experiment"):
         run_search(space, store=str(store_dir), log=lambda _m: None)
+
+
+def test_multi_worker_multi_objective_trial(tmp_path, local_ray):
+    """A trial with 2 workers launches its own TorchTrainer; two objectives give a Pareto front."""
+    space = e2e_space(
+        "e2e_dist", resources={"workers": 2, "cpus_per_worker": 1}, num_samples=1, max_concurrent=1,
+        scheduler={"type": "none"},
+        objectives=[{"metric": "val_accuracy", "mode": "max"}, {"metric": "num_params", "mode": "min"}],
+        search={"training.lr": {"type": "float", "low": 0.5, "high": 2.0}},
+    )
+    space["fixed"].update({"training.steps": 4, "training.batch_size": 64})
+    summary = run_search(space, store=str(tmp_path / "store"), log=lambda _m: None)
+    trials = ResultsStore(str(tmp_path / "store")).read_trials("e2e_dist")
+    assert list(trials["status"]) == ["completed"] and list(trials["workers"]) == [2]
+    assert trials["epsilon"].item() <= 4.0 and trials["steps"].item() == 4 and trials["num_params"].item() > 0
+    assert [r["trial_id"] for r in summary.pareto] == list(trials["trial_id"])

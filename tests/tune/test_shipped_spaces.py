@@ -1,0 +1,45 @@
+"""Every search space we ship validates, at the scale it is meant for, before anyone runs it."""
+from pathlib import Path
+
+import pytest
+
+from eqdp_ray.tune import check_space, load_space, pareto_front
+from eqdp_ray.tune.runner import plan_search_privacy
+from eqdp_ray.tune.space import train_size_of
+
+SPACES = Path(__file__).resolve().parents[2] / "search_spaces"
+# Training-set sizes the spaces are written for: official training sets minus their val_size.
+INTENDED_TRAIN_SIZE = {"cifar10": 45000, "rotated_mnist": 54000}
+
+
+def test_the_four_spaces_are_shipped():
+    names = {p.stem for p in SPACES.glob("*.yaml")}
+    assert {"quickstart", "cifar10_eps8", "cifar10_eps1", "rotated_mnist"} <= names
+
+
+@pytest.mark.parametrize("path", sorted(SPACES.glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_space_validates(path):
+    space = load_space(path)
+    assert space.study == path.stem
+    name = space.data["name"]
+    size = INTENDED_TRAIN_SIZE[name] if name in INTENDED_TRAIN_SIZE else train_size_of(space)
+    check = check_space(space, size)
+    assert check.hardest_feasible, check.warnings
+    if space.private_selection:
+        privacy = plan_search_privacy(space, size)
+        assert space.privacy["target_epsilon"] < privacy.epsilon < 3 * space.privacy["target_epsilon"]
+
+
+def test_quickstart_is_offline_cpu_and_compares_both_models():
+    space = load_space(SPACES / "quickstart.yaml")
+    assert space.data["name"] == "digits" and space.resources.gpus_per_worker == 0
+    assert set(space.search["model.name"].choices) == {"eq_resnet9", "resnet9"}
+    assert train_size_of(space) == 1294
+
+
+def test_pareto_front():
+    rows = [{"id": 1, "acc": 0.9, "params": 100}, {"id": 2, "acc": 0.8, "params": 10},
+            {"id": 3, "acc": 0.7, "params": 50}, {"id": 4, "acc": 0.9, "params": 200},
+            {"id": 5, "acc": float("nan"), "params": 1}]
+    front = pareto_front(rows, [("acc", "max"), ("params", "min")])
+    assert [r["id"] for r in front] == [1, 2]
