@@ -21,9 +21,6 @@ import torch
 
 from eqdp_ray.config import ConfigError, RunConfig, config_to_dict, parse_config
 
-RESULT_KEY = "result_json"
-
-
 class ClusterError(ConfigError):
     """The cluster cannot run what was asked: too few resources, unreachable, unwritable storage."""
 
@@ -69,8 +66,9 @@ def _worker_loop(payload: dict[str, Any]) -> None:
         report(dict(record, pid=os.getpid(), rank=comm.rank, workers=comm.world_size), state)
 
     result = train(config, comm=comm, on_epoch=on_epoch, resume_state=resume_state)
-    report({"final": True, "step": result["steps"], RESULT_KEY: json.dumps(result) if comm.rank == 0 else ""},
-           last_state["state"], result if comm.rank == 0 else None)
+    # The full record travels as result.json inside rank 0's final checkpoint, not as metrics.
+    report({"final": True, "step": result["steps"], "epsilon": result["epsilon"]}, last_state["state"],
+           result if comm.rank == 0 else None)
 
 
 def _check_storage(storage: str) -> None:

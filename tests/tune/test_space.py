@@ -264,3 +264,10 @@ def test_space_error_is_a_config_error():
     assert issubclass(SpaceError, ConfigError)
     with pytest.raises(ConfigError, match="study name"):
         load_space(base(study="has space"))
+
+
+def test_model_options_are_checked_against_the_model_registry():
+    space = base()
+    space["search"]["model.options.width"]["when"] = {"model.name": "eq_resnet9"}  # resnet9-only option
+    with pytest.raises(SpaceError, match=r"unknown option\(s\) \['width'\] for model 'eq_resnet9'"):
+        check_space(load_space(space), TRAIN_SIZE)
