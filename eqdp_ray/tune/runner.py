@@ -33,11 +33,11 @@ from eqdp_ray.tune.space import (
 
 STUDY_FILE = "eqdp-study.json"
 ADAPTIVE_NOTE = (
-    "privacy of the search: this is an adaptive search ({how}); each trial spent at most epsilon={eps} "
-    "(delta={delta}), but the search as a whole is NOT covered by the Papernot-Steinke bound, and releasing "
-    "its best trial leaks more than one trial's epsilon. For a search-level guarantee use a random number "
-    "of trials (num_samples: {{distribution: truncated_negative_binomial, mean: ...}}, sampler: random); "
-    "see docs/SEARCH_SPACES.md."
+    "privacy of the search: each trial spent at most epsilon={eps} (delta={delta}), but this search ({how}) has "
+    "no search-level bound: the Papernot-Steinke bound covers only random search with a random number of trials "
+    "and no early stopping; adaptive searches (TPE, ASHA) are NOT covered by it. Releasing the best trial leaks "
+    "more than one trial's epsilon. For a search-level guarantee use sampler: random with num_samples: "
+    "{{distribution: truncated_negative_binomial, mean: ...}}; see docs/SEARCH_SPACES.md."
 )
 
 
@@ -282,9 +282,11 @@ def run_search(
                                      "predictable, so this run is reproducible but NOT private." if seeded else "")
     else:
         num_trials = int(space.num_samples)  # type: ignore[arg-type]
-        note = ADAPTIVE_NOTE.format(how=f"{space.sampler.type} sampler"
-                                    + (", ASHA early stopping" if space.scheduler.type == "asha" else ""),
-                                    eps=space.privacy["target_epsilon"], delta=space.privacy["delta"])
+        how = ["adaptive TPE sampler" if space.sampler.type == "tpe" else "a fixed number of random trials"]
+        if space.scheduler.type == "asha":
+            how.append("adaptive ASHA early stopping")
+        note = ADAPTIVE_NOTE.format(how=", ".join(how), eps=space.privacy["target_epsilon"],
+                                    delta=space.privacy["delta"])
     if not resume:
         _write_study_file(experiment, {"space": space.to_dict(), "store": store_uri, "num_trials": num_trials,
                                        "search_epsilon": privacy.epsilon if privacy else None,

@@ -496,9 +496,8 @@ def _dependency_order(search: dict[str, Distribution], fixed: Mapping[str, Any],
 
 
 #: Defaults of RunConfig that conditions may refer to without fixing them.
-CONDITION_DEFAULTS = {k: v for k, v in {
-    "model.name": RunConfig().model.name, "training.optimizer": RunConfig().training.optimizer,
-}.items()}
+CONDITION_DEFAULTS: dict[str, Any] = {"model.name": RunConfig().model.name,
+                                      "training.optimizer": RunConfig().training.optimizer}
 
 
 def parse_space(data: Mapping[str, Any], source: _Source | None = None) -> SearchSpace:
@@ -646,7 +645,7 @@ def apply_space_overrides(data: dict[str, Any], overrides: Iterable[str], source
         node: dict[str, Any] = data
         path: Path_ = ()
         while len(parts) > 1:
-            if path in (("fixed",),):
+            if path == ("fixed",):
                 parts = [".".join(parts)]
                 break
             if path == ("search",):
@@ -655,8 +654,11 @@ def apply_space_overrides(data: dict[str, Any], overrides: Iterable[str], source
                     if candidate in node:
                         break
                 else:
+                    if isinstance(value, dict):  # a whole new distribution: search.<key>={type: ...}
+                        parts = [".".join(parts)]
+                        break
                     raise SpaceError(f"--set {key}: no searched key matches '{'.'.join(parts)}'; add it to the space "
-                                     "file, or override a whole key as search.<key>={{type: ..., ...}}")
+                                     "file, or set a whole distribution as search.<key>={type: ..., ...}")
                 if i == len(parts):
                     parts = [candidate]
                     break

@@ -12,6 +12,7 @@ from eqdp_ray.tune.search_privacy import (
     ORDERS,
     PoissonCount,
     TruncatedNegativeBinomial,
+    composition_epsilon,
     poisson_rdp,
     rdp_to_dp,
     search_privacy,
@@ -136,6 +137,7 @@ def test_search_epsilon_is_trial_epsilon_plus_a_modest_overhead(dpsgd_trial):
     ten = search_privacy("truncated_negative_binomial", 10, [dpsgd_trial], 1e-5)
     assert trial_eps + 1 < ten.epsilon < 2 * trial_eps  # far below composition over 10 trials
     composed = rdp_to_dp(10 * trial_rdp(*dpsgd_trial), ORDERS, 1e-5)[0]
+    assert composition_epsilon(trial_rdp(*dpsgd_trial), ORDERS, 10, 1e-5) == composed
     assert ten.epsilon < composed / 2
     assert ten.trial_epsilon == pytest.approx(trial_eps) and "Theorem 2" in ten.theorem
     assert "Theorem 6" in search_privacy("poisson", 10, [dpsgd_trial], 1e-5).theorem

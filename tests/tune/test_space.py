@@ -258,6 +258,8 @@ def test_overrides_apply_to_dotted_keys(tmp_path):
         load_space(path, ["search.training.lr.high=0.1"])
     with pytest.raises(SpaceError, match="no searched key matches"):
         load_space(path, ["search.training.nope.high=3"])
+    space = load_space(path, ["search.training.momentum={type: float, low: 0.0, high: 0.9}"])
+    assert space.search["training.momentum"].high == 0.9
 
 
 def test_space_error_is_a_config_error():

@@ -1,0 +1,50 @@
+"""`eqdp-ray tune`: a thin face over run_search / validate_space; bad input is one clear error, exit 2."""
+import textwrap
+
+from eqdp_ray.cli import main
+
+SPACE = """
+    study: cli
+    privacy: {target_epsilon: 2.0, delta: 1.0e-5}
+    data: {name: digits}
+    fixed:
+      training.steps: 10
+    search:
+      training.lr: {type: loguniform, low: 0.5, high: 4.0}
+      training.batch_size: {type: categorical, choices: [64, 128]}
+    sampler: {type: random}
+    num_samples: {distribution: truncated_negative_binomial, mean: 5}
+"""
+
+
+def write(tmp_path, text):
+    path = tmp_path / "space.yaml"
+    path.write_text(textwrap.dedent(text).lstrip())
+    return str(path)
+
+
+def test_check_validates_and_prints_the_search_privacy(tmp_path, capsys):
+    assert main(["tune", write(tmp_path, SPACE), "--check"]) == 0
+    out = capsys.readouterr().out
+    assert "study 'cli' is valid" in out and "Theorem 2" in out and "E[K]=5" in out
+
+
+def test_bad_space_is_one_clear_error(tmp_path, capsys):
+    path = write(tmp_path, SPACE.replace("training.lr:", "training.lrr:"))
+    assert main(["tune", path, "--check"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("eqdp-ray: error: ") and "space.yaml:7: 'search.training.lrr'" in err
+    assert "did you mean 'training.lr'" in err and "Traceback" not in err
+
+
+def test_set_overrides_reach_the_space(tmp_path, capsys):
+    path = write(tmp_path, SPACE)
+    assert main(["tune", path, "--check", "--set", "search.training.lr.low=5"]) == 2
+    assert "--set search.training.lr.low" in capsys.readouterr().err
+    assert main(["tune", path, "--check", "--set", "fixed.training.steps=20"]) == 0
+
+
+def test_resume_without_a_study_fails_cleanly(tmp_path, capsys):
+    path = write(tmp_path, SPACE)
+    assert main(["tune", path, "--resume", "--store", str(tmp_path / "store")]) == 2
+    assert "nothing to resume" in capsys.readouterr().err
