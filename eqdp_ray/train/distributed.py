@@ -19,11 +19,8 @@ from typing import Any, Callable
 
 import torch
 
-from eqdp_ray.config import ConfigError, RunConfig, config_to_dict, parse_config
-
-class ClusterError(ConfigError):
-    """The cluster cannot run what was asked: too few resources, unreachable, unwritable storage."""
-
+from eqdp_ray.config import RunConfig, config_to_dict, parse_config
+from eqdp_ray.train.cluster import ClusterError, connect_ray
 
 def _worker_loop(payload: dict[str, Any]) -> None:
     """Runs on every Ray Train worker."""
@@ -90,24 +87,6 @@ def _check_storage(storage: str) -> None:
                            "pass --storage with a writable local path or bucket URI (and credentials)") from None
 
 
-def _connect(address: str | None, workers: int, cpus_per_worker: float) -> None:
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        try:
-            ray.init(address=address, log_to_driver=True)
-        except Exception as exc:  # noqa: BLE001
-            raise ClusterError(f"cannot reach the Ray cluster at '{address}' ({type(exc).__name__}: {exc}); "
-                               "check the address (e.g. 'auto' on a cluster node) and that the cluster is up") from None
-    else:
-        # A local Ray sized to the machine; the driver itself needs no CPU reserved.
-        ray.init(num_cpus=max(os.cpu_count() or 1, int(workers * cpus_per_worker)), include_dashboard=True,
-                 log_to_driver=True)
-
-
 def _check_resources(workers: int, cpus_per_worker: float, gpus_per_worker: float) -> None:
     import ray
 
@@ -151,7 +130,7 @@ def train_distributed(
     output_dir = Path(output_dir or Path("runs") / config.name)
     storage = storage or str((output_dir / "ray").resolve())
     _check_storage(storage)
-    _connect(address, workers, cpus_per_worker)
+    connect_ray(address, num_cpus=max(os.cpu_count() or 1, int(workers * cpus_per_worker)))
     _check_resources(workers, cpus_per_worker, gpus_per_worker)
 
     use_gpu = bool(gpus_per_worker)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
+from eqdp_ray.train.cluster import ClusterError, connect_ray
 from eqdp_ray.tune.search_privacy import SearchPrivacy, count_distribution, search_privacy
 from eqdp_ray.tune.space import (
     CONDITION_DEFAULTS,
@@ -198,22 +199,12 @@ def _draw_trials(space: SearchSpace) -> int:
 
 def _connect(address: str | None, space: SearchSpace) -> bool:
     """Attach to a cluster (`address`) or start a local Ray; True if we started it (and must stop it)."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        try:
-            ray.init(address=address)
-        except Exception as exc:  # noqa: BLE001 - every failure means the same to the user
-            raise SpaceError(f"cannot reach the Ray cluster at '{address}' ({type(exc).__name__}: {exc}); check the "
-                             "address (e.g. 'auto' on a cluster node) and that the cluster is up") from None
-        return True
     r = space.resources
     cpus = max(os.cpu_count() or 1, math.ceil(r.workers * r.cpus_per_worker))
-    ray.init(num_cpus=cpus, include_dashboard=False)
-    return True
+    try:
+        return connect_ray(address, num_cpus=cpus, include_dashboard=False)
+    except ClusterError as exc:
+        raise SpaceError(str(exc)) from None
 
 
 def _check_cluster(space: SearchSpace) -> None:

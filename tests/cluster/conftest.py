@@ -67,6 +67,13 @@ def _stat(pid: int) -> tuple[str, int, int] | None:
     return fields[0], int(fields[1]), int(fields[2])
 
 
+def comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
 def _cmdline(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
@@ -116,7 +123,10 @@ def terminate(pids: Iterable[int], grace_s: float = 15.0) -> set[int]:
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline and any(alive(p) for p in pids):
         time.sleep(0.2)
-    for pid in pids:
+    stubborn = {p: _cmdline(p)[:100] for p in pids if alive(p)}
+    if stubborn:
+        print(f"[cluster fixture] SIGKILL after {grace_s:g}s: {stubborn}", file=sys.stderr)
+    for pid in stubborn:
         if alive(pid):
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -155,6 +165,7 @@ def clean_env(root: Path, token_path: Path | None, *, home: Path) -> dict[str, s
         HOME=str(home),
         PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
         RAY_TMPDIR=str(root / "tmp"),
+        TMPDIR=str(root / "tmp"),  # e.g. Ray Train's storage lock files (<tmp>/_ray_lockfiles)
         RAY_USAGE_STATS_ENABLED="0",
         PYTHONUNBUFFERED="1",
     )
@@ -363,9 +374,12 @@ Subsystem sftp internal-sftp
 NAMESPACE_INIT = """\
 set -eu
 # The user's home directory, seen only inside: a temp dir, plus bind mounts of what must stay
-# reachable under it (this interpreter, the repository).
+# reachable under it (this interpreter, the repository). `ray up` writes ~/ray_bootstrap_*,
+# ~/.ray/auth_token and ~/eqdp-ray there, never into the real home.
 {binds}
 mount --rbind {fake_home} {home}
+# Ray's default temp dir, private too: `ray stop` deletes /tmp/ray/ray_current_cluster, which
+# belongs to whatever local Ray runs outside.
 mount --bind {ns_tmp_ray} /tmp/ray
 mkdir -p /run/sshd
 exec {sshd} -D -e -f {root}/sshd_config
@@ -442,10 +456,9 @@ def start_ray_up_sandbox() -> RayUpSandbox:
         (root / "sshd_config").write_text(SSHD_CONFIG.format(port=port, root=root, user=user,
                                                              use_pam="yes" if shadow_locked else "no"))
         # What the login shell on the "head" sees: this install's bin first on PATH (as on a node where
-        # Ray is installed), token mode for clients, Ray's default temp dir inside the sandbox.
-        bashrc = (f'export PATH="{VENV_BIN}:$PATH"\nexport RAY_AUTH_MODE=token\n'
-                  f'export RAY_TMPDIR="{root / "nstmp"}"\nexport RAY_USAGE_STATS_ENABLED=0\n')
-        (root / "nstmp").mkdir()
+        # Ray is installed) and token mode for clients such as `ray status`. Ray's default temp dir
+        # /tmp/ray is a private directory inside the namespace (see NAMESPACE_INIT).
+        bashrc = f'export PATH="{VENV_BIN}:$PATH"\nexport RAY_AUTH_MODE=token\nexport RAY_USAGE_STATS_ENABLED=0\n'
         (fake_home / ".bashrc").write_text(bashrc)
         (fake_home / ".profile").write_text('. "$HOME/.bashrc"\n')
         keep = sorted({Path(p) for p in (REPO_ROOT, sys.prefix, os.path.realpath(sys.base_prefix),
@@ -468,15 +481,18 @@ def start_ray_up_sandbox() -> RayUpSandbox:
         sandbox = RayUpSandbox(
             root=root, user=user, ssh_port=port, key=key,
             proxy_command=f"{sys.executable} {root / 'relay.py'} 127.0.0.1 {port}",
+            # (TMPDIR: `ray up`'s config cache, tempfile.gettempdir()/ray-config-*, lands in the temp dir too.)
             env=clean_env(root, None, home=laptop_home) | {"RAY_AUTH_MODE": "token"},
             token=token, ns_proc=ns_proc, fake_home=fake_home,
         )
         _wait_for_line(ns_proc, log, "Server listening on 127.0.0.1", 30)
         probe = run(["ssh", "-i", str(key), "-o", "StrictHostKeyChecking=no", "-o", f"UserKnownHostsFile={os.devnull}",
                      "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes", "-o", f"ProxyCommand={sandbox.proxy_command}",
-                     f"{user}@127.0.0.1", "bash --login -c 'echo $HOME; ray --version; ps -e | wc -l'"],
+                     f"{user}@127.0.0.1", "bash --login -c 'echo HOME=$HOME; echo PID1=$(cat /proc/1/comm); ray --version'"],
                     env=sandbox.env, timeout=60)
-        if probe.returncode != 0 or str(home) not in probe.stdout:
+        # Logged in, in the sandbox's home, in its PID namespace (PID 1 is its sshd), with Ray on PATH.
+        if probe.returncode != 0 or f"HOME={home}" not in probe.stdout or "PID1=sshd" not in probe.stdout \
+                or "ray, version" not in probe.stdout:
             raise RuntimeError(f"ssh into the sandbox failed ({probe.returncode}):\n{probe.stdout}\n"
                                f"sshd log:\n{tail(log.read_text(errors='replace'))}")
         return sandbox
