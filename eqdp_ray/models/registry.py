@@ -46,6 +46,10 @@ class ModelSpec:
     equivariant: bool = False
 
 
+_WRN16_4: dict[str, Any] = {
+    "depth": 16, "width": 4, "num_groups": 16, "in_channels": 3, "num_classes": 10, "activation": "relu",
+}
+
 MODELS: dict[str, ModelSpec] = {
     "eq_resnet9": ModelSpec(
         description="E(2)-equivariant ResNet-9 of Hoelzl et al. (2023); default: the paper's CIFAR-10 D4->D2 model",
@@ -77,26 +81,12 @@ MODELS: dict[str, ModelSpec] = {
     ),
     "wrn16_4": ModelSpec(
         description="WRN-16-4 with GroupNorm(16) and ReLU (De et al. 2022), ~2.7M parameters",
-        defaults={
-            "depth": 16,
-            "width": 4,
-            "num_groups": 16,
-            "in_channels": 3,
-            "num_classes": 10,
-            "activation": "relu",
-        },
+        defaults=_WRN16_4,
         factory=WideResNet,
     ),
     "wrn": ModelSpec(
         description="Wide ResNet WRN-depth-width with GroupNorm (De et al. 2022 family); defaults to WRN-16-4",
-        defaults={
-            "depth": 16,
-            "width": 4,
-            "num_groups": 16,
-            "in_channels": 3,
-            "num_classes": 10,
-            "activation": "relu",
-        },
+        defaults=_WRN16_4,
         factory=WideResNet,
     ),
 }

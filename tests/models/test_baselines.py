@@ -7,15 +7,6 @@ import torch
 from eqdp_ray.models import ResNet9, WideResNet, count_parameters
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: intra-op threads only add overhead, and on a loaded CPU (other
-    test processes) spinning threads slow the float64 checks down tenfold or more."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.mark.parametrize("channels,size", [(3, 32), (1, 28), (1, 8)])
 def test_resnet9_shapes(channels: int, size: int) -> None:

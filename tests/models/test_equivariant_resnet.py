@@ -25,15 +25,6 @@ from eqdp_ray.models.equivariant_resnet import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: intra-op threads only add overhead, and on a loaded CPU (other
-    test processes) spinning threads slow the float64 checks down tenfold or more."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 REFERENCE_PARAMS = 255_675  # hlzl/equivariant EquivariantResNet9, paper CIFAR-10 setting
 RTOL = 1e-9

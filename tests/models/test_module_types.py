@@ -13,15 +13,6 @@ from torch import nn
 from eqdp_ray.models import build_model, layers
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: intra-op threads only add overhead, and on a loaded CPU (other
-    test processes) spinning threads slow the float64 checks down tenfold or more."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 ALLOWED = (layers.SteerableConv2d, layers.FieldGroupNorm, nn.Conv2d, nn.Linear, nn.GroupNorm)
 

@@ -18,15 +18,6 @@ from eqdp_ray.models import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: intra-op threads only add overhead, and on a loaded CPU (other
-    test processes) spinning threads slow the float64 checks down tenfold or more."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def test_registered_names() -> None:
     assert {"eq_resnet9", "resnet9", "wrn16_4", "wrn"} <= set(MODELS)
