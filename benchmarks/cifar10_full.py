@@ -3,8 +3,8 @@
     python benchmarks/cifar10_full.py                                  # 4 full runs, 2,160 steps each
     python benchmarks/cifar10_full.py --eps 8 --minutes 6              # what fits a 15-minute GPU session
     python benchmarks/cifar10_full.py --eps 8 --max-steps 200          # a fixed number of steps
-    python benchmarks/cifar10_full.py --device cpu --max-steps 2 --train-subset 512 --test-subset 256 \
-        --batch-size 64 --physical-batch-size 64                       # a CPU check that it runs
+    python benchmarks/cifar10_full.py --device cpu --max-steps 2 --train-subset 512 --val-size 256 \
+        --test-subset 256 --batch-size 64 --physical-batch-size 64                      # a CPU check that it runs
     python benchmarks/cifar10_full.py --pack OUT [--lossy-bits 4]      # data in parts for the device
     python benchmarks/cifar10_full.py --check-env                      # are the imports there?
 
@@ -164,7 +164,8 @@ def run_recipe(eps: float, args: argparse.Namespace, data: Any, data_note: str, 
     from eqdp_ray.config import load_config
     from eqdp_ray.train import loop as loop_module
 
-    overrides = [f"privacy.target_epsilon={eps}", f"device={args.device}", f"data.root={args.data_root}"]
+    overrides = [f"privacy.target_epsilon={eps}", f"device={args.device}", f"data.root={args.data_root}",
+                 f"data.val_size={args.val_size}"]
     if args.train_subset:
         overrides.append(f"data.train_subset={args.train_subset}")
     if args.test_subset:
@@ -219,6 +220,7 @@ def main() -> None:
     parser.add_argument("--data-root", default=DEFAULT_ROOT)
     parser.add_argument("--train-subset", type=int)
     parser.add_argument("--test-subset", type=int)
+    parser.add_argument("--val-size", type=int, default=5000, help="validation images carved from train (paper: 5000)")
     parser.add_argument("--batch-size", type=int, help="override the expected batch (only for CPU checks)")
     parser.add_argument("--physical-batch-size", type=int)
     parser.add_argument("--eval-every", type=int, default=216, help="steps between validation passes (full runs)")
@@ -246,7 +248,7 @@ def main() -> None:
     torch.set_float32_matmul_precision("high")  # TF32 on Hopper; DP noise dwarfs its rounding
     root, data_note = prepare_root(Path(args.data_root))
     args.data_root = str(root)
-    data = load_dataset("cifar10", root, val_size=5000, seed=0, train_subset=args.train_subset,
+    data = load_dataset("cifar10", root, val_size=args.val_size, seed=0, train_subset=args.train_subset,
                         test_subset=args.test_subset)
     args.out.mkdir(parents=True, exist_ok=True)
     for eps in args.eps:

@@ -1,6 +1,6 @@
 """The paper's claim at CPU scale: equivariant vs conventional CNNs under the same DP-SGD budget.
 
-    python benchmarks/reproduce.py --preset smoke            # ~25-30 min on 2 idle cores
+    python benchmarks/reproduce.py --preset smoke            # ~15-20 min on 2 idle cores
     python benchmarks/reproduce.py --preset full             # ~2 h on 2 idle cores
     python benchmarks/reproduce.py --measure                 # per-step cost of each model
     python benchmarks/reproduce.py --preset smoke --report-only   # rebuild docs/RESULTS.md
@@ -32,12 +32,15 @@ Design choices, and why:
 - Results are appended as JSON lines (one per finished run) to --results; a run whose key is
   already there is skipped, so an interrupted study resumes where it stopped.
 
-Sizing (per-step costs measured with --measure on the 2-core development machine under load,
-64 examples per physical batch, K=1): per example one DP gradient costs ~0.025-0.07 s for the
-equivariant 8/16/32 models, ~0.05-0.07 s for ResNet-9 and ~0.07-0.1 s for WRN-16-4; evaluation
-~0.005-0.012 s per image. The `full` preset is 72 runs of ~1,900 example-gradients plus ~3,000
-evaluated images each: ~100 s a run, ~2 h in all on 2 idle cores. `smoke` is the same study
-with 64 runs of ~320 example-gradients and ~900 evaluated images (~25 s a run, ~25-30 min).
+Sizing. Per-step costs measured on the 2-core development machine (AMD EPYC, torch 2.13 CPU,
+2 threads) while other jobs ran (load average 4-7): one DP step of 64 CIFAR examples (K=1) took
+~1.5-5 s for the equivariant 8/16/32 models, ~3-4.5 s for ResNet-9 and ~4-6.5 s for WRN-16-4;
+evaluation ~5 ms (equivariant) to ~12 ms (ResNet-9, WRN) per image. In the least loaded stretch of
+the smoke run a whole smoke run (5 steps of 64, 900 evaluated images, model build) took ~3.5 s
+(equivariant), ~19 s (ResNet-9) and ~41 s (WRN-16-4). `full` does ~6x the work per run (15 steps
+of 128 on CIFAR-10, 3,000 evaluated images): ~21 / ~115 / ~250 s, i.e. ~1 h per data set with 3
+tuning runs and 6 final runs per model, ~2 h in all on 2 cores with nothing else running; under
+the load above expect 2-3x longer. `smoke` (64 runs) measured 30-45 min under that load.
 """
 from __future__ import annotations
 
@@ -52,7 +55,7 @@ import statistics
 import sys
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -227,6 +230,10 @@ class Study:
     def run_one(self, spec: DataSpec, model: ModelSpec, eps: float, phase: str, lr: float, seed: int) -> dict[str, Any] | None:
         key = run_key(self.preset.name, spec.name, model.label, eps, phase, lr, self.preset.clip, seed)
         if key in self.done:
+            stored = self.done[key].get("spec")
+            if stored is not None and stored != asdict(spec):
+                raise SystemExit(f"{self.results} holds {key} with other sizes ({stored}); the preset changed: "
+                                 "pass a new --results file")
             return self.done[key]
         if spec.name not in self.data:
             self.data[spec.name] = load_data(spec)
@@ -245,7 +252,7 @@ class Study:
         record = {
             "key": key, "preset": self.preset.name, "dataset": spec.name, "label": model.label,
             "equivariant": model.equivariant, "phase": phase, "lr": lr, "clip": self.preset.clip, "seed": seed,
-            "target_epsilon": eps, "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "target_epsilon": eps, "spec": asdict(spec), "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "loadavg_1m": os.getloadavg()[0], "machine": self.machine,
             "command": "python " + " ".join(shlex.quote(a) for a in ["benchmarks/reproduce.py", *sys.argv[1:]]),
             "result": result,

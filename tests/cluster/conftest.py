@@ -56,15 +56,21 @@ KEEP_DIR_ENV = "EQDP_KEEP_CLUSTER_DIR"  # set to 1 to keep /tmp/eqdpray-* (logs)
 
 
 # --------------------------------------------------------------------------- processes (Linux /proc)
+#
+# A process is identified by (pid, start time): a pid that is reused after its process exits
+# names another process, which must never be signalled.
 
-def _stat(pid: int) -> tuple[str, int, int] | None:
-    """(state, ppid, pgid) of a process, or None if it is gone."""
+Proc = tuple[int, int]  # (pid, start time in clock ticks since boot)
+
+
+def _stat(pid: int) -> tuple[str, int, int, int] | None:
+    """(state, ppid, pgid, start time) of a process, or None if it is gone."""
     try:
         raw = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    fields = raw[raw.rindex(")") + 2:].split()
-    return fields[0], int(fields[1]), int(fields[2])
+    fields = raw[raw.rindex(")") + 2:].split()  # fields[0] is field 3 of proc(5)
+    return fields[0], int(fields[1]), int(fields[2]), int(fields[19])
 
 
 def comm(pid: int) -> str:
@@ -81,27 +87,29 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
-def _all_pids() -> list[int]:
-    return [int(p) for p in os.listdir("/proc") if p.isdigit()]
+def alive(proc: Proc) -> bool:
+    st = _stat(proc[0])
+    return st is not None and st[3] == proc[1] and st[0] not in ("Z", "X")
 
 
-def alive(pid: int) -> bool:
+def identify(pid: int) -> Proc | None:
     st = _stat(pid)
-    return st is not None and st[0] not in ("Z", "X")
+    return (pid, st[3]) if st is not None and st[0] not in ("Z", "X") else None
 
 
-def processes_of(roots: Iterable[int], marker: str | None = None) -> set[int]:
-    """Live processes that belong to `roots`: the roots, the members of their process groups,
-    every process whose command line contains `marker`, and all descendants of those."""
+def processes_of(roots: Iterable[int], marker: str | None = None) -> set[Proc]:
+    """Live processes that belong to `roots` (pids of live, unreaped children of this process): the
+    roots, the members of their process groups, every process whose command line contains
+    `marker`, and all descendants of those."""
     roots = set(roots)
-    table = {pid: st for pid in _all_pids() if (st := _stat(pid)) is not None}
+    table = {pid: st for pid in map(int, filter(str.isdigit, os.listdir("/proc"))) if (st := _stat(pid))}
     found = {pid for pid in roots if pid in table}
-    found |= {pid for pid, (_, _, pgid) in table.items() if pgid in roots}
+    found |= {pid for pid, st in table.items() if st[2] in roots}
     if marker:
         found |= {pid for pid in table if marker in _cmdline(pid)}
     children: dict[int, list[int]] = {}
-    for pid, (_, ppid, _) in table.items():
-        children.setdefault(ppid, []).append(pid)
+    for pid, st in table.items():
+        children.setdefault(st[1], []).append(pid)
     stack = list(found)
     while stack:
         for child in children.get(stack.pop(), []):
@@ -109,31 +117,33 @@ def processes_of(roots: Iterable[int], marker: str | None = None) -> set[int]:
                 found.add(child)
                 stack.append(child)
     found.discard(os.getpid())
-    return {pid for pid in found if alive(pid)}
+    return {(pid, table[pid][3]) for pid in found if table[pid][0] not in ("Z", "X")}
 
 
-def terminate(pids: Iterable[int], grace_s: float = 15.0) -> set[int]:
-    """SIGTERM the given processes, SIGKILL what is left after `grace_s`; returns the survivors."""
-    pids = {p for p in pids if alive(p)}
-    for pid in pids:
+def _signal(proc: Proc, sig: int) -> None:
+    if alive(proc):  # still the same process
         try:
-            os.kill(pid, signal.SIGTERM)
+            os.kill(proc[0], sig)
         except ProcessLookupError:
             pass
+
+
+def terminate(procs: Iterable[Proc], grace_s: float = 10.0) -> set[Proc]:
+    """SIGTERM the given processes, SIGKILL what is left after `grace_s`; returns the survivors."""
+    procs = {p for p in procs if alive(p)}
+    for proc in procs:
+        _signal(proc, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and any(alive(p) for p in pids):
+    while time.monotonic() < deadline and any(alive(p) for p in procs):
         time.sleep(0.2)
-    stubborn = {p: _cmdline(p)[:100] for p in pids if alive(p)}
+    stubborn = {p for p in procs if alive(p)}
     if stubborn:
-        print(f"[cluster fixture] SIGKILL after {grace_s:g}s: {stubborn}", file=sys.stderr)
-    for pid in stubborn:
-        if alive(pid):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        print(f"[cluster fixture] SIGKILL after {grace_s:g}s: {[(p[0], _cmdline(p[0])[:100]) for p in stubborn]}",
+              file=sys.stderr)
+    for proc in stubborn:
+        _signal(proc, signal.SIGKILL)
     time.sleep(0.5)
-    return {p for p in pids if alive(p)}
+    return {p for p in procs if alive(p)}
 
 
 # --------------------------------------------------------------------------- helpers
@@ -167,6 +177,8 @@ def clean_env(root: Path, token_path: Path | None, *, home: Path) -> dict[str, s
         RAY_TMPDIR=str(root / "tmp"),
         TMPDIR=str(root / "tmp"),  # e.g. Ray Train's storage lock files (<tmp>/_ray_lockfiles)
         RAY_USAGE_STATS_ENABLED="0",
+        # On SIGTERM a `ray start --block` node first drains for up to 30 s (Ray 2.60); not here.
+        RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0",
         PYTHONUNBUFFERED="1",
     )
     if token_path is not None:
@@ -247,23 +259,23 @@ class LocalCluster:
         out = self.ray("list", "nodes", "--address", self.dashboard, "--format", "json", timeout=60, check=True)
         return json.loads(out.stdout[out.stdout.index("["):])
 
-    def processes(self) -> set[int]:
+    def processes(self) -> set[Proc]:
         # poll(): a root that exited is reaped here, and its pid may then be reused: leave it out.
         return processes_of([p.pid for p in self.nodes if p.poll() is None], marker=f"{self.root}/")
 
-    def stop(self) -> set[int]:
-        """Stop the worker nodes, then the head: only the processes this cluster started."""
-        survivors: set[int] = set()
+    def stop(self) -> set[Proc]:
+        """Stop this cluster's processes, and only them. Like `ray stop`, but scoped: worker nodes
+        first, then the head, each by SIGTERM to its `ray start --block`, which then stops its own
+        processes; whatever is left after that is terminated by identity."""
+        leftovers = self.processes()
         for proc in reversed(self.nodes):
             if proc.poll() is None:
-                survivors |= terminate(processes_of([proc.pid]))
-        survivors |= terminate(self.processes())
-        for proc in self.nodes:
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
-        return survivors
+                proc.terminate()
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    pass
+        return terminate(leftovers | self.processes())
 
 
 def start_local_cluster(head_cpus: int = 1, worker_cpus: int = 2) -> LocalCluster:
@@ -398,7 +410,7 @@ class RayUpSandbox:
     ns_proc: subprocess.Popen
     fake_home: Path
 
-    def ns_processes(self) -> set[int]:
+    def ns_processes(self) -> set[Proc]:
         return processes_of([self.ns_proc.pid])
 
 
@@ -510,7 +522,7 @@ def _is_under(path: Path, parent: Path) -> bool:
         return False
 
 
-def _stop_sandbox_processes(root: Path, ns_proc: subprocess.Popen | None = None) -> set[int]:
+def _stop_sandbox_processes(root: Path, ns_proc: subprocess.Popen | None = None) -> set[Proc]:
     # Killing the namespace's PID 1 (sshd) makes the kernel kill every process in the namespace.
     roots = [ns_proc.pid] if ns_proc is not None and ns_proc.poll() is None else []
     return terminate(processes_of(roots, marker=f"{root}/"), grace_s=5)

@@ -15,17 +15,20 @@ from __future__ import annotations
 import getpass
 import hashlib
 import json
+import os
 import re
 import shutil
 import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.cluster.conftest import EQDP_RAY, RAY, REPO_ROOT, LocalCluster, comm, free_ports, run, tail
+from tests.cluster.conftest import (EQDP_RAY, RAY, REPO_ROOT, LocalCluster, comm, free_ports, processes_of, run,
+                                   tail, terminate)
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -165,6 +168,32 @@ def test_submit_to_an_unreachable_cluster_says_so(local_cluster: LocalCluster):
                                                    f"http://127.0.0.1:{port}.", tail(out.stdout)
 
 
+def test_local_cluster_script_starts_and_stops_only_its_own_cluster(local_cluster: LocalCluster):
+    """scripts/local_cluster.sh, the by-hand version of this file's cluster."""
+    script = str(REPO_ROOT / "scripts" / "local_cluster.sh")
+    start = run(["bash", script, "start"], env=local_cluster.env, timeout=240)
+    assert start.returncode == 0, tail(start.stdout)
+    exports = dict(re.findall(r"(\w+)='([^']*)'", start.stdout.strip().splitlines()[-1]))
+    cluster_dir = exports.get("EQDP_CLUSTER_DIR", "")
+    try:
+        assert cluster_dir.startswith("/tmp/eqdpray-") and Path(cluster_dir).is_dir(), start.stdout
+        env = dict(local_cluster.env, RAY_AUTH_TOKEN_PATH=exports["RAY_AUTH_TOKEN_PATH"])
+        out = run([RAY, "list", "nodes", "--address", exports["RAY_API_SERVER_ADDRESS"], "--format", "json"],
+                  env=env, timeout=60)
+        assert out.returncode == 0, tail(out.stdout)
+        nodes = [n for n in json.loads(out.stdout[out.stdout.index("["):]) if n["state"] == "ALIVE"]
+        assert sorted(n["resources_total"].get("worker_node", 0) for n in nodes) == [0, 1], nodes
+        stop = run(["bash", script, "stop", cluster_dir], env=local_cluster.env, timeout=120)
+        assert stop.returncode == 0, tail(stop.stdout)
+        assert not Path(cluster_dir).exists()
+        assert not processes_of([], marker=f"{cluster_dir}/"), "local_cluster.sh stop left processes behind"
+        assert all(p.poll() is None for p in local_cluster.nodes), "local_cluster.sh stop stopped another cluster"
+    finally:
+        if cluster_dir.startswith("/tmp/eqdpray-"):
+            terminate(processes_of([], marker=f"{cluster_dir}/"))
+            shutil.rmtree(cluster_dir, ignore_errors=True)
+
+
 # --------------------------------------------------------------------------- ray up, local provider
 
 def ray_up_config(sandbox, ports: list[int]) -> dict:
@@ -232,7 +261,7 @@ def test_ray_up_local_provider_then_ray_down(tmp_path, ray_up_sandbox, local_clu
         # `ray down` stopped the head's Ray ...
         gone = run([RAY, "list", "nodes", "--address", dashboard], env=env, timeout=60)
         assert gone.returncode != 0, tail(gone.stdout)
-        assert not [p for p in sandbox.ns_processes() if comm(p) in ("raylet", "gcs_server")]
+        assert not [p for p in sandbox.ns_processes() if comm(p[0]) in ("raylet", "gcs_server")]
         # ... and nothing outside the sandbox's PID namespace.
         assert sentinel.poll() is None, "ray down killed a Ray-looking process outside its sandbox"
         assert all(p.poll() is None for p in local_cluster.nodes), "ray down stopped a node of the other cluster"
@@ -245,3 +274,7 @@ def test_ray_up_local_provider_then_ray_down(tmp_path, ray_up_sandbox, local_clu
         user_hash = hashlib.sha256(getpass.getuser().encode()).hexdigest()[:10]
         cluster_hash = hashlib.sha256(config["cluster_name"].encode()).hexdigest()[:10]
         shutil.rmtree(f"/tmp/ray_ssh_{user_hash}/{cluster_hash}", ignore_errors=True)
+        try:
+            os.rmdir(f"/tmp/ray_ssh_{user_hash}")  # only if no other cluster of this user uses it
+        except OSError:
+            pass
