@@ -13,12 +13,13 @@ authentication on. Isolation from the rest of the machine:
   Ray client server): a Ray someone else started on the default ports keeps running.
 * the token is a fresh one in ``<tmp>/auth_token`` (``RAY_AUTH_TOKEN_PATH``), and ``HOME`` is
   a temp dir, so nothing reads or writes the user's ``~/.ray/auth_token``.
-* ``RAY_*`` variables of the calling environment are dropped; ``RAY_TMPDIR`` points into the
-  temp dir.
-* stopping never uses ``ray stop`` (it kills every Ray process of the user on the machine):
-  each node is ``ray start --block`` in its own process group; teardown signals exactly the
-  processes of those groups, their descendants and anything whose command line names the temp
-  dir. It runs also when a test fails (fixture finalizer).
+* ``RAY_*`` variables of the calling environment are dropped; ``RAY_TMPDIR`` and ``TMPDIR``
+  point into the temp dir.
+* stopping never uses ``ray stop`` (it kills every Ray process the user may signal on the
+  machine): each node is ``ray start --block`` in a process group of its own, stopped by SIGTERM
+  to that process (worker first, then head); what is left of their groups, their descendants and
+  anything whose command line names the temp dir is then terminated, each process identified by
+  (pid, start time). It runs also when a test fails or times out (fixture finalizer).
 
 ``ray_up_sandbox``: what ``ray up`` with the ``local`` provider needs to run against this
 machine without harming it: an OpenSSH server on 127.0.0.1 (Debian's ``openssh-server``) that
@@ -31,6 +32,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import re
 import secrets
 import shutil
 import signal
@@ -200,6 +202,14 @@ def run(cmd: Sequence[str], *, env: dict[str, str], timeout: float, cwd: Path = 
     return proc
 
 
+def json_array(text: str) -> list:
+    """The JSON array a command printed, after whatever log lines came before it."""
+    match = re.search(r"^\[", text, flags=re.MULTILINE)
+    if match is None:
+        raise AssertionError(f"no JSON array in the output:\n{tail(text)}")
+    return json.loads(text[match.start():])
+
+
 def tail(text: str, lines: int = 80) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
@@ -257,7 +267,7 @@ class LocalCluster:
 
     def list_nodes(self) -> list[dict]:
         out = self.ray("list", "nodes", "--address", self.dashboard, "--format", "json", timeout=60, check=True)
-        return json.loads(out.stdout[out.stdout.index("["):])
+        return json_array(out.stdout)
 
     def processes(self) -> set[Proc]:
         # poll(): a root that exited is reaped here, and its pid may then be reused: leave it out.
