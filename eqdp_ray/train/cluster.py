@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 import socket
+import uuid
+from pathlib import Path
 from urllib.parse import urlparse
 
 from eqdp_ray.config import ConfigError
@@ -46,3 +48,22 @@ def connect_ray(address: str | None, *, num_cpus: int, include_dashboard: bool =
         return True
     ray.init(num_cpus=num_cpus, include_dashboard=include_dashboard)
     return True
+
+
+def check_writable(uri: str, *, what: str, flag: str) -> None:
+    """Write and remove a probe file, so unwritable storage fails now, not after the first epoch."""
+    import pyarrow.fs as pafs
+
+    try:
+        if "://" in uri:
+            fs, path = pafs.FileSystem.from_uri(uri)
+        else:
+            fs, path = pafs.LocalFileSystem(), str(Path(uri).expanduser().resolve())
+        fs.create_dir(path, recursive=True)
+        probe = f"{path}/.eqdp-write-probe-{uuid.uuid4().hex}"
+        with fs.open_output_stream(probe) as out:
+            out.write(b"ok")
+        fs.delete_file(probe)
+    except Exception as exc:  # noqa: BLE001 - any failure means the same thing to the user
+        raise ClusterError(f"{what} '{uri}' is not writable ({type(exc).__name__}: {exc}); pass {flag} with a "
+                           "writable local path or bucket URI, and credentials for it") from None

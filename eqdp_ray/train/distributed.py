@@ -20,7 +20,7 @@ from typing import Any, Callable
 import torch
 
 from eqdp_ray.config import RunConfig, config_to_dict, parse_config
-from eqdp_ray.train.cluster import ClusterError, connect_ray
+from eqdp_ray.train.cluster import ClusterError, check_writable, connect_ray
 
 def _worker_loop(payload: dict[str, Any]) -> None:
     """Runs on every Ray Train worker."""
@@ -68,25 +68,6 @@ def _worker_loop(payload: dict[str, Any]) -> None:
            result if comm.rank == 0 else None)
 
 
-def _check_storage(storage: str) -> None:
-    """Write and remove a probe file so unwritable storage fails now, not after the first epoch."""
-    import pyarrow.fs as pafs
-
-    try:
-        if "://" in storage:
-            fs, path = pafs.FileSystem.from_uri(storage)
-        else:
-            fs, path = pafs.LocalFileSystem(), str(Path(storage).expanduser().resolve())
-        fs.create_dir(path, recursive=True)
-        probe = f"{path}/.eqdp-write-probe-{uuid.uuid4().hex}"
-        with fs.open_output_stream(probe) as out:
-            out.write(b"ok")
-        fs.delete_file(probe)
-    except Exception as exc:  # noqa: BLE001 - any failure means the same thing to the user
-        raise ClusterError(f"checkpoint storage '{storage}' is not writable ({type(exc).__name__}: {exc}); "
-                           "pass --storage with a writable local path or bucket URI (and credentials)") from None
-
-
 def _check_resources(workers: int, cpus_per_worker: float, gpus_per_worker: float) -> None:
     import ray
 
@@ -129,7 +110,7 @@ def train_distributed(
                            "or pass --address of a cluster with GPU nodes")
     output_dir = Path(output_dir or Path("runs") / config.name)
     storage = storage or str((output_dir / "ray").resolve())
-    _check_storage(storage)
+    check_writable(storage, what="checkpoint storage", flag="--storage")
     connect_ray(address, num_cpus=max(os.cpu_count() or 1, int(workers * cpus_per_worker)))
     _check_resources(workers, cpus_per_worker, gpus_per_worker)
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-from eqdp_ray.train.cluster import ClusterError, connect_ray
+from eqdp_ray.train.cluster import ClusterError, check_writable, connect_ray
 from eqdp_ray.tune.search_privacy import SearchPrivacy, count_distribution, search_privacy
 from eqdp_ray.tune.space import (
     CONDITION_DEFAULTS,
@@ -248,6 +248,11 @@ def run_search(
     storage = storage_path or default_storage(store)
     experiment = f"{storage.rstrip('/')}/{space.study}"
     store_uri = store if "://" in store else str(Path(store).expanduser().resolve())
+    for uri, what, flag in ((store_uri, "results store", "--store"), (storage, "experiment storage", "--storage")):
+        try:
+            check_writable(uri, what=what, flag=flag)
+        except ClusterError as exc:
+            raise SpaceError(str(exc)) from None
     saved = _read_study_file(experiment)
 
     if resume:

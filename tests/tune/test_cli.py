@@ -48,3 +48,12 @@ def test_resume_without_a_study_fails_cleanly(tmp_path, capsys):
     path = write(tmp_path, SPACE)
     assert main(["tune", path, "--resume", "--store", str(tmp_path / "store")]) == 2
     assert "nothing to resume" in capsys.readouterr().err
+
+
+def test_unwritable_store_fails_before_any_trial(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    code = main(["tune", write(tmp_path, SPACE), "--store", str(blocker / "store")])
+    err = capsys.readouterr().err
+    assert code == 2 and "results store" in err and "not writable" in err and "Traceback" not in err
+    assert blocker.read_text() == "not a directory"  # nothing lost
