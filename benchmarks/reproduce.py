@@ -1,6 +1,6 @@
 """The paper's claim at CPU scale: equivariant vs conventional CNNs under the same DP-SGD budget.
 
-    python benchmarks/reproduce.py --preset smoke            # ~15-20 min on 2 idle cores
+    python benchmarks/reproduce.py --preset smoke            # 27 min measured on 2 shared cores
     python benchmarks/reproduce.py --preset full             # ~2 h on 2 idle cores
     python benchmarks/reproduce.py --measure                 # per-step cost of each model
     python benchmarks/reproduce.py --preset smoke --report-only   # rebuild docs/RESULTS.md
@@ -40,7 +40,7 @@ the smoke run a whole smoke run (5 steps of 64, 900 evaluated images, model buil
 (equivariant), ~19 s (ResNet-9) and ~41 s (WRN-16-4). `full` does ~6x the work per run (15 steps
 of 128 on CIFAR-10, 3,000 evaluated images): ~21 / ~115 / ~250 s, i.e. ~1 h per data set with 3
 tuning runs and 6 final runs per model, ~2 h in all on 2 cores with nothing else running; under
-the load above expect 2-3x longer. `smoke` (64 runs) measured 30-45 min under that load.
+the load above expect 2-3x longer. `smoke` (64 runs) took 27 min under that load (2026-11-28).
 """
 from __future__ import annotations
 
@@ -372,6 +372,9 @@ def render_report(preset: Preset, records: list[dict[str, Any]]) -> str:
                     f"{_pct(*test)} | {statistics.mean(x['wall_time_s'] for x in rs):.0f} | "
                     f"{statistics.mean(x['samples_per_s'] for x in rs):.1f} |"
                 )
+        if not rows:  # drop the empty table's header
+            del lines[-2:]
+            lines.append("No final run finished yet: no accuracy to report.")
         tunes = [r for r in mine if r["dataset"] == spec.name and r["phase"] == "tune"]
         if tunes:
             lines += ["", "Tuning (val acc % at eps=" + f"{preset.tune_epsilon:g}, one run per lr): " + "; ".join(

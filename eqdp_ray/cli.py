@@ -25,7 +25,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, args.set)
     output = Path(args.output or Path("runs") / config.name)
-    if args.workers and args.workers > 1 or args.address or args.gpus_per_worker:
+    if args.workers is not None and args.workers < 1:
+        raise UserError(f"--workers must be at least 1, got {args.workers}")
+    if (args.workers or 1) > 1 or args.address or args.gpus_per_worker:
         from eqdp_ray.train.distributed import train_distributed
 
         result = train_distributed(

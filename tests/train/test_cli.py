@@ -36,6 +36,8 @@ def test_train_writes_result_json(tmp_path, capsys):
          "no noise multiplier"),
         (["--set", "data.name=cifar10", "--set", "data.root=/nonexistent/dir"], "/nonexistent/dir"),
         (["--set", "training.lr_schedule=cosine"], "unknown key 'training.lr_schedule'"),
+        (["--workers", "0"], "--workers must be at least 1"),
+        (["--workers", "2", "--gpus-per-worker", "1"], "no CUDA GPU"),
     ],
 )
 def test_bad_input_is_one_clear_line(tmp_path, capsys, extra, match):
