@@ -1,7 +1,7 @@
 """The paper's claim at CPU scale: equivariant vs conventional CNNs under the same DP-SGD budget.
 
     python benchmarks/reproduce.py --preset smoke            # 27 min measured on 2 shared cores
-    python benchmarks/reproduce.py --preset full             # ~2 h on 2 idle cores
+    python benchmarks/reproduce.py --preset full             # ~40 min idle, ~2-3 h on 2 shared cores
     python benchmarks/reproduce.py --measure                 # per-step cost of each model
     python benchmarks/reproduce.py --preset smoke --report-only   # rebuild docs/RESULTS.md
 
@@ -33,14 +33,15 @@ Design choices, and why:
   already there is skipped, so an interrupted study resumes where it stopped.
 
 Sizing. Per-step costs measured on the 2-core development machine (AMD EPYC, torch 2.13 CPU,
-2 threads) while other jobs ran (load average 4-7): one DP step of 64 CIFAR examples (K=1) took
-~1.5-5 s for the equivariant 8/16/32 models, ~3-4.5 s for ResNet-9 and ~4-6.5 s for WRN-16-4;
-evaluation ~5 ms (equivariant) to ~12 ms (ResNet-9, WRN) per image. In the least loaded stretch of
-the smoke run a whole smoke run (5 steps of 64, 900 evaluated images, model build) took ~3.5 s
-(equivariant), ~19 s (ResNet-9) and ~41 s (WRN-16-4). `full` does ~6x the work per run (15 steps
-of 128 on CIFAR-10, 3,000 evaluated images): ~21 / ~115 / ~250 s, i.e. ~1 h per data set with 3
-tuning runs and 6 final runs per model, ~2 h in all on 2 cores with nothing else running; under
-the load above expect 2-3x longer. `smoke` (64 runs) took 27 min under that load (2026-11-28).
+2 threads) while other jobs ran (load average 2-9, so every figure swings by up to 10x): one DP
+step of 64 CIFAR examples (K=1) took ~1.5-5 s for the equivariant 8/16/32 models, ~3-4.5 s for
+ResNet-9 and ~4-6.5 s for WRN-16-4; evaluation ~5 ms (equivariant) to ~12 ms (ResNet-9, WRN) per
+image. `smoke` (64 runs: 5 steps of 64, 900 evaluated images each) took 27 min on 2026-11-28 at
+load 3-9. In `full` (72 runs: 15 steps of 128 on CIFAR-10, ~3,000 evaluated images each), the
+least-loaded CIFAR-10 runs (load ~2-2.5) took ~10 s (equivariant), ~41 s (ResNet-9) and ~59 s
+(WRN-16-4), i.e. ~20 min per data set and ~40 min for the study on 2 otherwise idle cores; at the
+load average of ~4 seen for most of that day the same runs took 50-190 s, i.e. ~2-3 h. The
+preset was sized for the shared machine; on a quiet one there is room for ~3x more steps.
 """
 from __future__ import annotations
 
