@@ -28,6 +28,10 @@ class PoissonSampler:
         mask = torch.rand(self.num_examples, generator=self.generator) < self.sample_rate
         return mask.nonzero().squeeze(1)
 
+    def shard_mask(self, indices: torch.Tensor) -> torch.Tensor:
+        """Which entries of a global batch belong to this rank: index equal to rank modulo world size."""
+        return indices % self.world_size == self.rank
+
     def shard(self, indices: torch.Tensor) -> torch.Tensor:
-        """This rank's part of a global batch: examples whose index is rank modulo world size."""
-        return indices[indices % self.world_size == self.rank]
+        """This rank's part of a global batch."""
+        return indices[self.shard_mask(indices)]

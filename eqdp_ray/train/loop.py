@@ -205,7 +205,7 @@ def train(
     )
 
     window = {"loss": 0.0, "correct": 0.0, "count": 0.0, "examples": 0.0, "time": 0.0}
-    best_val = -1.0
+    best_val = max((h["val_accuracy"] for h in state.history), default=-1.0)  # a resumed run keeps its best
     totals = {"examples": 0.0, "time": 0.0}  # sampled examples and seconds spent in training steps
     while state.step < steps:
         step_start = time.time()
@@ -215,7 +215,7 @@ def train(
         augment_rng.manual_seed(derive_seed(config.seed, "augment", state.step))
         global_rows = sampler.sample_global()
         aug_params = draw_crop_flip(len(global_rows), t.augmult, t.crop_padding, hflip, augment_rng)
-        mine = global_rows % comm.world_size == comm.rank
+        mine = sampler.shard_mask(global_rows)
         rows, params_mine = global_rows[mine], aug_params[mine]
 
         summed = [torch.zeros_like(q) for q in params]
@@ -245,10 +245,10 @@ def train(
         window["loss"] += stats[0].item()
         window["correct"] += stats[1].item()
         window["count"] += stats[2].item()
-        window["examples"] += len(global_rows)
-        window["time"] += time.time() - step_start
-        totals["examples"] += len(global_rows)
-        totals["time"] += time.time() - step_start
+        step_seconds = time.time() - step_start
+        for tally in (window, totals):
+            tally["examples"] += len(global_rows)
+            tally["time"] += step_seconds
 
         if state.step % eval_every == 0 or state.step == steps:
             val_acc = evaluate(state.ema.shadow, data.val_x, data.val_y, data, device, t.eval_batch_size)
