@@ -347,7 +347,9 @@ def render_report(preset: Preset, records: list[dict[str, Any]]) -> str:
         res = example["result"]
         lines += [
             "", f"#### {spec.name}", "",
-            f"Sizes: {res['train_size']} train (class-balanced, fixed) / {res['val_size']} val (carved from train) / "
+            f"Sizes: {res['train_size']} train ("
+            + ("fixed class-balanced subset" if spec.train_subset else "the whole training pool after the val split")
+            + f") / {res['val_size']} val (carved from train, stratified) / "
             f"{res['test_size']} test"
             + (" (class-balanced subset of the test set)" if spec.test_subset else "")
             + f"; expected batch {spec.batch_size} (q={res['sample_rate']:.4f}), {spec.steps} steps, "
