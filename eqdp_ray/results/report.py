@@ -225,6 +225,16 @@ def _save(fig: Any, path: Path) -> None:
     fig.savefig(path, format="png")
 
 
+def _finish(fig: Any, ax: Any, path: Path, *, xlabel: str, ylabel: str, title: str) -> None:
+    """Labels, grid and legend every scatter plot of the report shares, then the PNG."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    _save(fig, path)
+
+
 def _colors(n: int) -> list[Any]:
     from matplotlib import colormaps
 
@@ -267,12 +277,8 @@ def plot_history(trials: pd.DataFrame, path: Path) -> str:
         running = pd.Series(np.where(ok, acc, np.nan)).cummax().ffill().to_numpy()
         ax.step(x, running, where="post", color=color, alpha=0.8,
                 label=f"{name}: running best" if len(studies) > 1 else "running best")
-    ax.set_xlabel("trial (in start order)")
-    ax.set_ylabel("validation accuracy")
-    ax.set_title("Optimisation history")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
-    _save(fig, path)
+    _finish(fig, ax, path, xlabel="trial (in start order)", ylabel="validation accuracy",
+            title="Optimisation history")
     n = int(np.isfinite(values).sum())
     return f"{n} of {len(trials)} trials have a validation accuracy; the line is the best finished trial so far."
 
@@ -281,7 +287,7 @@ def plot_pareto(trials: pd.DataFrame, path: Path) -> str:
     """Accuracy against trainable parameters, coloured by model, with the Pareto front."""
     ranked = rankable(trials, METRIC)
     params = _numeric(ranked, "num_params")
-    ranked = ranked[np.isfinite(params)]
+    ranked, params = ranked[np.isfinite(params)], params[np.isfinite(params)]
     if ranked.empty:
         raise CannotPlot("no finished trial has both a validation accuracy and a parameter count")
     models = [model_name(r) or "unknown" for r in ranked.to_dict("records")]
@@ -291,7 +297,7 @@ def plot_pareto(trials: pd.DataFrame, path: Path) -> str:
     names = sorted(set(models))
     for color, name in zip(_colors(len(names)), names):
         mask = np.array([m == name for m in models])
-        ax.scatter(_numeric(ranked, "num_params")[mask], _numeric(ranked, METRIC)[mask], color=color, s=26,
+        ax.scatter(params[mask], _numeric(ranked, METRIC)[mask], color=color, s=26,
                    label=name, zorder=3)
     fx, fy = _numeric(front, "num_params").to_numpy(), _numeric(front, METRIC).to_numpy()
     ax.step(fx, fy, where="post", color="black", linewidth=1.2, zorder=2, label="Pareto front")
@@ -300,13 +306,9 @@ def plot_pareto(trials: pd.DataFrame, path: Path) -> str:
         label = group_label(row)
         if label:
             ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
-    _maybe_log(ax, _numeric(ranked, "num_params").tolist())
-    ax.set_xlabel("trainable parameters")
-    ax.set_ylabel("best validation accuracy")
-    ax.set_title("Accuracy against model size")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
-    _save(fig, path)
+    _maybe_log(ax, params.tolist())
+    _finish(fig, ax, path, xlabel="trainable parameters", ylabel="best validation accuracy",
+            title="Accuracy against model size")
     ids = ", ".join(str(t) for t in front["trial_id"])
     return f"{len(ranked)} finished trials; Pareto front (max accuracy, min parameters): {ids}."
 
@@ -331,12 +333,8 @@ def plot_epsilon(trials: pd.DataFrame, path: Path, highlight: str | None = None)
     if len(envelope) > 1:
         ax.plot(envelope.index, envelope.values, color="gray", linestyle="--", linewidth=1, label="best per epsilon")
     _maybe_log(ax, points["target_epsilon"].tolist())
-    ax.set_xlabel("target epsilon (per trial)")
-    ax.set_ylabel("accuracy (filled: validation, hollow squares: test)")
-    ax.set_title("Accuracy against epsilon")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
-    _save(fig, path)
+    _finish(fig, ax, path, xlabel="target epsilon (per trial)",
+            ylabel="accuracy (filled: validation, hollow squares: test)", title="Accuracy against epsilon")
     return (f"best trial of each (study, target epsilon): {_count(len(points), 'point')} "
             f"from {_count(len(studies), 'study')}"
             + (f"; study {highlight!r} is starred" if highlight else "") + ".")
