@@ -87,6 +87,8 @@ class DataSpec:
     steps: int
     augmult: int
     crop_padding: int
+    lrs_equivariant: tuple[float, ...] = (1.0, 4.0)  # starting lr grid per model family (see module doc)
+    lrs_conventional: tuple[float, ...] = (1.0, 4.0)
 
 
 @dataclass(frozen=True)
@@ -95,7 +97,7 @@ class Preset:
 
     name: str
     datasets: tuple[DataSpec, ...]
-    lrs: tuple[float, ...]
+    max_extensions: int = 0  # extra lr grid points when the best lr lies on the grid's edge
     clip: float = 1.0
     ema_decay: float = 0.99
     tune_epsilon: float = 8.0
@@ -109,12 +111,12 @@ PRESETS: dict[str, Preset] = {
     "full": Preset(
         name="full",
         datasets=(
-            DataSpec("cifar10", train_subset=4000, val_size=500, test_subset=2000, batch_size=128, steps=15,
-                     augmult=1, crop_padding=4),
-            DataSpec("rotated_mnist", train_subset=None, val_size=800, test_subset=None, batch_size=128, steps=15,
-                     augmult=1, crop_padding=0),
+            DataSpec("cifar10", train_subset=4000, val_size=500, test_subset=2000, batch_size=256, steps=35,
+                     augmult=1, crop_padding=4, lrs_equivariant=(2.0, 4.0, 8.0), lrs_conventional=(0.25, 0.5, 1.0)),
+            DataSpec("rotated_mnist", train_subset=None, val_size=800, test_subset=2000, batch_size=256, steps=35,
+                     augmult=1, crop_padding=0, lrs_equivariant=(0.5, 1.0, 2.0), lrs_conventional=(0.25, 0.5, 1.0)),
         ),
-        lrs=(1.0, 2.0, 4.0),
+        max_extensions=2,
     ),
     "smoke": Preset(
         name="smoke",
@@ -124,9 +126,19 @@ PRESETS: dict[str, Preset] = {
             DataSpec("rotated_mnist", train_subset=1000, val_size=200, test_subset=500, batch_size=64, steps=5,
                      augmult=1, crop_padding=0),
         ),
-        lrs=(1.0, 4.0),
     ),
 }
+
+
+def lr_grid(spec: DataSpec, equivariant: bool) -> tuple[float, ...]:
+    """The starting lr grid of a model family on a data set."""
+    return spec.lrs_equivariant if equivariant else spec.lrs_conventional
+
+
+def planned_runs(preset: Preset) -> int:
+    """Runs of the plan before any edge extension of an lr grid."""
+    return sum(2 * (len(spec.lrs_equivariant) + len(spec.lrs_conventional)) + 4 * len(preset.epsilons) * len(preset.seeds)
+               for spec in preset.datasets)
 
 
 @dataclass(frozen=True)
@@ -221,7 +233,7 @@ class Study:
         self.preset, self.results, self.verbose = preset, results, verbose
         self.done = load_results(results)
         self.data: dict[str, ImageDataset] = {}
-        self.total = len(preset.datasets) * 4 * (len(preset.lrs) + len(preset.epsilons) * len(preset.seeds))
+        self.total = planned_runs(preset)
         self.walls: list[float] = []
         self.machine = machine_info()
 
@@ -270,16 +282,42 @@ class Study:
               f"~{eta:.0f} min at this pace", flush=True)
         return record
 
+    def tuned_lrs(self, spec: DataSpec, model: ModelSpec) -> dict[float, float]:
+        """Validation accuracy of every finished tuning run of this model, by lr."""
+        out = {}
+        for key, record in self.done.items():
+            if (record.get("preset") == self.preset.name and record["dataset"] == spec.name
+                    and record["label"] == model.label and record["phase"] == "tune"):
+                out[record["lr"]] = record["result"]["val_accuracy"]
+        return out
+
+    def tune(self, spec: DataSpec, model: ModelSpec) -> None:
+        """Run the model's grid; while the best lr is on an edge, add the next point out (at most max_extensions)."""
+        grid = sorted(lr_grid(spec, model.equivariant))
+        for lr in grid:
+            self.run_one(spec, model, self.preset.tune_epsilon, "tune", lr, self.preset.tune_seed)
+        for _ in range(self.preset.max_extensions):
+            scores = self.tuned_lrs(spec, model)
+            if not scores:
+                return
+            best = max(scores.items(), key=lambda kv: (kv[1], -kv[0]))[0]
+            tried = sorted(scores)
+            if best == tried[0]:
+                nxt = tried[0] / 2
+            elif best == tried[-1]:
+                nxt = tried[-1] * 2
+            else:
+                return
+            print(f"[reproduce] {spec.name} {model.label}: best lr {best:g} is on the grid's edge; trying lr {nxt:g}",
+                  flush=True)
+            self.run_one(spec, model, self.preset.tune_epsilon, "tune", nxt, self.preset.tune_seed)
+
     def best_lr(self, spec: DataSpec, model: ModelSpec) -> float | None:
-        """The grid point with the highest validation accuracy (ties: the smaller lr); None if untuned."""
-        scores = []
-        for lr in self.preset.lrs:
-            key = run_key(self.preset.name, spec.name, model.label, self.preset.tune_epsilon, "tune", lr,
-                          self.preset.clip, self.preset.tune_seed)
-            if key not in self.done:
-                return None
-            scores.append((self.done[key]["result"]["val_accuracy"], -lr, lr))
-        return max(scores)[2]
+        """The tried lr with the highest validation accuracy (ties: the smaller lr); None if untuned."""
+        scores = self.tuned_lrs(spec, model)
+        if not all(lr in scores for lr in lr_grid(spec, model.equivariant)):
+            return None
+        return max(scores.items(), key=lambda kv: (kv[1], -kv[0]))[0]
 
     def run(self) -> None:
         p = self.preset
@@ -288,8 +326,7 @@ class Study:
         for spec in p.datasets:
             models = models_for(spec.name)
             for model in models:
-                for lr in p.lrs:
-                    self.run_one(spec, model, p.tune_epsilon, "tune", lr, p.tune_seed)
+                self.tune(spec, model)
             for eps in p.epsilons:
                 for model in models:
                     lr = self.best_lr(spec, model)
@@ -318,7 +355,7 @@ def _pct(mean: float, std: float) -> str:
 def render_report(preset: Preset, records: list[dict[str, Any]]) -> str:
     """Markdown for one preset: setup, tables per data set, the claim check; only measured numbers."""
     mine = [r for r in records if r["preset"] == preset.name]
-    total = len(preset.datasets) * 4 * (len(preset.lrs) + len(preset.epsilons) * len(preset.seeds))
+    total = planned_runs(preset)
     status = "complete" if len(mine) >= total else f"PARTIAL: {len(mine)} of {total} runs finished"
     lines = [f"### Preset `{preset.name}` ({status})", ""]
     if not mine:
@@ -336,7 +373,9 @@ def render_report(preset: Preset, records: list[dict[str, Any]]) -> str:
         "times and samples/s are pessimistic)",
         f"- Protocol per data set, identical for every model: delta={DELTA:g}, clip norm C={preset.clip:g}, SGD "
         f"without momentum, EMA {preset.ema_decay:g}, physical batch {preset.physical_batch_size}; lr tuned on "
-        f"validation over {list(preset.lrs)} at eps={preset.tune_epsilon:g} (seed {preset.tune_seed}), then seeds "
+        f"validation at eps={preset.tune_epsilon:g} (seed {preset.tune_seed}) over a per-family grid (below)"
+        + (f", extended by up to {preset.max_extensions} points while the best lr lay on the grid's edge"
+           if preset.max_extensions else "") + f", then seeds "
         f"{list(preset.seeds)} at each eps with the chosen lr; fresh OS noise in every run",
     ]
     for spec in preset.datasets:
@@ -353,7 +392,8 @@ def render_report(preset: Preset, records: list[dict[str, Any]]) -> str:
             f"{res['test_size']} test"
             + (" (class-balanced subset of the test set)" if spec.test_subset else "")
             + f"; expected batch {spec.batch_size} (q={res['sample_rate']:.4f}), {spec.steps} steps, "
-            f"K={spec.augmult}, crop padding {spec.crop_padding}.",
+            f"K={spec.augmult}, crop padding {spec.crop_padding}. Starting lr grids: equivariant "
+            f"{list(spec.lrs_equivariant)}, conventional {list(spec.lrs_conventional)}.",
             "",
             "| model | params | eps | eps spent | sigma | lr | seeds | val acc % | test acc % | wall time / run (s) | samples/s |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -380,11 +420,16 @@ def render_report(preset: Preset, records: list[dict[str, Any]]) -> str:
             lines.append("No final run finished yet: no accuracy to report.")
         tunes = [r for r in mine if r["dataset"] == spec.name and r["phase"] == "tune"]
         if tunes:
-            lines += ["", "Tuning (val acc % at eps=" + f"{preset.tune_epsilon:g}, one run per lr): " + "; ".join(
-                f"{m.label}: " + ", ".join(
-                    f"lr {r['lr']:g} {100 * r['result']['val_accuracy']:.1f}"
-                    for r in sorted(tunes, key=lambda r: r["lr"]) if r["label"] == m.label)
-                for m in models_for(spec.name) if any(r["label"] == m.label for r in tunes)) + "."]
+            parts = []
+            for m in models_for(spec.name):
+                mine_t = sorted((r for r in tunes if r["label"] == m.label), key=lambda r: r["lr"])
+                if not mine_t:
+                    continue
+                best = max(mine_t, key=lambda r: (r["result"]["val_accuracy"], -r["lr"]))["lr"]
+                edge = " (best on the edge of what was tried)" if best in (mine_t[0]["lr"], mine_t[-1]["lr"]) else ""
+                parts.append(f"{m.label}: " + ", ".join(
+                    f"lr {r['lr']:g} {100 * r['result']['val_accuracy']:.1f}" for r in mine_t) + edge)
+            lines += ["", "Tuning (val acc % at eps=" + f"{preset.tune_epsilon:g}, one run per lr): " + "; ".join(parts) + "."]
         lines += ["", "Claim check (test accuracy; \"beats\" = mean_eq - std_eq > mean_base + std_base, "
                   "i.e. the mean ± std intervals over seeds do not overlap):", ""]
         any_check = False
