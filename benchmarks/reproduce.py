@@ -263,7 +263,7 @@ class Study:
             self.data[spec.name] = load_data(spec)
         config = build_config(self.preset, spec, model, eps, lr, seed)
         index = self._count_done() + 1
-        print(f"[{index}/{self.total}] {spec.name} | {model.label} | eps={eps:g} | {phase} lr={lr:g} seed={seed} ...",
+        print(f"[{index}/{max(index, self.total)}] {spec.name} | {model.label} | eps={eps:g} | {phase} lr={lr:g} seed={seed} ...",
               flush=True)
         log = (lambda msg: print("    " + msg, flush=True)) if self.verbose else None
         started = time.time()
@@ -285,7 +285,7 @@ class Study:
             f.write(json.dumps(record) + "\n")
         self.done[key] = record
         self.walls.append(result["wall_time_s"])
-        left = self.total - self._count_done()
+        left = max(0, self.total - self._count_done())  # lr-grid extensions come on top of the plan
         eta = statistics.mean(self.walls) * left / 60
         print(f"    val {result['val_accuracy']:.4f} test {result['test_accuracy']:.4f} eps spent "
               f"{result['epsilon']:.3f} sigma {result['noise_multiplier']:.3f} | {result['wall_time_s']:.1f} s, "
@@ -366,8 +366,10 @@ def _pct(mean: float, std: float) -> str:
 def render_report(preset: Preset, records: list[dict[str, Any]]) -> str:
     """Markdown for one preset: setup, tables per data set, the claim check; only measured numbers."""
     mine = [r for r in records if r["preset"] == preset.name]
-    total = planned_runs(preset)
-    status = "complete" if len(mine) >= total else f"PARTIAL: {len(mine)} of {total} runs finished"
+    planned_finals = len(preset.datasets) * 4 * len(preset.epsilons) * len(preset.seeds)
+    finals = sum(1 for r in mine if r["phase"] == "final")
+    status = (f"complete: {len(mine)} runs, {len(mine) - finals} of them tuning" if finals >= planned_finals
+              else f"PARTIAL: {finals} of {planned_finals} final runs finished")
     lines = [f"### Preset `{preset.name}` ({status})", ""]
     if not mine:
         return "\n".join(lines + ["No run has finished yet.", ""])
@@ -380,8 +382,9 @@ def render_report(preset: Preset, records: list[dict[str, Any]]) -> str:
         f"- Machine: {machine['nproc']} cores ({machine['cpu']}), {machine['ram_gib']} GiB RAM, torch "
         f"{machine['torch']} with {machine['torch_threads']} threads, Python {machine['python']}",
         f"- Date (UTC, runs finished): {times[0]} to {times[-1]}; 1-minute load average at the end of each run "
-        f"{min(loads):.1f}-{max(loads):.1f} on {machine['nproc']} cores (other jobs shared the machine, so wall "
-        "times and samples/s are pessimistic)",
+        f"{min(loads):.1f}-{max(loads):.1f} on {machine['nproc']} cores "
+        + ("(the study's own 2 threads: the machine was otherwise idle)" if max(loads) <= machine["nproc"] + 0.75
+           else "(other jobs shared the machine, so wall times and samples/s are pessimistic)"),
         f"- Protocol per data set, identical for every model: delta={DELTA:g}, clip norm C={preset.clip:g}, SGD "
         f"without momentum, EMA {preset.ema_decay:g}, physical batch {preset.physical_batch_size}; lr tuned on "
         f"validation at eps={preset.tune_epsilon:g} (seed {preset.tune_seed}) over a per-family grid (below)"
