@@ -3,6 +3,9 @@
     python benchmarks/reproduce.py --preset smoke            # 27 min measured on 2 shared cores
     python benchmarks/reproduce.py --preset full             # ~95 min on 2 idle cores
     python benchmarks/reproduce.py --measure                 # per-step cost of each model
+    python benchmarks/reproduce.py --preset full --trajectory 140 --trajectory-eps 8 --trajectory-seeds 0 1 2
+                                                             # 4x longer CIFAR-10 runs, D4->D2 vs ResNet-9 (~32 min)
+    python benchmarks/reproduce.py --preset full --trajectory 35 --trajectory-eps 1000   # weak-noise control
     python benchmarks/reproduce.py --preset smoke --report-only   # rebuild docs/RESULTS.md
 
 Not part of CI. Hoelzl, Rueckert & Kaissis (arXiv 2301.13104) claim that at equal (eps, delta)
@@ -597,8 +600,8 @@ def render_trajectory(records: list[dict[str, Any]]) -> str:
                      f"{res['wall_time_s']:.0f} |")
     lines += ["", "Test accuracy per setting (mean ± sample std over the seeds run):", ""]
     for (eps, steps, label), accs in sorted(groups.items()):
-        lines.append(f"- eps={eps:g}, {steps} steps, {label}: {_pct(*_mean_std(accs))} ({len(accs)} seed"
-                     + ("s" if len(accs) > 1 else "") + ")")
+        suffix = f" ({len(accs)} seeds)" if len(accs) > 1 else ""  # _pct already says "(1 seed)"
+        lines.append(f"- eps={eps:g}, {steps} steps, {label}: {_pct(*_mean_std(accs))}{suffix}")
     return "\n".join(lines) + "\n"
 
 
