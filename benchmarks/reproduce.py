@@ -296,6 +296,11 @@ class Study:
               f"~{eta:.0f} min at this pace", flush=True)
         return record
 
+    @staticmethod
+    def _best(scores: dict[float, float]) -> float:
+        """The lr with the highest validation accuracy; ties go to the smaller lr."""
+        return max(scores.items(), key=lambda kv: (kv[1], -kv[0]))[0]
+
     def tuned_lrs(self, spec: DataSpec, model: ModelSpec) -> dict[float, float]:
         """Validation accuracy of every finished tuning run of this model, by lr."""
         out = {}
@@ -314,7 +319,7 @@ class Study:
             scores = self.tuned_lrs(spec, model)
             if not scores:
                 return
-            best = max(scores.items(), key=lambda kv: (kv[1], -kv[0]))[0]
+            best = self._best(scores)
             tried = sorted(scores)
             if best == tried[0]:
                 nxt = tried[0] / 2
@@ -331,7 +336,7 @@ class Study:
         scores = self.tuned_lrs(spec, model)
         if not all(lr in scores for lr in lr_grid(spec, model.equivariant)):
             return None
-        return max(scores.items(), key=lambda kv: (kv[1], -kv[0]))[0]
+        return self._best(scores)
 
     def run(self) -> None:
         p = self.preset
@@ -471,15 +476,20 @@ def render_report(preset: Preset, records: list[dict[str, Any]]) -> str:
 
 def write_report(doc: Path, preset: Preset, records: list[dict[str, Any]]) -> None:
     """Replace this preset's block in the doc (between markers); other sections stay untouched."""
-    start, end = f"<!-- reproduce:{preset.name}:start -->", f"<!-- reproduce:{preset.name}:end -->"
-    block = f"{start}\n{render_report(preset, records)}{end}"
+    write_block(doc, preset.name, render_report(preset, records), after=DOC_HEADING)
+
+
+def write_block(doc: Path, name: str, body: str, after: str) -> None:
+    """Replace the block between this name's markers; a new block goes right after `after` (or at the end)."""
+    start, end = f"<!-- reproduce:{name}:start -->", f"<!-- reproduce:{name}:end -->"
+    block = f"{start}\n{body}{end}"
     text = doc.read_text() if doc.is_file() else "# Results\n"
     if start in text and end in text:
         head, rest = text.split(start, 1)
         text = head + block + rest.split(end, 1)[1]
-    elif DOC_HEADING in text:
-        head, rest = text.split(DOC_HEADING, 1)
-        text = head + DOC_HEADING + "\n\n" + block + "\n" + rest
+    elif after in text:
+        head, rest = text.split(after, 1)
+        text = head + after + "\n\n" + block + "\n" + rest
     else:
         text = text.rstrip() + f"\n\n{DOC_HEADING}\n\n{block}\n"
     doc.write_text(text)
@@ -605,20 +615,6 @@ def render_trajectory(records: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_block(doc: Path, name: str, body: str) -> None:
-    """Replace the block between this name's markers, or append it at the end of the claim section."""
-    start, end = f"<!-- reproduce:{name}:start -->", f"<!-- reproduce:{name}:end -->"
-    block = f"{start}\n{body}{end}"
-    text = doc.read_text()
-    if start in text and end in text:
-        head, rest = text.split(start, 1)
-        text = head + block + rest.split(end, 1)[1]
-    else:
-        anchor = "<!-- reproduce:full:end -->"
-        text = text.replace(anchor, anchor + "\n\n" + block, 1) if anchor in text else text + "\n" + block + "\n"
-    doc.write_text(text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="smoke")
@@ -649,7 +645,7 @@ def main() -> None:
             for seed in args.trajectory_seeds:
                 run_trajectory(preset, results, out, args.trajectory, args.trajectory_eps, seed=seed)
         if not args.no_doc:
-            write_block(args.doc, "trajectory", render_trajectory(trajectory_records(out)))
+            write_block(args.doc, "trajectory", render_trajectory(trajectory_records(out)), after="<!-- reproduce:full:end -->")
             print(f"[reproduce] wrote the trajectory section of {args.doc}")
         return
     if not args.report_only:
