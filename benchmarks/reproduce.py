@@ -235,6 +235,16 @@ def build_config(preset: Preset, spec: DataSpec, model: ModelSpec, eps: float, l
     })
 
 
+def append_record(path: Path, **fields: Any) -> dict[str, Any]:
+    """One finished run as a JSON line, stamped with when, the load and the command that produced it."""
+    record = {**fields, "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+              "loadavg_1m": os.getloadavg()[0],
+              "command": "python " + " ".join(shlex.quote(a) for a in ["benchmarks/reproduce.py", *sys.argv[1:]])}
+    with path.open("a") as fh:
+        fh.write(json.dumps(record) + "\n")
+    return record
+
+
 def load_data(spec: DataSpec) -> ImageDataset:
     return load_dataset(spec.name, DATA_ROOT, val_size=spec.val_size, seed=DATA_SEED,
                         train_subset=spec.train_subset, test_subset=spec.test_subset)
@@ -276,16 +286,9 @@ class Study:
             print(f"    FAILED after {time.time() - started:.0f} s: {type(exc).__name__}: {exc}", flush=True)
             return None
         result.pop("history", None)
-        record = {
-            "key": key, "preset": self.preset.name, "dataset": spec.name, "label": model.label,
-            "equivariant": model.equivariant, "phase": phase, "lr": lr, "clip": self.preset.clip, "seed": seed,
-            "target_epsilon": eps, "spec": asdict(spec), "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "loadavg_1m": os.getloadavg()[0], "machine": self.machine,
-            "command": "python " + " ".join(shlex.quote(a) for a in ["benchmarks/reproduce.py", *sys.argv[1:]]),
-            "result": result,
-        }
-        with self.results.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        record = append_record(self.results, key=key, preset=self.preset.name, dataset=spec.name, label=model.label,
+                               equivariant=model.equivariant, phase=phase, lr=lr, clip=self.preset.clip, seed=seed,
+                               target_epsilon=eps, spec=asdict(spec), machine=self.machine, result=result)
         self.done[key] = record
         self.walls.append(result["wall_time_s"])
         left = max(0, self.total - self._count_done())  # lr-grid extensions come on top of the plan
@@ -561,16 +564,9 @@ def run_trajectory(preset: Preset, full_results: Path, out: Path, steps: int, ep
             print(f"[trajectory] {label} eps={eps:g} lr={lr:g} {steps} steps seed {seed} ...", flush=True)
             config = build_config(preset, spec, model, eps, lr, seed, eval_every=base.steps)
             result = train(config, data=data, log=None)
-            record = {
-                "key": key, "preset": preset.name, "dataset": base.name, "label": label, "phase": "trajectory",
-                "equivariant": model.equivariant, "lr": lr, "seed": seed, "target_epsilon": eps, "spec": asdict(spec),
-                "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                "loadavg_1m": os.getloadavg()[0], "machine": machine,
-                "command": "python " + " ".join(shlex.quote(a) for a in ["benchmarks/reproduce.py", *sys.argv[1:]]),
-                "result": result,
-            }
-            with out.open("a") as fh:
-                fh.write(json.dumps(record) + "\n")
+            append_record(out, key=key, preset=preset.name, dataset=base.name, label=label, phase="trajectory",
+                          equivariant=model.equivariant, lr=lr, seed=seed, target_epsilon=eps, spec=asdict(spec),
+                          machine=machine, result=result)
             print(f"    val {result['val_accuracy']:.4f} test {result['test_accuracy']:.4f} sigma "
                   f"{result['noise_multiplier']:.3f} eps spent {result['epsilon']:.3f} | {result['wall_time_s']:.0f} s",
                   flush=True)
