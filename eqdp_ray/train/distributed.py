@@ -96,11 +96,17 @@ def train_distributed(
     output_dir: str | Path | None = None,
     max_failures: int = 3,
     callbacks: list[Any] | None = None,
+    run_name: str | None = None,
     log: Callable[[str], None] | None = print,
 ) -> dict[str, Any]:
-    """Train `config` on `workers` Ray Train workers and return the same result record as `train`."""
+    """Train `config` on `workers` Ray Train workers and return the same result record as `train`.
+
+    `run_name`: by default every call is a new run. With a fixed name, a call whose `storage`
+    already holds a run of that name continues from its latest checkpoint (Ray Train restores a
+    run by name): this is how an interrupted multi-worker tune trial resumes instead of restarting.
+    """
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig as TrainRunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig as TrainRunConfig, ScalingConfig, TrainingFailedError
     from ray.train.torch import TorchTrainer
 
     if workers < 1:
@@ -122,7 +128,7 @@ def train_distributed(
                            "gpus_per_worker": gpus_per_worker},
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources),
         run_config=TrainRunConfig(
-            name=f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}",
+            name=run_name or f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}",
             storage_path=storage,
             failure_config=FailureConfig(max_failures=max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
@@ -130,7 +136,10 @@ def train_distributed(
         ),
     )
     started = time.time()
-    outcome = trainer.fit()
+    try:
+        outcome = trainer.fit()
+    except TrainingFailedError as exc:  # Train V2 raises instead of returning the error
+        raise RuntimeError(f"distributed training failed after {max_failures} retries: {exc}") from exc
     if outcome.error is not None:
         raise RuntimeError(f"distributed training failed after {max_failures} retries: {outcome.error}")
     if outcome.checkpoint is None or not (outcome.metrics or {}).get("final"):

@@ -201,7 +201,7 @@ def run_trial(params: dict[str, Any], ctx: StudyContext) -> None:
 
         options = {"in_channels": data.in_channels, "num_classes": data.num_classes, **config.model.options}
         num_params = int(model_summary(config.model.name, **options)["params"])
-        result = _train_distributed(ctx, config, metrics_of=lambda record: metrics(record, num_params))
+        result = _train_distributed(ctx, config, trial_id, metrics_of=lambda record: metrics(record, num_params))
 
     wall = elapsed_before + time.time() - clock
     history = result.get("history") or []
@@ -226,10 +226,12 @@ def run_trial(params: dict[str, Any], ctx: StudyContext) -> None:
     tune.report(final)
 
 
-def _train_distributed(ctx: StudyContext, config: RunConfig, *, metrics_of: Any) -> dict[str, Any]:
+def _train_distributed(ctx: StudyContext, config: RunConfig, trial_id: str, *, metrics_of: Any) -> dict[str, Any]:
     """A trial with several workers launches its own TorchTrainer; its epochs reach Tune through a callback.
 
-    Ray Train runs the callback in its controller, not in this process: it only forwards.
+    Ray Train runs the callback in its controller, not in this process: it only forwards. The
+    training run is named after the trial, so a trial restored by `--resume` continues that run
+    from its latest checkpoint instead of starting again.
     """
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -248,7 +250,7 @@ def _train_distributed(ctx: StudyContext, config: RunConfig, *, metrics_of: Any)
         return train_distributed(
             config, workers=r.workers, gpus_per_worker=r.gpus_per_worker, cpus_per_worker=r.cpus_per_worker,
             storage=f"{ctx.storage_path.rstrip('/')}/{ctx.space.study}-train", output_dir=output,
-            callbacks=[EpochsToTune()], log=print,
+            callbacks=[EpochsToTune()], run_name=f"{ctx.space.study}-{trial_id}", log=print,
         )
 
 

@@ -78,6 +78,30 @@ def test_worker_killed_mid_run_resumes_without_double_counting(local_ray, tmp_pa
     assert result["restarts"] >= 1
 
 
+def test_failed_run_continues_under_the_same_name(local_ray, tmp_path):
+    """What `eqdp-ray tune --resume` relies on for multi-worker trials: a new call with the run's
+    name picks up its latest checkpoint instead of training from step 0."""
+    from ray.train import UserCallback
+
+    from eqdp_ray.train.distributed import train_distributed
+
+    class KillAtStep4(UserCallback):
+        def after_report(self, run_context, metrics, checkpoint):
+            if metrics[0].get("step") == 4 and "pid" in metrics[-1]:
+                os.kill(metrics[-1]["pid"], signal.SIGKILL)
+
+    storage = str(tmp_path / "ray")
+    with pytest.raises(RuntimeError, match="failed"):  # no retries: the run stops at step 4
+        train_distributed(config(steps=8, secret_seed=None), workers=2, output_dir=tmp_path, storage=storage,
+                          max_failures=0, callbacks=[KillAtStep4()], run_name="trial-x", log=None)
+    result = train_distributed(config(steps=8, secret_seed=None), workers=2, output_dir=tmp_path, storage=storage,
+                               run_name="trial-x", log=None)
+    assert result["restarts"] == 1  # resumed once, from the checkpoint of step 4
+    steps = [h["step"] for h in result["history"]]
+    assert steps == [2, 4, 6, 8]  # the passes before the failure are kept, none is repeated
+    assert result["epsilon"] == pytest.approx(epsilon_spent(result["noise_multiplier"], result["sample_rate"], 8, 1e-5))
+
+
 def test_impossible_resources_fail_fast(local_ray, tmp_path):
     from eqdp_ray.train.distributed import ClusterError, train_distributed
 
