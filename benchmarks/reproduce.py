@@ -2,7 +2,8 @@
 
     python benchmarks/reproduce.py --preset smoke            # 27 min measured on 2 shared cores
     python benchmarks/reproduce.py --preset full             # ~95 min on 2 idle cores
-    python benchmarks/reproduce.py --preset b64x140          # same cost, 4x more steps of 1/4 the batch (~2 h)
+    python benchmarks/reproduce.py --preset b64x140          # same cost, 4x more steps of 1/4 the batch (2 h 21 min,
+                                                             # partly sharing the machine)
     python benchmarks/reproduce.py --measure                 # per-step cost of each model
     python benchmarks/reproduce.py --preset full --trajectory 140 --trajectory-eps 8 --trajectory-seeds 0 1 2
                                                              # 4x longer CIFAR-10 runs, D4->D2 vs ResNet-9 (~32 min)
