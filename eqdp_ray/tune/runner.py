@@ -28,7 +28,6 @@ from eqdp_ray.tune.space import (
     check_space,
     load_space,
     privacy_candidates,
-    quiet_accountant,
     train_size_of,
 )
 
@@ -180,8 +179,7 @@ def plan_search_privacy(space: SearchSpace, train_size: int) -> SearchPrivacy:
     triples = []
     for q, steps in candidates:
         try:
-            with quiet_accountant():
-                plan = plan_privacy(float(p["target_epsilon"]), float(p["delta"]), q, steps, str(p["accountant"]))
+            plan = plan_privacy(float(p["target_epsilon"]), float(p["delta"]), q, steps, str(p["accountant"]))
         except PrivacyBudgetError:
             continue  # such a trial stops before touching the data: it costs nothing
         triples.append((plan.noise_multiplier, q, steps))

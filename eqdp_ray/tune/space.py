@@ -13,7 +13,6 @@ The schema is documented for users in docs/SEARCH_SPACES.md; keep the two in ste
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import difflib
@@ -21,10 +20,9 @@ import json
 import math
 import re
 import typing
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Iterable, Mapping
 
 import yaml
 
@@ -888,8 +886,7 @@ def check_space(space: SearchSpace, train_size: int) -> SpaceCheck:
     first_error = ""
     for q, steps in corners:
         try:
-            with quiet_accountant():
-                plan_privacy(float(p["target_epsilon"]), float(p["delta"]), q, steps, str(p["accountant"]))
+            plan_privacy(float(p["target_epsilon"]), float(p["delta"]), q, steps, str(p["accountant"]))
             feasible.append((q, steps))
         except PrivacyBudgetError as exc:
             first_error = first_error or str(exc)
@@ -913,14 +910,6 @@ def check_space(space: SearchSpace, train_size: int) -> SpaceCheck:
 # ------------------------------------------------------------------------------------------
 # Small helpers
 # ------------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def quiet_accountant() -> Iterator[None]:
-    """Silence Opacus's "optimal order is the largest alpha" hint: at epsilon >= 8 it fires on every call."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Optimal order is the")
-        yield
 
 
 def _is_scalar(value: Any) -> bool:

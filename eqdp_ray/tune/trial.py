@@ -26,7 +26,7 @@ from ray import tune
 
 from eqdp_ray import __version__
 from eqdp_ray.config import RunConfig, config_to_dict
-from eqdp_ray.tune.space import SearchSpace, quiet_accountant, resolve_params, trial_config
+from eqdp_ray.tune.space import SearchSpace, resolve_params, trial_config
 
 FINAL = "eqdp_final"  # set on a trial's last report: it wrote its own row
 CHECKPOINT_FILE = "state.pt"
@@ -146,8 +146,7 @@ def run_trial(params: dict[str, Any], ctx: StudyContext) -> None:
     base = {"sample_rate": sample_rate, "planned_steps": steps, "started_at": started_at,
             "params_json": json.dumps(resolve_params(space, params), default=str)}
     try:
-        with quiet_accountant():
-            plan = plan_privacy(p.target_epsilon, p.delta, sample_rate, steps, p.accountant)
+        plan = plan_privacy(p.target_epsilon, p.delta, sample_rate, steps, p.accountant)
     except PrivacyBudgetError as exc:
         store.write_trial(trial_row(ctx, trial_id, "failed", config, **base, steps=0, epsilon=0.0,
                                     finished_at=_now(), error=f"infeasible: {exc}", wall_time_s=0.0,
