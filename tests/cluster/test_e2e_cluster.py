@@ -257,7 +257,11 @@ def test_ray_up_local_provider_then_ray_down(tmp_path, ray_up_sandbox, local_clu
             down = run([RAY, "down", "-y", str(config_file)], env=env, timeout=180)
         total_s = time.monotonic() - started
         assert down.returncode == 0, f"ray down failed ({down.returncode}):\n{tail(down.stdout, 120)}"
-        assert re.search(r"Stopped all \d+ Ray processes", down.stdout), tail(down.stdout, 120)
+        # `ray stop` either stops everything within its grace period or, on a loaded machine,
+        # force-terminates the rest ("Stopped only 5 out of 6 ... will be forcefully terminated").
+        # Either way it must have run; the namespace check below proves nothing is left.
+        assert re.search(r"Stopped all \d+ Ray processes|Stopped only \d+ out of \d+ Ray processes"
+                         r"[^\n]*forcefully terminated", down.stdout), tail(down.stdout, 120)
         assert "No nodes remaining" in down.stdout, tail(down.stdout, 120)
 
         # `ray down` stopped the head's Ray ...
