@@ -3,9 +3,10 @@
 Opacus ships rules for ``nn.Conv2d``, ``nn.Linear`` and ``nn.GroupNorm``; the two rules here
 are written by hand because those layers are ours:
 
-* ``SteerableConv2d``: per-example *filter* gradients come from the usual unfold-and-contract
-  rule, then are mapped back to basis coefficients through the transpose of escnn's (linear)
-  basis expansion, batched with ``torch.func.vmap``.
+* ``SteerableConv2d``: per-example *filter* gradients come from one grouped weight-gradient
+  convolution (large feature maps) or the unfold-and-contract rule (small ones), then are mapped
+  back to basis coefficients through the transpose of escnn's (linear) basis expansion, batched
+  with ``torch.func.vmap``.
 * ``FieldGroupNorm``: scale and shift are shared across the channels of a field, so their
   per-example gradients are sums over each field's channels and positions.
 
@@ -25,10 +26,31 @@ from torch.func import vjp, vmap
 from eqdp_ray.models.layers import FieldGroupNorm, SteerableConv2d
 
 
+# Below this many contracted positions per example (K x output height x width) the unfold route
+# is faster on CPU; above it the grouped weight-gradient convolution wins (benchmarks/dp_step.py,
+# docs/BENCHMARKS.md). Both compute the same sum, so the choice only moves time.
+GROUPED_CONV_MIN_POSITIONS = 256
+
+
 def per_example_filter_gradients(
     layer: SteerableConv2d, activations: torch.Tensor, backprops: torch.Tensor, multiplicity: int = 1
 ) -> torch.Tensor:
     """Mean over each example's K inputs of the gradient w.r.t. the dense filter: (N/K, out, in, k*k)."""
+    positions = multiplicity * backprops.shape[2] * backprops.shape[3]
+    if positions >= GROUPED_CONV_MIN_POSITIONS:
+        filters = _filter_gradients_by_grouped_conv(layer, activations, backprops, multiplicity)
+    else:
+        filters = _filter_gradients_by_unfold(layer, activations, backprops, multiplicity)
+    if multiplicity > 1:
+        filters = filters / multiplicity
+    n = activations.shape[0] // multiplicity
+    return filters.reshape(n, layer.out_type.size, layer.in_type.size, layer.kernel_size**2)
+
+
+def _filter_gradients_by_unfold(
+    layer: SteerableConv2d, activations: torch.Tensor, backprops: torch.Tensor, multiplicity: int
+) -> torch.Tensor:
+    """Sum over K: unfold the input into patches, one batched matmul per example."""
     k = layer.kernel_size
     n = activations.shape[0] // multiplicity
     patches = F.unfold(activations, k, padding=layer.padding, stride=layer.stride)  # NK, in*k*k, L
@@ -36,10 +58,38 @@ def per_example_filter_gradients(
     if multiplicity > 1:  # fold the K inputs of an example into its positions: one contraction
         patches = patches.reshape(n, multiplicity, *patches.shape[1:]).transpose(1, 2).flatten(2)
         grads = grads.reshape(n, multiplicity, *grads.shape[1:]).transpose(1, 2).flatten(2)
-    filters = torch.bmm(grads, patches.transpose(1, 2))  # N, out, in*k*k
-    if multiplicity > 1:
-        filters = filters / multiplicity
-    return filters.reshape(n, layer.out_type.size, layer.in_type.size, k * k)
+    return torch.bmm(grads, patches.transpose(1, 2))  # N, out, in*k*k
+
+
+def _filter_gradients_by_grouped_conv(
+    layer: SteerableConv2d, activations: torch.Tensor, backprops: torch.Tensor, multiplicity: int
+) -> torch.Tensor:
+    """Sum over K: one weight-gradient convolution with the N examples as groups.
+
+    Laid out as a batch of K images with N x channels each, a grouped convolution's weight
+    gradient (which sums over the batch and the positions) is exactly each example's filter
+    gradient summed over its K inputs; no patch tensor (in*k*k times larger than the input) is
+    ever formed.
+    """
+    n = activations.shape[0] // multiplicity
+    channels_in, channels_out = activations.shape[1], backprops.shape[1]
+    inputs = activations.reshape(n, multiplicity, channels_in, *activations.shape[2:]).transpose(0, 1)
+    outputs = backprops.reshape(n, multiplicity, channels_out, *backprops.shape[2:]).transpose(0, 1)
+    inputs = inputs.reshape(multiplicity, n * channels_in, *activations.shape[2:])
+    outputs = outputs.reshape(multiplicity, n * channels_out, *backprops.shape[2:])
+    k = layer.kernel_size
+    weight_shape = torch.empty(n * channels_out, channels_in, k, k, dtype=backprops.dtype, device=backprops.device)
+    _, filters, _ = torch.ops.aten.convolution_backward(
+        outputs, inputs, weight_shape, None, [layer.stride] * 2, [layer.padding] * 2, [1, 1], False, [0, 0], n,
+        [False, True, False],
+    )
+    return filters
+
+
+# Per-example dense filter gradients are formed this many bytes at a time. Kept under glibc's
+# largest mmap threshold (32 MiB), the temporaries are recycled from the heap step after step
+# instead of being mapped, page-faulted and zeroed afresh (which cost ~25% of a CPU DP step).
+FILTER_GRADIENT_CHUNK_BYTES = 16 * 2**20
 
 
 def steerable_conv_rule(
@@ -47,10 +97,17 @@ def steerable_conv_rule(
 ) -> dict[nn.Parameter, torch.Tensor]:
     if not layer.weight.requires_grad:
         return {}
-    filter_grads = per_example_filter_gradients(layer, activations[0].to(backprops.dtype), backprops, multiplicity)
+    x = activations[0].to(backprops.dtype)
+    n = x.shape[0] // multiplicity
     # The expansion is linear, so its vector-Jacobian product is the same at every point.
     _, transpose = vjp(layer.expansion, layer.weight.detach().to(backprops.dtype))
-    (coefficient_grads,) = vmap(transpose)(filter_grads)
+    filter_bytes = layer.out_type.size * layer.in_type.size * layer.kernel_size**2 * backprops.element_size()
+    chunk = max(1, FILTER_GRADIENT_CHUNK_BYTES // filter_bytes)
+    coefficient_grads = torch.empty(n, *layer.weight.shape, dtype=backprops.dtype, device=backprops.device)
+    for start in range(0, n, chunk):
+        rows = slice(start * multiplicity, min(n, start + chunk) * multiplicity)
+        filter_grads = per_example_filter_gradients(layer, x[rows], backprops[rows], multiplicity)
+        (coefficient_grads[start:start + chunk],) = vmap(transpose)(filter_grads)
     return {layer.weight: coefficient_grads}
 
 

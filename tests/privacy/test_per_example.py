@@ -6,7 +6,7 @@ from escnn import nn as enn
 from torch import nn
 
 from eqdp_ray.models.layers import FieldGroupNorm, GroupPool, SteerableConv2d, make_gspace
-from eqdp_ray.privacy import PerExampleGradients, UnsupportedModelError, check_model_supports_dp
+from eqdp_ray.privacy import PerExampleGradients, UnsupportedModelError, check_model_supports_dp, grad_samplers
 
 
 def small_equivariant_net(group: str, order: int, restrict: int | None) -> nn.Module:
@@ -41,11 +41,14 @@ def loop_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[l
     return out
 
 
+# 8x8 inputs take the unfold route for the filter gradients; 20x20 (400 positions, then 100 at
+# stride 2; x3 with augmentations) takes the grouped-convolution route for some layers.
+@pytest.mark.parametrize("size", [8, 20])
 @pytest.mark.parametrize("group,order,restrict", [("dihedral", 4, 2), ("cyclic", 8, None), ("dihedral", 1, None)])
-def test_per_example_gradients_match_single_example_loop(group, order, restrict):
+def test_per_example_gradients_match_single_example_loop(group, order, restrict, size):
     torch.manual_seed(0)
     model = small_equivariant_net(group, order, restrict)
-    x = torch.randn(5, 2, 8, 8, dtype=torch.float64)
+    x = torch.randn(5, 2, size, size, dtype=torch.float64)
     y = torch.tensor([0, 1, 2, 3, 4])
     expected = loop_gradients(model, x, y)
     grads, logits = PerExampleGradients(model)(x, y)
@@ -98,12 +101,17 @@ def test_layer_without_rule_is_refused():
         check_model_supports_dp(nn.Sequential(nn.Linear(2, 2), Custom()))
 
 
+@pytest.mark.parametrize("chunk_bytes", [None, 1])  # 1: filter gradients formed one example at a time
+@pytest.mark.parametrize("size", [8, 20])
 @pytest.mark.parametrize("group,order,restrict", [("dihedral", 4, 2), ("cyclic", 4, None)])
-def test_augmentation_multiplicity_averages_each_examples_inputs(group, order, restrict):
+def test_augmentation_multiplicity_averages_each_examples_inputs(group, order, restrict, size, chunk_bytes,
+                                                                 monkeypatch):
+    if chunk_bytes is not None:
+        monkeypatch.setattr(grad_samplers, "FILTER_GRADIENT_CHUNK_BYTES", chunk_bytes)
     torch.manual_seed(2)
     model = small_equivariant_net(group, order, restrict)
     k = 3
-    x = torch.randn(4 * k, 2, 8, 8, dtype=torch.float64)  # example-major: rows 0..2 are example 0
+    x = torch.randn(4 * k, 2, size, size, dtype=torch.float64)  # example-major: rows 0..2 are example 0
     y = torch.tensor([0, 1, 2, 3]).repeat_interleave(k)
     singles = loop_gradients(model, x, y)
     grads, _ = PerExampleGradients(model)(x, y, multiplicity=k)
@@ -121,3 +129,29 @@ def test_parameters_get_no_summed_gradient_and_hooks_can_be_removed():
     assert all(p.grad is None for p in model.parameters())
     engine.detach()
     assert all(not m._forward_hooks and not m._backward_hooks for m in model.modules())
+
+
+@pytest.mark.parametrize("kernel,stride,padding,k", [(3, 1, 1, 1), (5, 2, 2, 3), (3, 2, 0, 2)])
+def test_both_filter_gradient_routes_equal_the_loop(kernel, stride, padding, k):
+    """The unfold route and the grouped-convolution route must each give every example's
+    dense-filter gradient, averaged over its K inputs, whichever one the size selects."""
+    torch.manual_seed(3)
+    gspace = make_gspace("dihedral", 2)
+    layer = SteerableConv2d(enn.FieldType(gspace, 2 * [gspace.regular_repr]),
+                            enn.FieldType(gspace, 3 * [gspace.regular_repr]),
+                            kernel_size=kernel, padding=padding, stride=stride).double()
+    n = 3
+    x = torch.randn(n * k, layer.in_type.size, 11, 11, dtype=torch.float64)
+    weights = torch.randn_like(layer(x))  # a fixed linear loss: its gradient w.r.t. the output
+    expected = []
+    for i in range(n):
+        dense = layer.expand().detach().requires_grad_(True)
+        out = F.conv2d(x[i * k:(i + 1) * k], dense, stride=stride, padding=padding)
+        ((out * weights[i * k:(i + 1) * k]).sum() / k).backward()
+        expected.append(dense.grad.reshape(layer.out_type.size, layer.in_type.size, -1))
+    expected = torch.stack(expected)
+    for route in (grad_samplers._filter_gradients_by_unfold, grad_samplers._filter_gradients_by_grouped_conv):
+        got = route(layer, x, weights, k).reshape(expected.shape) / k
+        torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-11)
+    torch.testing.assert_close(grad_samplers.per_example_filter_gradients(layer, x, weights, k), expected,
+                               rtol=1e-9, atol=1e-11)
