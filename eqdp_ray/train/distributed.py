@@ -22,6 +22,28 @@ import torch
 from eqdp_ray.config import RunConfig, config_to_dict, parse_config
 from eqdp_ray.train.cluster import ClusterError, check_writable, connect_ray
 
+def _last_line(error: BaseException) -> str:
+    """The line of an error that names it: remote tracebacks end with `Type: message`."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    return lines[-1] if ":" in lines[-1] else f"{type(error).__name__}: {lines[-1]}"
+
+
+def describe_training_failure(error: BaseException) -> str:
+    """One line for a failed Ray Train run: each distinct worker error with its ranks, or the
+    controller's error. Ray's own report (multi-line remote tracebacks) stays in the run's logs."""
+    failures = getattr(error, "worker_failures", None)
+    if failures:
+        by_message: dict[str, list[int]] = {}
+        for rank, failure in sorted(failures.items()):
+            by_message.setdefault(_last_line(failure), []).append(rank)
+        return "; ".join(f"rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))}: {message}"
+                         for message, ranks in by_message.items())
+    controller = getattr(error, "controller_failure", None)
+    return _last_line(controller if controller is not None else error)
+
+
 def _worker_loop(payload: dict[str, Any]) -> None:
     """Runs on every Ray Train worker."""
     import ray.train
@@ -139,9 +161,11 @@ def train_distributed(
     try:
         outcome = trainer.fit()
     except TrainingFailedError as exc:  # Train V2 raises instead of returning the error
-        raise RuntimeError(f"distributed training failed after {max_failures} retries: {exc}") from exc
+        raise RuntimeError(f"distributed training failed after {max_failures} retries: "
+                           f"{describe_training_failure(exc)} (full report: {storage})") from exc
     if outcome.error is not None:
-        raise RuntimeError(f"distributed training failed after {max_failures} retries: {outcome.error}")
+        raise RuntimeError(f"distributed training failed after {max_failures} retries: "
+                           f"{describe_training_failure(outcome.error)} (full report: {storage})")
     if outcome.checkpoint is None or not (outcome.metrics or {}).get("final"):
         raise RuntimeError(f"distributed training ended without a final result (metrics: {outcome.metrics})")
     with outcome.checkpoint.as_directory() as directory:

@@ -91,9 +91,11 @@ def test_failed_run_continues_under_the_same_name(local_ray, tmp_path):
                 os.kill(metrics[-1]["pid"], signal.SIGKILL)
 
     storage = str(tmp_path / "ray")
-    with pytest.raises(RuntimeError, match="failed"):  # no retries: the run stops at step 4
+    with pytest.raises(RuntimeError, match="failed") as failure:  # no retries: the run stops at step 4
         train_distributed(config(steps=8, secret_seed=None), workers=2, output_dir=tmp_path, storage=storage,
                           max_failures=0, callbacks=[KillAtStep4()], run_name="trial-x", log=None)
+    message = str(failure.value)
+    assert "\n" not in message and storage in message  # one line, pointing at Ray's full report
     result = train_distributed(config(steps=8, secret_seed=None), workers=2, output_dir=tmp_path, storage=storage,
                                run_name="trial-x", log=None)
     assert result["restarts"] == 1  # resumed once, from the checkpoint of step 4
@@ -109,3 +111,23 @@ def test_impossible_resources_fail_fast(local_ray, tmp_path):
         train_distributed(config(), workers=64, output_dir=tmp_path, log=None)
     with pytest.raises(ClusterError, match="not writable"):
         train_distributed(config(), workers=2, storage="/proc/eqdp-cannot-write", output_dir=tmp_path, log=None)
+
+
+def test_training_failures_are_summed_up_in_one_line():
+    """Ray's report of a failed run is remote tracebacks, one per rank; users get each distinct
+    error once, with the ranks that hit it."""
+    from ray.train import ControllerError, WorkerGroupError
+
+    from eqdp_ray.train.distributed import describe_training_failure
+
+    def raised(error):
+        try:
+            raise error
+        except Exception as exc:
+            return exc
+
+    remote = RuntimeError("Traceback (most recent call last):\n  File \"loop.py\", line 3\nValueError: data dir missing")
+    error = WorkerGroupError("3 workers failed", {2: remote, 0: remote, 1: raised(MemoryError("out of memory"))})
+    assert describe_training_failure(error) == ("ranks 0, 2: ValueError: data dir missing; "
+                                                "rank 1: MemoryError: out of memory")
+    assert describe_training_failure(ControllerError(KeyError("x"))) == "KeyError: 'x'"
