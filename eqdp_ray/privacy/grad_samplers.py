@@ -86,10 +86,14 @@ def _filter_gradients_by_grouped_conv(
     return filters
 
 
-# Per-example dense filter gradients are formed this many bytes at a time. Kept under glibc's
-# largest mmap threshold (32 MiB), the temporaries are recycled from the heap step after step
-# instead of being mapped, page-faulted and zeroed afresh (which cost ~25% of a CPU DP step).
-FILTER_GRADIENT_CHUNK_BYTES = 16 * 2**20
+# Per-example dense filter gradients are formed, and mapped to coefficients, this many bytes at
+# a time. On CPU small chunks are still in cache when the transpose reads them, and are recycled
+# from the heap instead of being mmapped, page-faulted and zeroed afresh every step. Measured on
+# the dp_step benchmark's layers (2 cores): 2 MiB chunks made the rules 1.3x faster than 16 MiB
+# chunks at K=4 and ~1.6x faster than no chunking (docs/BENCHMARKS.md). On accelerators large
+# chunks keep the kernels large.
+FILTER_GRADIENT_CHUNK_BYTES = {"cpu": 2 * 2**20}
+ACCELERATOR_CHUNK_BYTES = 1 * 2**30
 
 
 def steerable_conv_rule(
@@ -102,7 +106,8 @@ def steerable_conv_rule(
     # The expansion is linear, so its vector-Jacobian product is the same at every point.
     _, transpose = vjp(layer.expansion, layer.weight.detach().to(backprops.dtype))
     filter_bytes = layer.out_type.size * layer.in_type.size * layer.kernel_size**2 * backprops.element_size()
-    chunk = max(1, FILTER_GRADIENT_CHUNK_BYTES // filter_bytes)
+    budget = FILTER_GRADIENT_CHUNK_BYTES.get(backprops.device.type, ACCELERATOR_CHUNK_BYTES)
+    chunk = max(1, budget // filter_bytes)
     coefficient_grads = torch.empty(n, *layer.weight.shape, dtype=backprops.dtype, device=backprops.device)
     for start in range(0, n, chunk):
         rows = slice(start * multiplicity, min(n, start + chunk) * multiplicity)

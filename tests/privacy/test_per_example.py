@@ -107,7 +107,7 @@ def test_layer_without_rule_is_refused():
 def test_augmentation_multiplicity_averages_each_examples_inputs(group, order, restrict, size, chunk_bytes,
                                                                  monkeypatch):
     if chunk_bytes is not None:
-        monkeypatch.setattr(grad_samplers, "FILTER_GRADIENT_CHUNK_BYTES", chunk_bytes)
+        monkeypatch.setitem(grad_samplers.FILTER_GRADIENT_CHUNK_BYTES, "cpu", chunk_bytes)
     torch.manual_seed(2)
     model = small_equivariant_net(group, order, restrict)
     k = 3
