@@ -189,5 +189,6 @@ def main() -> None:
             print(f"  {label:>5} = {value:6.2f}   target {op} {target}   {'met' if ok else 'NOT met'}"
                   f"   (rounds {min(per_round):.2f}-{max(per_round):.2f})")
 
+
 if __name__ == "__main__":
     main()

@@ -22,6 +22,7 @@ import torch
 from eqdp_ray.config import RunConfig, config_to_dict, parse_config
 from eqdp_ray.train.cluster import ClusterError, check_writable, connect_ray
 
+
 def _last_line(error: BaseException) -> str:
     """The line of an error that names it: remote tracebacks end with `Type: message`."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
