@@ -42,6 +42,7 @@ CIFAR-10's binary files are 6 x 30.73 MB = 184 MB):
   carried in their own call into an ignored folder and installed with `pip install --no-deps
   --target`; `--check-env` says what is still missing. This step is not yet tried.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -92,8 +93,10 @@ def pack(source_root: Path, out: Path, lossy_bits: int | None = None) -> None:
         arrays[name + ":codes"] = raw[:, 1:] >> (8 - lossy_bits)
     target = out / f"cifar10_{lossy_bits}bit.npz"
     np.savez_compressed(target, **arrays)
-    print(f"[pack] {target}: {target.stat().st_size / 2**20:.1f} MiB; pixels keep their top {lossy_bits} bits "
-          f"(max error {2 ** (7 - lossy_bits)}/255 after dequantising to bin centres): LOSSY")
+    print(
+        f"[pack] {target}: {target.stat().st_size / 2**20:.1f} MiB; pixels keep their top {lossy_bits} bits "
+        f"(max error {2 ** (7 - lossy_bits)}/255 after dequantising to bin centres): LOSSY"
+    )
 
 
 def prepare_root(root: Path) -> tuple[Path, str]:
@@ -120,8 +123,10 @@ def prepare_root(root: Path) -> tuple[Path, str]:
             (target / "lossy.txt").write_text(f"{bits}\n")
     missing = [n for n in BIN_FILES if not (target / n).is_file() or (target / n).stat().st_size != BIN_BYTES]
     if missing:
-        raise SystemExit(f"CIFAR-10 incomplete under {target}: {missing} missing or not {BIN_BYTES} bytes; "
-                         "carry all three parts first (see this script's docstring)")
+        raise SystemExit(
+            f"CIFAR-10 incomplete under {target}: {missing} missing or not {BIN_BYTES} bytes; "
+            "carry all three parts first (see this script's docstring)"
+        )
     note = "lossless"
     if (target / "lossy.txt").is_file():
         note = f"LOSSY: pixels quantised to {int((target / 'lossy.txt').read_text())} bits"
@@ -140,8 +145,10 @@ def check_env() -> bool:
             ok = False
     import torch
 
-    print(f"[env] cuda available: {torch.cuda.is_available()}"
-          + (f" ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else ""))
+    print(
+        f"[env] cuda available: {torch.cuda.is_available()}"
+        + (f" ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else "")
+    )
     return ok
 
 
@@ -154,8 +161,18 @@ def _machine(device: Any) -> str:
 
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), "cpu") if Path("/proc/cpuinfo").exists() else "cpu"
+    cpu = (
+        next(
+            (
+                ln.split(":", 1)[1].strip()
+                for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")
+            ),
+            "cpu",
+        )
+        if Path("/proc/cpuinfo").exists()
+        else "cpu"
+    )
     return f"{os.cpu_count()} x {cpu} (CPU), torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
@@ -164,8 +181,12 @@ def run_recipe(eps: float, args: argparse.Namespace, data: Any, data_note: str, 
     from eqdp_ray.config import load_config
     from eqdp_ray.train import loop as loop_module
 
-    overrides = [f"privacy.target_epsilon={eps}", f"device={args.device}", f"data.root={args.data_root}",
-                 f"data.val_size={args.val_size}"]
+    overrides = [
+        f"privacy.target_epsilon={eps}",
+        f"device={args.device}",
+        f"data.root={args.data_root}",
+        f"data.val_size={args.val_size}",
+    ]
     if args.train_subset:
         overrides.append(f"data.train_subset={args.train_subset}")
     if args.test_subset:
@@ -192,22 +213,35 @@ def run_recipe(eps: float, args: argparse.Namespace, data: Any, data_note: str, 
         loop_module.plan_privacy = original
     if not args.keep_history:
         result.pop("history", None)
-    result.update({"schedule_steps": schedule, "data": data_note, "machine": _machine(loop_module.resolve_device(args.device)),
-                   "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                   "command": "python benchmarks/cifar10_full.py " + " ".join(sys.argv[1:])})
+    result.update(
+        {
+            "schedule_steps": schedule,
+            "data": data_note,
+            "machine": _machine(loop_module.resolve_device(args.device)),
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "command": "python benchmarks/cifar10_full.py " + " ".join(sys.argv[1:]),
+        }
+    )
     return result
 
 
 def summary(result: dict[str, Any]) -> str:
     partial = result["steps"] < result["schedule_steps"]
-    what = (f"{result['steps']} of {result['schedule_steps']} steps (sigma {result['noise_multiplier']:.3f} of the full "
+    what = (
+        (
+            f"{result['steps']} of {result['schedule_steps']} steps (sigma {result['noise_multiplier']:.3f} of the full "
             f"schedule; eps SPENT after these steps {result['epsilon']:.3f}, target of the full run "
-            f"{result['target_epsilon']:g})") if partial else (
-            f"{result['steps']} steps, eps spent {result['epsilon']:.3f} (target {result['target_epsilon']:g})")
-    return (f"[cifar10_full] {what}: test acc {100 * result['test_accuracy']:.2f}%, val acc "
-            f"{100 * result['val_accuracy']:.2f}%, wall {result['wall_time_s']:.0f} s, "
-            f"{result['samples_per_s']:.1f} samples/s ({result['machine']}; data {result['data']}; "
-            f"{result['train_size']} train / {result['test_size']} test)")
+            f"{result['target_epsilon']:g})"
+        )
+        if partial
+        else (f"{result['steps']} steps, eps spent {result['epsilon']:.3f} (target {result['target_epsilon']:g})")
+    )
+    return (
+        f"[cifar10_full] {what}: test acc {100 * result['test_accuracy']:.2f}%, val acc "
+        f"{100 * result['val_accuracy']:.2f}%, wall {result['wall_time_s']:.0f} s, "
+        f"{result['samples_per_s']:.1f} samples/s ({result['machine']}; data {result['data']}; "
+        f"{result['train_size']} train / {result['test_size']} test)"
+    )
 
 
 def main() -> None:
@@ -248,8 +282,9 @@ def main() -> None:
     torch.set_float32_matmul_precision("high")  # TF32 on Hopper; DP noise dwarfs its rounding
     root, data_note = prepare_root(Path(args.data_root))
     args.data_root = str(root)
-    data = load_dataset("cifar10", root, val_size=args.val_size, seed=0, train_subset=args.train_subset,
-                        test_subset=args.test_subset)
+    data = load_dataset(
+        "cifar10", root, val_size=args.val_size, seed=0, train_subset=args.train_subset, test_subset=args.test_subset
+    )
     args.out.mkdir(parents=True, exist_ok=True)
     for eps in args.eps:
         steps = args.max_steps
@@ -259,8 +294,10 @@ def main() -> None:
             step_s = probe["expected_batch_size"] / probe["samples_per_s"]
             overhead = time.time() - started - 2 * step_s  # data to device, model build, evaluation
             steps = max(1, math.floor((60 * args.minutes - overhead) / step_s))
-            print(f"[cifar10_full] probe: {step_s:.2f} s per step (first steps, warm-up included), overhead "
-                  f"{overhead:.0f} s -> {steps} steps in {args.minutes:g} min")
+            print(
+                f"[cifar10_full] probe: {step_s:.2f} s per step (first steps, warm-up included), overhead "
+                f"{overhead:.0f} s -> {steps} steps in {args.minutes:g} min"
+            )
         result = run_recipe(eps, args, data, data_note, steps)
         tag = f"eps{eps:g}" + (f"_steps{result['steps']}" if steps is not None else "")
         (args.out / f"{tag}.json").write_text(json.dumps(result, indent=1))

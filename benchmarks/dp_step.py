@@ -10,6 +10,7 @@ Variants run interleaved (each round runs each once). Prints median seconds, the
 resident memory of one step, and the ratios b/a, d/a4, c/b, e/d as medians of per-round ratios.
 Targets: b/a <= 1.5, d/a4 <= 1.5, c/b >= 1, e/d >= 4.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,7 +49,7 @@ class PeakMemory:
             self.peak = max(self.peak, self._rss() - self.base)
             time.sleep(0.002)
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
             self.base = torch.cuda.memory_allocated()
@@ -73,8 +74,9 @@ def sync(device: torch.device) -> None:
 
 def make_model(device: torch.device) -> torch.nn.Module:
     torch.manual_seed(0)
-    return build_model("eq_resnet9", group="dihedral", order=4, layout=(16, 32, 64), restrict=2,
-                       in_channels=3, num_classes=10).to(device)
+    return build_model(
+        "eq_resnet9", group="dihedral", order=4, layout=(16, 32, 64), restrict=2, in_channels=3, num_classes=10
+    ).to(device)
 
 
 def non_private_step(model, optimizer, x, y):
@@ -174,20 +176,28 @@ def main() -> None:
     }
     if args.skip_vmap_k4:
         del variants["e"]
-    print(f"equivariant ResNet-9 D4->D2 16/32/64, {sum(p.numel() for p in dp_params):,} params, device {device}, "
-          f"{args.threads} threads, torch {torch.__version__}, median of {args.repeats}")
+    print(
+        f"equivariant ResNet-9 D4->D2 16/32/64, {sum(p.numel() for p in dp_params):,} params, device {device}, "
+        f"{args.threads} threads, torch {torch.__version__}, median of {args.repeats}"
+    )
     results, peaks, rounds = measure_interleaved(variants, args.repeats, device)
     for name in variants:
         print(f"  {name:>2}: {results[name]:8.3f} s   peak +{peaks[name] / 2**20:8.1f} MiB")
-    ratios = [("b/a", "b", "a", "<=", 1.5), ("d/a4", "d", "a4", "<=", 1.5), ("c/b", "c", "b", ">=", 1.0),
-              ("e/d", "e", "d", ">=", 4.0)]
+    ratios = [
+        ("b/a", "b", "a", "<=", 1.5),
+        ("d/a4", "d", "a4", "<=", 1.5),
+        ("c/b", "c", "b", ">=", 1.0),
+        ("e/d", "e", "d", ">=", 4.0),
+    ]
     for label, num, den, op, target in ratios:
         if num in results and den in results:
             per_round = [t_num / t_den for t_num, t_den in zip(rounds[num], rounds[den])]
             value = statistics.median(per_round)
             ok = value <= target if op == "<=" else value >= target
-            print(f"  {label:>5} = {value:6.2f}   target {op} {target}   {'met' if ok else 'NOT met'}"
-                  f"   (rounds {min(per_round):.2f}-{max(per_round):.2f})")
+            print(
+                f"  {label:>5} = {value:6.2f}   target {op} {target}   {'met' if ok else 'NOT met'}"
+                f"   (rounds {min(per_round):.2f}-{max(per_round):.2f})"
+            )
 
 
 if __name__ == "__main__":

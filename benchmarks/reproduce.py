@@ -67,6 +67,7 @@ slow every figure by 2-10x. (An earlier `full` preset, 15 steps of 128, left eve
 16-29% and is superseded; its partial results are not reported.) `smoke` (64 runs: 5 steps of 64)
 took 27 min on 2026-11-28 at load 3-9 and only checks that the study runs end to end.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -135,20 +136,56 @@ PRESETS: dict[str, Preset] = {
     "full": Preset(
         name="full",
         datasets=(
-            DataSpec("cifar10", train_subset=4000, val_size=500, test_subset=2000, batch_size=256, steps=35,
-                     augmult=1, crop_padding=4, lrs_equivariant=(2.0, 4.0, 8.0), lrs_conventional=(0.25, 0.5, 1.0)),
-            DataSpec("rotated_mnist", train_subset=None, val_size=800, test_subset=2000, batch_size=256, steps=35,
-                     augmult=1, crop_padding=0, lrs_equivariant=(0.5, 1.0, 2.0), lrs_conventional=(0.25, 0.5, 1.0)),
+            DataSpec(
+                "cifar10",
+                train_subset=4000,
+                val_size=500,
+                test_subset=2000,
+                batch_size=256,
+                steps=35,
+                augmult=1,
+                crop_padding=4,
+                lrs_equivariant=(2.0, 4.0, 8.0),
+                lrs_conventional=(0.25, 0.5, 1.0),
+            ),
+            DataSpec(
+                "rotated_mnist",
+                train_subset=None,
+                val_size=800,
+                test_subset=2000,
+                batch_size=256,
+                steps=35,
+                augmult=1,
+                crop_padding=0,
+                lrs_equivariant=(0.5, 1.0, 2.0),
+                lrs_conventional=(0.25, 0.5, 1.0),
+            ),
         ),
         max_extensions=2,
     ),
     "smoke": Preset(
         name="smoke",
         datasets=(
-            DataSpec("cifar10", train_subset=1000, val_size=200, test_subset=500, batch_size=64, steps=5,
-                     augmult=1, crop_padding=4),
-            DataSpec("rotated_mnist", train_subset=1000, val_size=200, test_subset=500, batch_size=64, steps=5,
-                     augmult=1, crop_padding=0),
+            DataSpec(
+                "cifar10",
+                train_subset=1000,
+                val_size=200,
+                test_subset=500,
+                batch_size=64,
+                steps=5,
+                augmult=1,
+                crop_padding=4,
+            ),
+            DataSpec(
+                "rotated_mnist",
+                train_subset=1000,
+                val_size=200,
+                test_subset=500,
+                batch_size=64,
+                steps=5,
+                augmult=1,
+                crop_padding=0,
+            ),
         ),
     ),
 }
@@ -158,9 +195,16 @@ PRESETS: dict[str, Preset] = {
 # the regime where the paper's mechanism (DP noise grows with the parameter count) bites (see module doc).
 # Derived from `full` so that only the batch, the steps and the starting lr grids differ.
 _B64X140_LRS = {"cifar10": (1.0, 2.0, 4.0), "rotated_mnist": (0.5, 1.0, 2.0)}
-PRESETS["b64x140"] = replace(PRESETS["full"], name="b64x140", datasets=tuple(
-    replace(spec, batch_size=64, steps=140, lrs_equivariant=_B64X140_LRS[spec.name], lrs_conventional=(0.125, 0.25, 0.5))
-    for spec in PRESETS["full"].datasets))
+PRESETS["b64x140"] = replace(
+    PRESETS["full"],
+    name="b64x140",
+    datasets=tuple(
+        replace(
+            spec, batch_size=64, steps=140, lrs_equivariant=_B64X140_LRS[spec.name], lrs_conventional=(0.125, 0.25, 0.5)
+        )
+        for spec in PRESETS["full"].datasets
+    ),
+)
 
 
 def lr_grid(spec: DataSpec, equivariant: bool) -> tuple[float, ...]:
@@ -170,8 +214,10 @@ def lr_grid(spec: DataSpec, equivariant: bool) -> tuple[float, ...]:
 
 def planned_runs(preset: Preset) -> int:
     """Runs of the plan before any edge extension of an lr grid."""
-    return sum(2 * (len(spec.lrs_equivariant) + len(spec.lrs_conventional)) + 4 * len(preset.epsilons) * len(preset.seeds)
-               for spec in preset.datasets)
+    return sum(
+        2 * (len(spec.lrs_equivariant) + len(spec.lrs_conventional)) + 4 * len(preset.epsilons) * len(preset.seeds)
+        for spec in preset.datasets
+    )
 
 
 @dataclass(frozen=True)
@@ -189,10 +235,18 @@ def models_for(dataset: str) -> list[ModelSpec]:
     c8 = "C8->C4" if restrict else "C8"
     layout = [8, 16, 32]
     return [
-        ModelSpec(f"eq_resnet9 {d4}", "eq_resnet9",
-                  {"group": "dihedral", "order": 4, "layout": layout, "restrict": restrict}, True),
-        ModelSpec(f"eq_resnet9 {c8}", "eq_resnet9",
-                  {"group": "cyclic", "order": 8, "layout": layout, "restrict": restrict}, True),
+        ModelSpec(
+            f"eq_resnet9 {d4}",
+            "eq_resnet9",
+            {"group": "dihedral", "order": 4, "layout": layout, "restrict": restrict},
+            True,
+        ),
+        ModelSpec(
+            f"eq_resnet9 {c8}",
+            "eq_resnet9",
+            {"group": "cyclic", "order": 8, "layout": layout, "restrict": restrict},
+            True,
+        ),
         ModelSpec("resnet9 GN", "resnet9", {}),
         ModelSpec("wrn16_4 GN", "wrn16_4", {}),
     ]
@@ -221,8 +275,14 @@ def machine_info() -> dict[str, Any]:
     except OSError:
         pass
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {"nproc": cores, "cpu": cpu, "ram_gib": round(ram_gib, 1), "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(), "python": platform.python_version()}
+    return {
+        "nproc": cores,
+        "cpu": cpu,
+        "ram_gib": round(ram_gib, 1),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+    }
 
 
 def load_results(path: Path) -> dict[str, dict[str, Any]]:
@@ -238,36 +298,61 @@ def load_results(path: Path) -> dict[str, dict[str, Any]]:
     return done
 
 
-def build_config(preset: Preset, spec: DataSpec, model: ModelSpec, eps: float, lr: float, seed: int,
-                 eval_every: int | None = None) -> Any:
-    return parse_config({
-        "name": f"reproduce-{preset.name}-{spec.name}-{model.label}",
-        "seed": seed,
-        "device": "cpu",
-        "data": {"name": spec.name, "root": DATA_ROOT, "val_size": spec.val_size,
-                 "train_subset": spec.train_subset, "test_subset": spec.test_subset},
-        "model": {"name": model.name, "options": model.options},
-        "privacy": {"target_epsilon": eps, "delta": DELTA, "accountant": "rdp", "max_grad_norm": preset.clip},
-        "training": {"batch_size": spec.batch_size, "steps": spec.steps, "augmult": spec.augmult,
-                     "crop_padding": spec.crop_padding, "lr": lr, "momentum": 0.0, "ema_decay": preset.ema_decay,
-                     "physical_batch_size": preset.physical_batch_size, "eval_every": eval_every or spec.steps,
-                     "eval_batch_size": 256},
-    })
+def build_config(
+    preset: Preset, spec: DataSpec, model: ModelSpec, eps: float, lr: float, seed: int, eval_every: int | None = None
+) -> Any:
+    return parse_config(
+        {
+            "name": f"reproduce-{preset.name}-{spec.name}-{model.label}",
+            "seed": seed,
+            "device": "cpu",
+            "data": {
+                "name": spec.name,
+                "root": DATA_ROOT,
+                "val_size": spec.val_size,
+                "train_subset": spec.train_subset,
+                "test_subset": spec.test_subset,
+            },
+            "model": {"name": model.name, "options": model.options},
+            "privacy": {"target_epsilon": eps, "delta": DELTA, "accountant": "rdp", "max_grad_norm": preset.clip},
+            "training": {
+                "batch_size": spec.batch_size,
+                "steps": spec.steps,
+                "augmult": spec.augmult,
+                "crop_padding": spec.crop_padding,
+                "lr": lr,
+                "momentum": 0.0,
+                "ema_decay": preset.ema_decay,
+                "physical_batch_size": preset.physical_batch_size,
+                "eval_every": eval_every or spec.steps,
+                "eval_batch_size": 256,
+            },
+        }
+    )
 
 
 def append_record(path: Path, **fields: Any) -> dict[str, Any]:
     """One finished run as a JSON line, stamped with when, the load and the command that produced it."""
-    record = {**fields, "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-              "loadavg_1m": os.getloadavg()[0],
-              "command": "python " + " ".join(shlex.quote(a) for a in ["benchmarks/reproduce.py", *sys.argv[1:]])}
+    record = {
+        **fields,
+        "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "loadavg_1m": os.getloadavg()[0],
+        "command": "python " + " ".join(shlex.quote(a) for a in ["benchmarks/reproduce.py", *sys.argv[1:]]),
+    }
     with path.open("a") as fh:
         fh.write(json.dumps(record) + "\n")
     return record
 
 
 def load_data(spec: DataSpec) -> ImageDataset:
-    return load_dataset(spec.name, DATA_ROOT, val_size=spec.val_size, seed=DATA_SEED,
-                        train_subset=spec.train_subset, test_subset=spec.test_subset)
+    return load_dataset(
+        spec.name,
+        DATA_ROOT,
+        val_size=spec.val_size,
+        seed=DATA_SEED,
+        train_subset=spec.train_subset,
+        test_subset=spec.test_subset,
+    )
 
 
 class Study:
@@ -284,20 +369,26 @@ class Study:
     def _count_done(self) -> int:
         return sum(1 for r in self.done.values() if r.get("preset") == self.preset.name)
 
-    def run_one(self, spec: DataSpec, model: ModelSpec, eps: float, phase: str, lr: float, seed: int) -> dict[str, Any] | None:
+    def run_one(
+        self, spec: DataSpec, model: ModelSpec, eps: float, phase: str, lr: float, seed: int
+    ) -> dict[str, Any] | None:
         key = run_key(self.preset.name, spec.name, model.label, eps, phase, lr, self.preset.clip, seed)
         if key in self.done:
             stored = self.done[key].get("spec")
             if stored is not None and stored != asdict(spec):
-                raise SystemExit(f"{self.results} holds {key} with other sizes ({stored}); the preset changed: "
-                                 "pass a new --results file")
+                raise SystemExit(
+                    f"{self.results} holds {key} with other sizes ({stored}); the preset changed: "
+                    "pass a new --results file"
+                )
             return self.done[key]
         if spec.name not in self.data:
             self.data[spec.name] = load_data(spec)
         config = build_config(self.preset, spec, model, eps, lr, seed)
         index = self._count_done() + 1
-        print(f"[{index}/{max(index, self.total)}] {spec.name} | {model.label} | eps={eps:g} | {phase} lr={lr:g} seed={seed} ...",
-              flush=True)
+        print(
+            f"[{index}/{max(index, self.total)}] {spec.name} | {model.label} | eps={eps:g} | {phase} lr={lr:g} seed={seed} ...",
+            flush=True,
+        )
         log = (lambda msg: print("    " + msg, flush=True)) if self.verbose else None
         started = time.time()
         try:
@@ -306,17 +397,33 @@ class Study:
             print(f"    FAILED after {time.time() - started:.0f} s: {type(exc).__name__}: {exc}", flush=True)
             return None
         result.pop("history", None)
-        record = append_record(self.results, key=key, preset=self.preset.name, dataset=spec.name, label=model.label,
-                               equivariant=model.equivariant, phase=phase, lr=lr, clip=self.preset.clip, seed=seed,
-                               target_epsilon=eps, spec=asdict(spec), machine=self.machine, result=result)
+        record = append_record(
+            self.results,
+            key=key,
+            preset=self.preset.name,
+            dataset=spec.name,
+            label=model.label,
+            equivariant=model.equivariant,
+            phase=phase,
+            lr=lr,
+            clip=self.preset.clip,
+            seed=seed,
+            target_epsilon=eps,
+            spec=asdict(spec),
+            machine=self.machine,
+            result=result,
+        )
         self.done[key] = record
         self.walls.append(result["wall_time_s"])
         left = max(0, self.total - self._count_done())  # lr-grid extensions come on top of the plan
         eta = statistics.mean(self.walls) * left / 60
-        print(f"    val {result['val_accuracy']:.4f} test {result['test_accuracy']:.4f} eps spent "
-              f"{result['epsilon']:.3f} sigma {result['noise_multiplier']:.3f} | {result['wall_time_s']:.1f} s, "
-              f"{result['samples_per_s']:.1f} samples/s, {result['num_params']:,} params | {left} runs left, "
-              f"~{eta:.0f} min at this pace", flush=True)
+        print(
+            f"    val {result['val_accuracy']:.4f} test {result['test_accuracy']:.4f} eps spent "
+            f"{result['epsilon']:.3f} sigma {result['noise_multiplier']:.3f} | {result['wall_time_s']:.1f} s, "
+            f"{result['samples_per_s']:.1f} samples/s, {result['num_params']:,} params | {left} runs left, "
+            f"~{eta:.0f} min at this pace",
+            flush=True,
+        )
         return record
 
     @staticmethod
@@ -327,9 +434,13 @@ class Study:
     def tuned_lrs(self, spec: DataSpec, model: ModelSpec) -> dict[float, float]:
         """Validation accuracy of every finished tuning run of this model, by lr."""
         out = {}
-        for key, record in self.done.items():
-            if (record.get("preset") == self.preset.name and record["dataset"] == spec.name
-                    and record["label"] == model.label and record["phase"] == "tune"):
+        for record in self.done.values():
+            if (
+                record.get("preset") == self.preset.name
+                and record["dataset"] == spec.name
+                and record["label"] == model.label
+                and record["phase"] == "tune"
+            ):
                 out[record["lr"]] = record["result"]["val_accuracy"]
         return out
 
@@ -350,8 +461,10 @@ class Study:
                 nxt = tried[-1] * 2
             else:
                 return
-            print(f"[reproduce] {spec.name} {model.label}: best lr {best:g} is on the grid's edge; trying lr {nxt:g}",
-                  flush=True)
+            print(
+                f"[reproduce] {spec.name} {model.label}: best lr {best:g} is on the grid's edge; trying lr {nxt:g}",
+                flush=True,
+            )
             self.run_one(spec, model, self.preset.tune_epsilon, "tune", nxt, self.preset.tune_seed)
 
     def best_lr(self, spec: DataSpec, model: ModelSpec) -> float | None:
@@ -363,8 +476,11 @@ class Study:
 
     def run(self) -> None:
         p = self.preset
-        print(f"[reproduce] preset {p.name}: {self.total} runs, {self._count_done()} already in {self.results}; "
-              f"machine {self.machine}", flush=True)
+        print(
+            f"[reproduce] preset {p.name}: {self.total} runs, {self._count_done()} already in {self.results}; "
+            f"machine {self.machine}",
+            flush=True,
+        )
         for spec in p.datasets:
             models = models_for(spec.name)
             for model in models:
@@ -399,8 +515,11 @@ def render_report(preset: Preset, records: list[dict[str, Any]]) -> str:
     mine = [r for r in records if r["preset"] == preset.name]
     planned_finals = len(preset.datasets) * 4 * len(preset.epsilons) * len(preset.seeds)
     finals = sum(1 for r in mine if r["phase"] == "final")
-    status = (f"complete: {len(mine)} runs, {len(mine) - finals} of them tuning" if finals >= planned_finals
-              else f"PARTIAL: {finals} of {planned_finals} final runs finished")
+    status = (
+        f"complete: {len(mine)} runs, {len(mine) - finals} of them tuning"
+        if finals >= planned_finals
+        else f"PARTIAL: {finals} of {planned_finals} final runs finished"
+    )
     lines = [f"### Preset `{preset.name}` ({status})", ""]
     if not mine:
         return "\n".join(lines + ["No run has finished yet.", ""])
@@ -414,13 +533,20 @@ def render_report(preset: Preset, records: list[dict[str, Any]]) -> str:
         f"{machine['torch']} with {machine['torch_threads']} threads, Python {machine['python']}",
         f"- Date (UTC, runs finished): {times[0]} to {times[-1]}; 1-minute load average at the end of each run "
         f"{min(loads):.1f}-{max(loads):.1f} on {machine['nproc']} cores "
-        + ("(the study's own 2 threads: the machine was otherwise idle)" if max(loads) <= machine["nproc"] + 0.75
-           else "(other jobs shared the machine, so wall times and samples/s are pessimistic)"),
+        + (
+            "(the study's own 2 threads: the machine was otherwise idle)"
+            if max(loads) <= machine["nproc"] + 0.75
+            else "(other jobs shared the machine, so wall times and samples/s are pessimistic)"
+        ),
         f"- Protocol per data set, identical for every model: delta={DELTA:g}, clip norm C={preset.clip:g}, SGD "
         f"without momentum, EMA {preset.ema_decay:g}, physical batch {preset.physical_batch_size}; lr tuned on "
         f"validation at eps={preset.tune_epsilon:g} (seed {preset.tune_seed}) over a per-family grid (below)"
-        + (f", extended by up to {preset.max_extensions} points while the best lr lay on the grid's edge"
-           if preset.max_extensions else "") + f", then seeds "
+        + (
+            f", extended by up to {preset.max_extensions} points while the best lr lay on the grid's edge"
+            if preset.max_extensions
+            else ""
+        )
+        + f", then seeds "
         f"{list(preset.seeds)} at each eps with the chosen lr; fresh OS noise in every run",
     ]
     for spec in preset.datasets:
@@ -430,7 +556,9 @@ def render_report(preset: Preset, records: list[dict[str, Any]]) -> str:
             continue
         res = example["result"]
         lines += [
-            "", f"#### {spec.name}", "",
+            "",
+            f"#### {spec.name}",
+            "",
             f"Sizes: {res['train_size']} train ("
             + ("fixed class-balanced subset" if spec.train_subset else "the whole training pool after the val split")
             + f") / {res['val_size']} val (carved from train, stratified) / "
@@ -446,8 +574,14 @@ def render_report(preset: Preset, records: list[dict[str, Any]]) -> str:
         rows: dict[tuple[str, float], dict[str, Any]] = {}
         for eps in sorted(preset.epsilons):
             for model in models_for(spec.name):
-                finals = [r for r in mine if r["dataset"] == spec.name and r["label"] == model.label
-                          and r["phase"] == "final" and r["target_epsilon"] == eps]
+                finals = [
+                    r
+                    for r in mine
+                    if r["dataset"] == spec.name
+                    and r["label"] == model.label
+                    and r["phase"] == "final"
+                    and r["target_epsilon"] == eps
+                ]
                 if not finals:
                     continue
                 val = _mean_std([r["result"]["val_accuracy"] for r in finals])
@@ -472,11 +606,21 @@ def render_report(preset: Preset, records: list[dict[str, Any]]) -> str:
                     continue
                 best = max(mine_t, key=lambda r: (r["result"]["val_accuracy"], -r["lr"]))["lr"]
                 edge = " (best on the edge of what was tried)" if best in (mine_t[0]["lr"], mine_t[-1]["lr"]) else ""
-                parts.append(f"{m.label}: " + ", ".join(
-                    f"lr {r['lr']:g} {100 * r['result']['val_accuracy']:.1f}" for r in mine_t) + edge)
-            lines += ["", "Tuning (val acc % at eps=" + f"{preset.tune_epsilon:g}, one run per lr): " + "; ".join(parts) + "."]
-        lines += ["", "Claim check (test accuracy; \"beats\" = mean_eq - std_eq > mean_base + std_base, "
-                  "i.e. the mean ± std intervals over seeds do not overlap):", ""]
+                parts.append(
+                    f"{m.label}: "
+                    + ", ".join(f"lr {r['lr']:g} {100 * r['result']['val_accuracy']:.1f}" for r in mine_t)
+                    + edge
+                )
+            lines += [
+                "",
+                "Tuning (val acc % at eps=" + f"{preset.tune_epsilon:g}, one run per lr): " + "; ".join(parts) + ".",
+            ]
+        lines += [
+            "",
+            'Claim check (test accuracy; "beats" = mean_eq - std_eq > mean_base + std_base, '
+            "i.e. the mean ± std intervals over seeds do not overlap):",
+            "",
+        ]
         any_check = False
         for eps in sorted(preset.epsilons):
             eqs = [(k[0], v) for k, v in rows.items() if k[1] == eps and v["eq"]]
@@ -487,10 +631,14 @@ def render_report(preset: Preset, records: list[dict[str, Any]]) -> str:
                     if math.isnan(se) or math.isnan(sb):
                         verdict = "undecided (fewer than 2 seeds)"
                     else:
-                        verdict = "beats" if me - se > mb + sb else ("loses" if mb - sb > me + se else "within the spread")
+                        verdict = (
+                            "beats" if me - se > mb + sb else ("loses" if mb - sb > me + se else "within the spread")
+                        )
                     ratio = base["params"] / eq["params"]
-                    lines.append(f"- eps={eps:g}: {eq_label} vs {base_label}: {100 * (me - mb):+.1f} points, "
-                                 f"{verdict}; {ratio:.0f}x fewer parameters")
+                    lines.append(
+                        f"- eps={eps:g}: {eq_label} vs {base_label}: {100 * (me - mb):+.1f} points, "
+                        f"{verdict}; {ratio:.0f}x fewer parameters"
+                    )
                     any_check = True
         if not any_check:
             lines.append("- not enough finished runs to compare")
@@ -545,9 +693,12 @@ def measure(steps: int = 2) -> None:
                 net(torch.randn(256, *shape))
                 per_image = (time.perf_counter() - t0) / 256
             step = statistics.median(times[1:])
-            print(f"[measure] {dataset:14s} {model.label:22s} {count_parameters(net):>10,} params  "
-                  f"{step:6.2f} s / DP step of 64 ({step / 64 * 1000:.0f} ms/example)  "
-                  f"{per_image * 1000:.1f} ms / eval image", flush=True)
+            print(
+                f"[measure] {dataset:14s} {model.label:22s} {count_parameters(net):>10,} params  "
+                f"{step:6.2f} s / DP step of 64 ({step / 64 * 1000:.0f} ms/example)  "
+                f"{per_image * 1000:.1f} ms / eval image",
+                flush=True,
+            )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -584,12 +735,26 @@ def run_trajectory(preset: Preset, full_results: Path, out: Path, steps: int, ep
             print(f"[trajectory] {label} eps={eps:g} lr={lr:g} {steps} steps seed {seed} ...", flush=True)
             config = build_config(preset, spec, model, eps, lr, seed, eval_every=base.steps)
             result = train(config, data=data, log=None)
-            append_record(out, key=key, preset=preset.name, dataset=base.name, label=label, phase="trajectory",
-                          equivariant=model.equivariant, lr=lr, seed=seed, target_epsilon=eps, spec=asdict(spec),
-                          machine=machine, result=result)
-            print(f"    val {result['val_accuracy']:.4f} test {result['test_accuracy']:.4f} sigma "
-                  f"{result['noise_multiplier']:.3f} eps spent {result['epsilon']:.3f} | {result['wall_time_s']:.0f} s",
-                  flush=True)
+            append_record(
+                out,
+                key=key,
+                preset=preset.name,
+                dataset=base.name,
+                label=label,
+                phase="trajectory",
+                equivariant=model.equivariant,
+                lr=lr,
+                seed=seed,
+                target_epsilon=eps,
+                spec=asdict(spec),
+                machine=machine,
+                result=result,
+            )
+            print(
+                f"    val {result['val_accuracy']:.4f} test {result['test_accuracy']:.4f} sigma "
+                f"{result['noise_multiplier']:.3f} eps spent {result['epsilon']:.3f} | {result['wall_time_s']:.0f} s",
+                flush=True,
+            )
 
 
 def render_trajectory(records: list[dict[str, Any]]) -> str:
@@ -602,7 +767,9 @@ def render_trajectory(records: list[dict[str, Any]]) -> str:
     checkpoints = sorted({h["step"] for r in records for h in r["result"]["history"]})
     groups: dict[tuple[float, int, str], list[float]] = {}
     for r in records:
-        groups.setdefault((r["target_epsilon"], r["result"]["steps"], r["label"]), []).append(r["result"]["test_accuracy"])
+        groups.setdefault((r["target_epsilon"], r["result"]["steps"], r["label"]), []).append(
+            r["result"]["test_accuracy"]
+        )
     lines += [
         "- Command: " + ", ".join(f"`{c}`" for c in sorted({r["command"] for r in records})),
         f"- Machine: {machine['nproc']} cores ({machine['cpu']}), torch {machine['torch']} with "
@@ -613,17 +780,22 @@ def render_trajectory(records: list[dict[str, Any]]) -> str:
         "full eps; one seed per row (fresh OS noise). The eps=1000 rows are a weak-noise control at the "
         "study's length (35 steps): clipped as always, sigma ~0.1 (not a private setting).",
         "",
-        "| model | params | eps | sigma | lr | steps | seed | " + " | ".join(f"val @ {c}" for c in checkpoints)
+        "| model | params | eps | sigma | lr | steps | seed | "
+        + " | ".join(f"val @ {c}" for c in checkpoints)
         + " | test acc % (end) | wall time (s) |",
         "|---|---:|---:|---:|---:|---:|---:|" + "---:|" * len(checkpoints) + "---:|---:|",
     ]
-    for r in sorted(records, key=lambda r: (r["target_epsilon"], r["result"]["steps"], not r["equivariant"], r["seed"])):
+    for r in sorted(
+        records, key=lambda r: (r["target_epsilon"], r["result"]["steps"], not r["equivariant"], r["seed"])
+    ):
         res = r["result"]
         by_step = {h["step"]: h["val_accuracy"] for h in res["history"]}
         cells = " | ".join(f"{100 * by_step[c]:.1f}" if c in by_step else "-" for c in checkpoints)
-        lines.append(f"| {r['label']} | {res['num_params']:,} | {r['target_epsilon']:g} | {res['noise_multiplier']:.3f} | "
-                     f"{r['lr']:g} | {res['steps']} | {r['seed']} | {cells} | {100 * res['test_accuracy']:.1f} | "
-                     f"{res['wall_time_s']:.0f} |")
+        lines.append(
+            f"| {r['label']} | {res['num_params']:,} | {r['target_epsilon']:g} | {res['noise_multiplier']:.3f} | "
+            f"{r['lr']:g} | {res['steps']} | {r['seed']} | {cells} | {100 * res['test_accuracy']:.1f} | "
+            f"{res['wall_time_s']:.0f} |"
+        )
     lines += ["", "Test accuracy per setting (mean ± sample std over the seeds run):", ""]
     for (eps, steps, label), accs in sorted(groups.items()):
         suffix = f" ({len(accs)} seeds)" if len(accs) > 1 else ""  # _pct already says "(1 seed)"
@@ -634,15 +806,24 @@ def render_trajectory(records: list[dict[str, Any]]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="smoke")
-    parser.add_argument("--results", type=Path, default=None,
-                        help="JSON-lines file of finished runs (default runs/reproduce/<preset>.jsonl)")
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=None,
+        help="JSON-lines file of finished runs (default runs/reproduce/<preset>.jsonl)",
+    )
     parser.add_argument("--doc", type=Path, default=REPO / "docs" / "RESULTS.md")
     parser.add_argument("--no-doc", action="store_true", help="do not update --doc")
     parser.add_argument("--report-only", action="store_true", help="rebuild the doc section from --results")
     parser.add_argument("--measure", action="store_true", help="print per-step costs and exit")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--trajectory", type=int, metavar="STEPS", default=None,
-                        help="after the full preset: longer CIFAR-10 runs of D4->D2 and ResNet-9 GN at their tuned lr")
+    parser.add_argument(
+        "--trajectory",
+        type=int,
+        metavar="STEPS",
+        default=None,
+        help="after the full preset: longer CIFAR-10 runs of D4->D2 and ResNet-9 GN at their tuned lr",
+    )
     parser.add_argument("--trajectory-eps", type=float, nargs="+", default=[8.0])
     parser.add_argument("--trajectory-seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--verbose", action="store_true", help="print the training loop's own log lines")
@@ -661,7 +842,9 @@ def main() -> None:
             for seed in args.trajectory_seeds:
                 run_trajectory(preset, results, out, args.trajectory, args.trajectory_eps, seed=seed)
         if not args.no_doc:
-            write_block(args.doc, "trajectory", render_trajectory(trajectory_records(out)), after="<!-- reproduce:full:end -->")
+            write_block(
+                args.doc, "trajectory", render_trajectory(trajectory_records(out)), after="<!-- reproduce:full:end -->"
+            )
             print(f"[reproduce] wrote the trajectory section of {args.doc}")
         return
     if not args.report_only:

@@ -7,6 +7,7 @@ ratio, and Ray's start-up overhead (wall time minus time inside training steps).
 CPU machine the figure is about overhead, not speed-up; on a multi-GPU machine pass
 --gpus-per-worker 1 (and a GPU-sized config), where the target is >= 0.9 x N.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,19 +41,31 @@ def main() -> None:
     for workers in (1, args.workers):
         with tempfile.TemporaryDirectory() as out:
             start = time.time()
-            result = train_distributed(config, workers=workers, gpus_per_worker=args.gpus_per_worker,
-                                       cpus_per_worker=args.cpus_per_worker, output_dir=out, log=None)
+            result = train_distributed(
+                config,
+                workers=workers,
+                gpus_per_worker=args.gpus_per_worker,
+                cpus_per_worker=args.cpus_per_worker,
+                output_dir=out,
+                log=None,
+            )
             rows.append((f"{workers} Ray worker(s)", result, time.time() - start))
 
-    print(f"config {args.config}, {args.steps} steps, expected batch {config.training.batch_size}, "
-          f"K={config.training.augmult}, gpus/worker {args.gpus_per_worker}")
+    print(
+        f"config {args.config}, {args.steps} steps, expected batch {config.training.batch_size}, "
+        f"K={config.training.augmult}, gpus/worker {args.gpus_per_worker}"
+    )
     for label, result, wall in rows:
         in_steps = args.steps * result["expected_batch_size"] / result["samples_per_s"]
-        print(f"  {label:<22} {result['samples_per_s']:9.1f} samples/s   wall {wall:6.1f} s   "
-              f"outside training steps {wall - in_steps:6.1f} s   eps {result['epsilon']:.3f}")
+        print(
+            f"  {label:<22} {result['samples_per_s']:9.1f} samples/s   wall {wall:6.1f} s   "
+            f"outside training steps {wall - in_steps:6.1f} s   eps {result['epsilon']:.3f}"
+        )
     one, many = rows[1][1]["samples_per_s"], rows[2][1]["samples_per_s"]
     ratio = many / one
-    print(f"  {args.workers} workers / 1 worker = {ratio:.2f} (target on {args.workers} GPUs: >= {0.9 * args.workers:.2f})")
+    print(
+        f"  {args.workers} workers / 1 worker = {ratio:.2f} (target on {args.workers} GPUs: >= {0.9 * args.workers:.2f})"
+    )
     print(f"  Ray overhead of 1 worker vs no Ray: {rows[1][2] - rows[0][2]:.1f} s wall")
 
 

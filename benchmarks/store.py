@@ -7,6 +7,7 @@ prints whether it meets the 1 s target. With ``--compact`` it also compacts and 
 
     python benchmarks/store.py --rows 100000 --store /tmp/eqdp-bench
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,7 +43,11 @@ def make_row(i: int, study: str, rng: random.Random) -> dict[str, Any]:
             "lr": 10 ** rng.uniform(-4, -1),
             "batch_size": rng.choice([64, 128, 256, 512]),
             "optimizer": {"name": rng.choice(["sgd", "adam"]), "momentum": rng.choice([0.0, 0.9])},
-            "model": {"group": rng.choice(["C4", "D4", "C8"]), "width": rng.choice([8, 16, 32]), "equivariant": rng.random() < 0.5},
+            "model": {
+                "group": rng.choice(["C4", "D4", "C8"]),
+                "width": rng.choice([8, 16, 32]),
+                "equivariant": rng.random() < 0.5,
+            },
             "privacy": {"max_grad_norm": rng.choice([0.1, 1.0, 10.0]), "target_epsilon": target},
             "epochs": rng.choice([10, 20, 30]),
         },
@@ -116,7 +121,9 @@ def main(argv: list[str] | None = None) -> int:
             store.write_trials(rows[start : start + args.batch])
         t_write = time.perf_counter() - t0
         n_files = len(store.list_files())
-        print(f"generated {args.rows} rows in {t_gen:.1f} s; wrote {n_files} files in {t_write:.1f} s ({args.rows / t_write:,.0f} rows/s)")
+        print(
+            f"generated {args.rows} rows in {t_gen:.1f} s; wrote {n_files} files in {t_write:.1f} s ({args.rows / t_write:,.0f} rows/s)"
+        )
         check = ResultsStore(uri).read_trials(columns=["trial_id"])
         assert len(check) == args.rows, f"expected {args.rows} rows, read {len(check)}"
         med = report(f"{n_files} files", uri, args.repeats, EPSILONS[-1])

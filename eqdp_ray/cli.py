@@ -1,10 +1,11 @@
 """`eqdp-ray`: a thin command-line face over the Python API."""
+
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 
 class UserError(Exception):
@@ -31,8 +32,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         from eqdp_ray.train.distributed import train_distributed
 
         result = train_distributed(
-            config, workers=args.workers or 1, gpus_per_worker=args.gpus_per_worker or 0.0,
-            address=args.address, storage=args.storage, output_dir=output,
+            config,
+            workers=args.workers or 1,
+            gpus_per_worker=args.gpus_per_worker or 0.0,
+            address=args.address,
+            storage=args.storage,
+            output_dir=output,
         )
     else:
         result = train(config)
@@ -63,12 +68,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train one model with DP-SGD from a YAML config")
     p.add_argument("config", help="YAML run config (see configs/)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. training.lr=1.0")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. training.lr=1.0"
+    )
     p.add_argument("--output", help="output directory (default runs/<name>)")
-    p.add_argument("--workers", type=int, default=None, help="number of Ray Train workers (default: one process, no Ray)")
+    p.add_argument(
+        "--workers", type=int, default=None, help="number of Ray Train workers (default: one process, no Ray)"
+    )
     p.add_argument("--gpus-per-worker", type=float, default=None, help="GPUs per Ray Train worker")
     p.add_argument("--address", default=None, help="Ray cluster address ('auto' or ray://...); default: a local Ray")
-    p.add_argument("--storage", default=None, help="checkpoint storage (local path, s3://, gs://); default under --output")
+    p.add_argument(
+        "--storage", default=None, help="checkpoint storage (local path, s3://, gs://); default under --output"
+    )
     p.set_defaults(handler=cmd_train)
 
     p = sub.add_parser("models", help="list the models and their parameter counts")

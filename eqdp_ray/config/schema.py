@@ -3,6 +3,7 @@
 Every key is checked: an unknown key, a wrong type or an impossible value raises ConfigError
 with the dotted path of the key, so a typo never silently falls back to a default.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -105,7 +106,11 @@ def _coerce(value: Any, annotation: Any, path: str) -> Any:
             return value
         raise ConfigError(f"{path}: expected true or false, got {value!r}")
     if annotation is int:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (isinstance(value, float) and not value.is_integer()):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or (isinstance(value, float) and not value.is_integer())
+        ):
             raise ConfigError(f"{path}: expected an integer, got {value!r}")
         return int(value)
     if annotation is float:
@@ -135,7 +140,9 @@ def _build(cls: type, data: Any, path: str) -> Any:
     if unknown:
         where = f"{path}." if path else ""
         raise ConfigError(f"unknown key '{where}{unknown[0]}'; valid keys here: {', '.join(names)}")
-    kwargs = {name: _coerce(data[name], hints[name], f"{path}.{name}" if path else name) for name in names if name in data}
+    kwargs = {
+        name: _coerce(data[name], hints[name], f"{path}.{name}" if path else name) for name in names if name in data
+    }
     return cls(**kwargs)
 
 

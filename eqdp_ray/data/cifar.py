@@ -155,8 +155,7 @@ def _missing_message(name: str, root: Path) -> str:
 
 def _read_files(layout: _Layout, d: Path, files: tuple[str, ...], label_bytes: int, label_key: str):
     parts = [
-        read_cifar_bin(d / f, label_bytes) if layout.binary else read_cifar_pickle(d / f, label_key)
-        for f in files
+        read_cifar_bin(d / f, label_bytes) if layout.binary else read_cifar_pickle(d / f, label_key) for f in files
     ]
     x = np.concatenate([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
     y = np.concatenate([p[1] for p in parts]) if len(parts) > 1 else parts[0][1]
@@ -180,8 +179,9 @@ def load_cifar(name: str, root: str | Path, *, download: bool = False) -> Source
         extract_tar(archive, root)
         found = _find(name, root)
         if found is None:
-            raise DatasetError(f"downloaded {archive} but it did not contain the expected files; "
-                               + _missing_message(name, root))
+            raise DatasetError(
+                f"downloaded {archive} but it did not contain the expected files; " + _missing_message(name, root)
+            )
     if found is None:
         raise DatasetError(_missing_message(name, root))
     layout, d = found
@@ -192,9 +192,7 @@ def load_cifar(name: str, root: str | Path, *, download: bool = False) -> Source
     test_x, test_y = _read_files(layout, d, layout.test, label_bytes, label_key)
     for part, y in (("train", train_y), ("test", test_y)):
         if y.size and (y.min() < 0 or y.max() >= num_classes):
-            raise DatasetError(
-                f"{d}: {part} labels outside 0..{num_classes - 1}; is this really {name}?"
-            )
+            raise DatasetError(f"{d}: {part} labels outside 0..{num_classes - 1}; is this really {name}?")
     mean, std = (CIFAR10_MEAN, CIFAR10_STD) if name == "cifar10" else (CIFAR100_MEAN, CIFAR100_STD)
     return SourceData(
         train_x=torch.from_numpy(train_x),

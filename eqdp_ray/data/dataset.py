@@ -19,9 +19,7 @@ def _check_pair(name: str, split: str, x: torch.Tensor, y: torch.Tensor) -> None
         got = f"{tuple(y.shape)} {y.dtype}" if isinstance(y, torch.Tensor) else type(y).__name__
         raise DatasetError(f"{name}: {split}_y must be a 1-D int64 tensor; got {got}")
     if x.shape[0] != y.shape[0]:
-        raise DatasetError(
-            f"{name}: {split}_x has {x.shape[0]} images but {split}_y has {y.shape[0]} labels"
-        )
+        raise DatasetError(f"{name}: {split}_x has {x.shape[0]} images but {split}_y has {y.shape[0]} labels")
 
 
 @dataclass(frozen=True, eq=False, repr=False)
@@ -62,8 +60,7 @@ class ImageDataset:
                 )
         if len(self.mean) != c or len(self.std) != c:
             raise DatasetError(
-                f"{self.name}: mean/std need one value per channel ({c}); "
-                f"got {len(self.mean)} and {len(self.std)}"
+                f"{self.name}: mean/std need one value per channel ({c}); got {len(self.mean)} and {len(self.std)}"
             )
         if any(s <= 0 for s in self.std):
             raise DatasetError(f"{self.name}: std values must be positive, got {self.std}")
@@ -72,9 +69,7 @@ class ImageDataset:
         for split in ("train", "val", "test"):
             y = getattr(self, f"{split}_y")
             if y.numel() and (int(y.min()) < 0 or int(y.max()) >= self.num_classes):
-                raise DatasetError(
-                    f"{self.name}: {split}_y has labels outside 0..{self.num_classes - 1}"
-                )
+                raise DatasetError(f"{self.name}: {split}_y has labels outside 0..{self.num_classes - 1}")
 
     @property
     def in_channels(self) -> int:

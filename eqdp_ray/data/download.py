@@ -52,8 +52,7 @@ def download_file(url: str, dest: str | Path, md5: str | None = None) -> Path:
         dest.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise DatasetError(
-            f"cannot create {dest.parent} to download into ({e}); "
-            "point data.root at a writable folder"
+            f"cannot create {dest.parent} to download into ({e}); point data.root at a writable folder"
         ) from e
     log.info("downloading %s -> %s", url, dest)
     h = hashlib.md5()

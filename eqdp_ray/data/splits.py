@@ -38,8 +38,7 @@ def resolve_count(size: int | float, n: int, what: str) -> int:
         k = int(size)
         if not 0 <= k < n:
             raise DatasetError(
-                f"{what}={k} is out of range: it must be between 0 and {n - 1} "
-                f"(the training data has {n} examples)"
+                f"{what}={k} is out of range: it must be between 0 and {n - 1} (the training data has {n} examples)"
             )
         return k
     f = float(size)
@@ -106,8 +105,7 @@ def balanced_subset(labels: np.ndarray, k: int, rng: np.random.Generator, what: 
         raise DatasetError(f"{what} must be an int count, got {k!r}")
     if not 1 <= k <= len(labels):
         raise DatasetError(
-            f"{what}={k} is out of range: it must be between 1 and {len(labels)} "
-            "(the number of examples available)"
+            f"{what}={k} is out of range: it must be between 1 and {len(labels)} (the number of examples available)"
         )
     classes, counts = np.unique(labels, return_counts=True)
     return _pick(labels, _equal(counts.astype(np.int64), int(k)), classes, rng)

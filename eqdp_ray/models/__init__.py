@@ -4,6 +4,7 @@ Every trainable module is a ``layers.SteerableConv2d``, ``layers.FieldGroupNorm`
 ``nn.Conv2d``, ``nn.Linear`` or ``nn.GroupNorm`` (per-example gradients); no BatchNorm.
 Build models through :func:`build_model`.
 """
+
 from .equivariant_resnet import EquivariantResNet9, GridTransform, grid_symmetries
 from .registry import (
     MODELS,

@@ -40,12 +40,12 @@ has 254,706 trainable parameters against the reference's 255,675 (-0.38 %): iden
 filters (253,904 coefficients), 402 norm parameters instead of 201 biases, and a 400-parameter
 head instead of 1,570.
 """
+
 from __future__ import annotations
 
 import math
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Union
 
 import torch
 import torch.nn.functional as F
@@ -82,7 +82,7 @@ FIX_CONSTANT = 1.5
 # own default keeps fewer basis filters (190k instead of 254k coefficients for the paper model).
 REFERENCE_BANDLIMIT = 3.0
 
-Restrict = Union[None, int, str]
+Restrict = int | str | None
 
 
 # --------------------------------------------------------------------------------------------
@@ -277,9 +277,7 @@ class FieldStandardize(nn.Module):
 # --------------------------------------------------------------------------------------------
 
 
-def _steerable_conv(
-    in_type: enn.FieldType, out_type: enn.FieldType, bandlimit: float | None
-) -> layers.SteerableConv2d:
+def _steerable_conv(in_type: enn.FieldType, out_type: enn.FieldType, bandlimit: float | None) -> layers.SteerableConv2d:
     """A 3x3 ``SteerableConv2d`` with the reference's band limit (frequencies up to 3 r)."""
     return layers.SteerableConv2d(in_type, out_type, kernel_size=3, padding=1, frequencies_cutoff=bandlimit)
 

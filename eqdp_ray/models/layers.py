@@ -6,6 +6,7 @@ NCHW tensor, and the trainable parameters of a steerable convolution are escnn's
 coefficients. escnn is used where it is strong: building the steerable kernel basis at
 construction time, so that wrong field-type wiring fails there, not after training.
 """
+
 from __future__ import annotations
 
 import copy

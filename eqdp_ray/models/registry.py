@@ -4,6 +4,7 @@ Configs and sweeps refer to models by name and a flat dict of options; this modu
 place that turns those into modules, so typos fail loudly (with the valid choices listed)
 instead of silently falling back to defaults.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
@@ -47,7 +48,12 @@ class ModelSpec:
 
 
 _WRN16_4: dict[str, Any] = {
-    "depth": 16, "width": 4, "num_groups": 16, "in_channels": 3, "num_classes": 10, "activation": "relu",
+    "depth": 16,
+    "width": 4,
+    "num_groups": 16,
+    "in_channels": 3,
+    "num_classes": 10,
+    "activation": "relu",
 }
 
 MODELS: dict[str, ModelSpec] = {
@@ -103,9 +109,7 @@ def resolve_options(name: str, **options: Any) -> dict[str, Any]:
     spec = _spec(name)
     unknown = sorted(set(options) - set(spec.defaults))
     if unknown:
-        raise ValueError(
-            f"unknown option(s) {unknown} for model {name!r}: valid options are {sorted(spec.defaults)}"
-        )
+        raise ValueError(f"unknown option(s) {unknown} for model {name!r}: valid options are {sorted(spec.defaults)}")
     resolved = dict(spec.defaults)
     resolved.update(options)
     return resolved
@@ -216,4 +220,3 @@ def max_invariance_error(model: nn.Module, x: torch.Tensor) -> float:
         for transform in symmetry_transforms(model):
             worst = max(worst, float((model(transform(x)) - y).abs().max() / scale))
     return worst
-

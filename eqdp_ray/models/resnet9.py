@@ -18,6 +18,7 @@ The default layout (64, 128, 256, 256) is Klause et al.'s (about 2.4M parameters
 replaces BatchNorm because DP-SGD needs per-example gradients, which batch statistics would
 couple; all trainable modules are ``nn.Conv2d``, ``nn.GroupNorm`` and ``nn.Linear``.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence

@@ -19,6 +19,7 @@ inside the forward pass is not a plain ``nn.Conv2d``, whose per-example gradient
 privacy layer relies on, so it is left out; convolutions have no bias (the norms' shifts take
 that role). Trainable modules: ``nn.Conv2d``, ``nn.GroupNorm``, ``nn.Linear`` only.
 """
+
 from __future__ import annotations
 
 import torch

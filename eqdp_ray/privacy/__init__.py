@@ -1,4 +1,5 @@
 """The privacy-critical core: per-example gradients, clipping, noise, sampling, accounting."""
+
 from eqdp_ray.privacy.accounting import ACCOUNTANTS, PrivacyPlan, epsilon_spent, plan_privacy
 from eqdp_ray.privacy.clipping import average_augmentations, clip_and_sum, clip_factors, per_example_norms
 from eqdp_ray.privacy.errors import PrivacyBudgetError, PrivacyError, UnsupportedModelError
@@ -7,8 +8,21 @@ from eqdp_ray.privacy.per_example import PerExampleGradients, check_model_suppor
 from eqdp_ray.privacy.sampling import PoissonSampler
 
 __all__ = [
-    "ACCOUNTANTS", "PrivacyPlan", "epsilon_spent", "plan_privacy", "average_augmentations", "clip_and_sum",
-    "clip_factors", "per_example_norms", "PrivacyBudgetError", "PrivacyError", "UnsupportedModelError",
-    "add_gaussian_noise", "noise_generator", "secure_seed", "PerExampleGradients", "check_model_supports_dp",
+    "ACCOUNTANTS",
+    "PrivacyPlan",
+    "epsilon_spent",
+    "plan_privacy",
+    "average_augmentations",
+    "clip_and_sum",
+    "clip_factors",
+    "per_example_norms",
+    "PrivacyBudgetError",
+    "PrivacyError",
+    "UnsupportedModelError",
+    "add_gaussian_noise",
+    "noise_generator",
+    "secure_seed",
+    "PerExampleGradients",
+    "check_model_supports_dp",
     "PoissonSampler",
 ]

@@ -4,13 +4,14 @@ Opacus's accountants do the mathematics; this module makes sure they are asked a
 the mechanism that runs: the same sample rate q the Poisson sampler uses and the same number
 of noisy steps the loop takes (each step is counted, even one whose sampled batch is empty).
 """
+
 from __future__ import annotations
 
 import contextlib
 import math
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 from opacus.accountants import create_accountant
 from opacus.accountants.utils import get_noise_multiplier
@@ -57,7 +58,9 @@ def check_budget(target_epsilon: float, delta: float, sample_rate: float, steps:
         raise PrivacyBudgetError(f"the number of steps must be at least 1, got {steps}")
 
 
-def epsilon_spent(noise_multiplier: float, sample_rate: float, steps: int, delta: float, accountant: str = "rdp") -> float:
+def epsilon_spent(
+    noise_multiplier: float, sample_rate: float, steps: int, delta: float, accountant: str = "rdp"
+) -> float:
     """Epsilon of `steps` Poisson-subsampled Gaussian steps, as the chosen accountant computes it."""
     if steps == 0:
         return 0.0

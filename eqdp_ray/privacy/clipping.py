@@ -1,4 +1,5 @@
 """Average over augmentations, clip each example to norm C, sum: the bounded-sensitivity part of DP-SGD."""
+
 from __future__ import annotations
 
 import torch

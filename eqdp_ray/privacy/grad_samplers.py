@@ -15,6 +15,7 @@ over each example's K augmented inputs) directly: the contraction over K happens
 large per-example tensors are formed, which is what keeps a K=4 step cheap. Importing this
 module also registers both rules (with K=1) in Opacus's registry.
 """
+
 from __future__ import annotations
 
 import torch
@@ -24,7 +25,6 @@ from torch import nn
 from torch.func import vjp, vmap
 
 from eqdp_ray.models.layers import FieldGroupNorm, SteerableConv2d
-
 
 # Below this many contracted positions per example (K x output height x width) the unfold route
 # is faster on CPU; above it the grouped weight-gradient convolution wins (benchmarks/dp_step.py,
@@ -80,7 +80,16 @@ def _filter_gradients_by_grouped_conv(
     k = layer.kernel_size
     weight_shape = torch.empty(n * channels_out, channels_in, k, k, dtype=backprops.dtype, device=backprops.device)
     _, filters, _ = torch.ops.aten.convolution_backward(
-        outputs, inputs, weight_shape, None, [layer.stride] * 2, [layer.padding] * 2, [1, 1], False, [0, 0], n,
+        outputs,
+        inputs,
+        weight_shape,
+        None,
+        [layer.stride] * 2,
+        [layer.padding] * 2,
+        [1, 1],
+        False,
+        [0, 0],
+        n,
         [False, True, False],
     )
     return filters
@@ -112,7 +121,7 @@ def steerable_conv_rule(
     for start in range(0, n, chunk):
         rows = slice(start * multiplicity, min(n, start + chunk) * multiplicity)
         filter_grads = per_example_filter_gradients(layer, x[rows], backprops[rows], multiplicity)
-        (coefficient_grads[start:start + chunk],) = vmap(transpose)(filter_grads)
+        (coefficient_grads[start : start + chunk],) = vmap(transpose)(filter_grads)
     return {layer.weight: coefficient_grads}
 
 

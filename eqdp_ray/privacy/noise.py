@@ -5,6 +5,7 @@ is never written anywhere), so each rank computes the very same draw after the a
 one draw, shared, never one per worker. The generator lives on the CPU so the draw does not
 depend on the accelerator.
 """
+
 from __future__ import annotations
 
 import secrets

@@ -5,6 +5,7 @@ convolution owns the (constant, data-independent) sampled basis, so the check is
 instead: refuse what mixes examples (BatchNorm and other running statistics) and any
 trainable layer without a registered per-example rule.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -16,8 +17,8 @@ from opacus.grad_sample.grad_sample_module import GradSampleModule as _GSM
 from opacus.utils.module_utils import trainable_modules
 from torch import nn
 
-from eqdp_ray.privacy.grad_samplers import AUGMENTATION_AWARE_RULES  # also registers our rules with Opacus
 from eqdp_ray.privacy.errors import UnsupportedModelError
+from eqdp_ray.privacy.grad_samplers import AUGMENTATION_AWARE_RULES  # also registers our rules with Opacus
 
 _MIXING_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm, nn.LocalResponseNorm)
 
@@ -90,7 +91,9 @@ class PerExampleGradients:
         Rows of `inputs` are example-major: the K augmentations of an example are adjacent.
         """
         if len(targets) % multiplicity:
-            raise ValueError(f"{len(targets)} inputs are not a whole number of examples of {multiplicity} augmentations")
+            raise ValueError(
+                f"{len(targets)} inputs are not a whole number of examples of {multiplicity} augmentations"
+            )
         self._grads, self._multiplicity, self._active = {}, multiplicity, True
         try:
             with warnings.catch_warnings():
@@ -104,8 +107,10 @@ class PerExampleGradients:
             self._inputs.clear()
         n = len(targets) // multiplicity
         grads = [self._grads.pop(p, None) for p in self.parameters]
-        grads = [torch.zeros(n, *p.shape, dtype=p.dtype, device=p.device) if g is None else g
-                 for p, g in zip(self.parameters, grads)]  # a parameter the forward did not use
+        grads = [
+            torch.zeros(n, *p.shape, dtype=p.dtype, device=p.device) if g is None else g
+            for p, g in zip(self.parameters, grads)
+        ]  # a parameter the forward did not use
         return grads, logits.detach()
 
     def detach(self) -> None:

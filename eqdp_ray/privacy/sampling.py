@@ -5,6 +5,7 @@ run all ranks draw the same global inclusion mask from a shared generator and ea
 examples of its own disjoint shard, so the union over ranks is exactly Poisson sampling of the
 whole data set at rate q, and a run with N workers sees the same batches as one process.
 """
+
 from __future__ import annotations
 
 import torch

@@ -2,10 +2,13 @@
 
 See ``eqdp_ray.results.store`` for the on-disk layout and consistency rules.
 """
+
 from __future__ import annotations
 
 from eqdp_ray.results.errors import ResultsStoreError, SkippedFile, SkippedFileWarning
 from eqdp_ray.results.export import FORMATS, export, format_table, to_csv, to_json
+from eqdp_ray.results.query import NoResults, best_configs, emit_config, list_results, write_config
+from eqdp_ray.results.report import build_report
 from eqdp_ray.results.schema import (
     HISTORY_COLUMNS,
     METRIC_ALIASES,
@@ -15,8 +18,6 @@ from eqdp_ray.results.schema import (
     flatten_config,
 )
 from eqdp_ray.results.store import DEFAULT_URI, EPSILON_TOL, CompactionResult, ResultsStore
-from eqdp_ray.results.query import NoResults, best_configs, emit_config, list_results, write_config
-from eqdp_ray.results.report import build_report
 
 __all__ = [
     "CompactionResult",

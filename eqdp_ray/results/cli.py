@@ -8,6 +8,7 @@ Exit codes: 0 with output; 1 when the store (or the filtered part of it) has no 
 Files of the store that could not be read are listed on stderr, one line each, and never
 stop the command: a stray file should not hide a week of tuning results.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,8 +53,9 @@ def cmd_best(args: argparse.Namespace) -> int:
     from eqdp_ray.results.query import BEST_COLUMNS, best_configs, summary_view, write_config
 
     def body(store: Any) -> int:
-        top = best_configs(store, study=args.study, epsilon=args.epsilon, metric=args.metric, top=args.top,
-                           mode=args.mode)
+        top = best_configs(
+            store, study=args.study, epsilon=args.epsilon, metric=args.metric, top=args.top, mode=args.mode
+        )
         if args.format == "table":
             _print(export(summary_view(top, BEST_COLUMNS), "table"))
         else:
@@ -62,9 +64,11 @@ def cmd_best(args: argparse.Namespace) -> int:
             winner = top.iloc[0]
             emitted = write_config(winner, args.emit_config)
             note = f"; dropped keys unknown to the run config: {', '.join(emitted.dropped)}" if emitted.dropped else ""
-            print(f"[eqdp-ray] wrote the config of trial {winner['trial_id']} (study {winner['study']}) to "
-                  f"{emitted.path} with privacy.secret_seed: null{note}; run it with `eqdp-ray train {emitted.path}`",
-                  file=sys.stderr)
+            print(
+                f"[eqdp-ray] wrote the config of trial {winner['trial_id']} (study {winner['study']}) to "
+                f"{emitted.path} with privacy.secret_seed: null{note}; run it with `eqdp-ray train {emitted.path}`",
+                file=sys.stderr,
+            )
         return 0
 
     return _run(args, body)
@@ -121,8 +125,11 @@ def _positive_int(text: str) -> int:
 
 
 def _store_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--store", default=DEFAULT_STORE,
-                   help=f"results store: local path or s3://, gs:// URI (default {DEFAULT_STORE})")
+    p.add_argument(
+        "--store",
+        default=DEFAULT_STORE,
+        help=f"results store: local path or s3://, gs:// URI (default {DEFAULT_STORE})",
+    )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -132,17 +139,36 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("best", help="the best trials of the results store, and the winner's config")
     _store_arg(p)
     p.add_argument("--study", default=None, help="only this study (default: all studies)")
-    p.add_argument("--epsilon", type=_epsilon, default=None,
-                   help="only trials run for this target epsilon (exact match: budgets are a grid)")
-    p.add_argument("--metric", default="val_accuracy",
-                   help="rank by this numeric column (default val_accuracy = best_val_accuracy)")
-    p.add_argument("--mode", choices=("max", "min"), default=None,
-                   help="max or min of the metric (default: min for epsilon/time/size, max otherwise)")
+    p.add_argument(
+        "--epsilon",
+        type=_epsilon,
+        default=None,
+        help="only trials run for this target epsilon (exact match: budgets are a grid)",
+    )
+    p.add_argument(
+        "--metric",
+        default="val_accuracy",
+        help="rank by this numeric column (default val_accuracy = best_val_accuracy)",
+    )
+    p.add_argument(
+        "--mode",
+        choices=("max", "min"),
+        default=None,
+        help="max or min of the metric (default: min for epsilon/time/size, max otherwise)",
+    )
     p.add_argument("--top", type=_positive_int, default=5, help="how many trials to show (default 5)")
-    p.add_argument("--format", choices=formats, default="table",
-                   help="table (readable columns) or json/csv (full rows, config included)")
-    p.add_argument("--emit-config", default=None, metavar="PATH",
-                   help="write the winner's config as YAML for `eqdp-ray train PATH` (secret seed left null)")
+    p.add_argument(
+        "--format",
+        choices=formats,
+        default="table",
+        help="table (readable columns) or json/csv (full rows, config included)",
+    )
+    p.add_argument(
+        "--emit-config",
+        default=None,
+        metavar="PATH",
+        help="write the winner's config as YAML for `eqdp-ray train PATH` (secret seed left null)",
+    )
     p.set_defaults(handler=cmd_best)
 
     p = subparsers.add_parser("results", help="list the studies of the results store, or the trials of one")

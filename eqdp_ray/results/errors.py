@@ -3,6 +3,7 @@
 Kept in their own module so that callers (the CLI, the Tune integration) can catch them
 without importing pyarrow-heavy code paths.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple

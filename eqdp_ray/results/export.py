@@ -3,6 +3,7 @@
 Kept free of store logic so the CLI can format any DataFrame it gets (best, list_studies,
 history) the same way.
 """
+
 from __future__ import annotations
 
 import datetime as _dt

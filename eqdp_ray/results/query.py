@@ -8,6 +8,7 @@ store URI, so one-off questions need no set-up.
 "No results" is not an input error: it raises ``NoResults`` (a ``LookupError``, so the CLI can
 exit 1 for it and 2 for bad arguments, which are ``ResultsStoreError``/``ValueError``).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -342,9 +343,7 @@ def _dumper() -> type:
     class Dumper(yaml.SafeDumper):
         """Block mappings, inline lists: reads like the hand-written configs in configs/."""
 
-    Dumper.add_representer(
-        list, lambda d, v: d.represent_sequence("tag:yaml.org,2002:seq", v, flow_style=True)
-    )
+    Dumper.add_representer(list, lambda d, v: d.represent_sequence("tag:yaml.org,2002:seq", v, flow_style=True))
     return Dumper
 
 
@@ -418,4 +417,3 @@ def trial_order(trials: pd.DataFrame) -> pd.DataFrame:
         return trials
     keys = [c for c in ("started_at", "finished_at", "written_at", "trial_id") if c in trials.columns]
     return trials.sort_values(keys, na_position="last", kind="mergesort").reset_index(drop=True)
-

@@ -12,12 +12,12 @@ not meaningful (too few trials or parameters) or fails, a plain, labelled fallba
 Every plot degrades on its own: missing columns, NaNs or a single trial skip that plot with
 a note on the page instead of failing the report.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
 import html
 import json
-import math
 import os
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -272,13 +272,25 @@ def plot_history(trials: pd.DataFrame, path: Path) -> str:
         ax.scatter(x[ok], acc[ok], color=color, s=22, label=label, zorder=3)
         other = ~ok & np.isfinite(acc)  # running / failed trials with a partial value
         if other.any():
-            ax.scatter(x[other], acc[other], facecolors="none", edgecolors=color, s=22, zorder=3,
-                       label=f"{label} (not finished)" if len(studies) > 1 else "not finished")
+            ax.scatter(
+                x[other],
+                acc[other],
+                facecolors="none",
+                edgecolors=color,
+                s=22,
+                zorder=3,
+                label=f"{label} (not finished)" if len(studies) > 1 else "not finished",
+            )
         running = pd.Series(np.where(ok, acc, np.nan)).cummax().ffill().to_numpy()
-        ax.step(x, running, where="post", color=color, alpha=0.8,
-                label=f"{name}: running best" if len(studies) > 1 else "running best")
-    _finish(fig, ax, path, xlabel="trial (in start order)", ylabel="validation accuracy",
-            title="Optimisation history")
+        ax.step(
+            x,
+            running,
+            where="post",
+            color=color,
+            alpha=0.8,
+            label=f"{name}: running best" if len(studies) > 1 else "running best",
+        )
+    _finish(fig, ax, path, xlabel="trial (in start order)", ylabel="validation accuracy", title="Optimisation history")
     n = int(np.isfinite(values).sum())
     return f"{n} of {len(trials)} trials have a validation accuracy; the line is the best finished trial so far."
 
@@ -297,8 +309,7 @@ def plot_pareto(trials: pd.DataFrame, path: Path) -> str:
     names = sorted(set(models))
     for color, name in zip(_colors(len(names)), names):
         mask = np.array([m == name for m in models])
-        ax.scatter(params[mask], _numeric(ranked, METRIC)[mask], color=color, s=26,
-                   label=name, zorder=3)
+        ax.scatter(params[mask], _numeric(ranked, METRIC)[mask], color=color, s=26, label=name, zorder=3)
     fx, fy = _numeric(front, "num_params").to_numpy(), _numeric(front, METRIC).to_numpy()
     ax.step(fx, fy, where="post", color="black", linewidth=1.2, zorder=2, label="Pareto front")
     ax.scatter(fx, fy, s=90, facecolors="none", edgecolors="black", linewidths=1.4, zorder=4)
@@ -307,8 +318,14 @@ def plot_pareto(trials: pd.DataFrame, path: Path) -> str:
         if label:
             ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
     _maybe_log(ax, params.tolist())
-    _finish(fig, ax, path, xlabel="trainable parameters", ylabel="best validation accuracy",
-            title="Accuracy against model size")
+    _finish(
+        fig,
+        ax,
+        path,
+        xlabel="trainable parameters",
+        ylabel="best validation accuracy",
+        title="Accuracy against model size",
+    )
     ids = ", ".join(str(t) for t in front["trial_id"])
     return f"{len(ranked)} finished trials; Pareto front (max accuracy, min parameters): {ids}."
 
@@ -324,8 +341,15 @@ def plot_epsilon(trials: pd.DataFrame, path: Path, highlight: str | None = None)
     for color, name in zip(_colors(len(studies)), studies):
         mine = points[points["study"] == name]
         marker = "*" if name == highlight else "o"
-        ax.scatter(mine["target_epsilon"], mine[METRIC], color=color, marker=marker, s=120 if marker == "*" else 36,
-                   label=name, zorder=3)
+        ax.scatter(
+            mine["target_epsilon"],
+            mine[METRIC],
+            color=color,
+            marker=marker,
+            s=120 if marker == "*" else 36,
+            label=name,
+            zorder=3,
+        )
         test = _numeric(mine, "test_accuracy")
         if np.isfinite(test).any():
             ax.scatter(mine["target_epsilon"], test, facecolors="none", edgecolors=color, marker="s", s=30, zorder=3)
@@ -333,11 +357,18 @@ def plot_epsilon(trials: pd.DataFrame, path: Path, highlight: str | None = None)
     if len(envelope) > 1:
         ax.plot(envelope.index, envelope.values, color="gray", linestyle="--", linewidth=1, label="best per epsilon")
     _maybe_log(ax, points["target_epsilon"].tolist())
-    _finish(fig, ax, path, xlabel="target epsilon (per trial)",
-            ylabel="accuracy (filled: validation, hollow squares: test)", title="Accuracy against epsilon")
-    return (f"best trial of each (study, target epsilon): {_count(len(points), 'point')} "
-            f"from {_count(len(studies), 'study')}"
-            + (f"; study {highlight!r} is starred" if highlight else "") + ".")
+    _finish(
+        fig,
+        ax,
+        path,
+        xlabel="target epsilon (per trial)",
+        ylabel="accuracy (filled: validation, hollow squares: test)",
+        title="Accuracy against epsilon",
+    )
+    return (
+        f"best trial of each (study, target epsilon): {_count(len(points), 'point')} "
+        f"from {_count(len(studies), 'study')}" + (f"; study {highlight!r} is starred" if highlight else "") + "."
+    )
 
 
 def plot_importances(importances: Importances, path: Path) -> None:
@@ -454,9 +485,7 @@ def study_from_trials(trials: pd.DataFrame, metric: str = METRIC) -> tuple[Any, 
     for p, value in zip(params, _numeric(ranked, metric)):
         own = {k: _in_distribution(v, distributions[k]) for k, v in p.items() if k in distributions}
         study.add_trial(
-            optuna.trial.create_trial(
-                params=own, distributions={k: distributions[k] for k in own}, value=float(value)
-            )
+            optuna.trial.create_trial(params=own, distributions={k: distributions[k] for k in own}, value=float(value))
         )
     return study, distributions
 
@@ -486,8 +515,10 @@ def param_importances(trials: pd.DataFrame, metric: str = METRIC) -> Importances
                 raise CannotPlot("no config key varies between the finished trials")
             reason = None
             if n < 3 or len(distributions) < 2:
-                reason = (f"{_count(n, 'trial')} and {_count(len(distributions), 'varying parameter')} are too few "
-                          "for fANOVA (it needs 3 and 2)")
+                reason = (
+                    f"{_count(n, 'trial')} and {_count(len(distributions), 'varying parameter')} are too few "
+                    "for fANOVA (it needs 3 and 2)"
+                )
             else:
                 try:
                     evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
@@ -495,8 +526,9 @@ def param_importances(trials: pd.DataFrame, metric: str = METRIC) -> Importances
                     values = {k: float(v) for k, v in values.items() if np.isfinite(v)}
                     if values:
                         left_out = sorted(set(distributions) - set(values))
-                        note = (f"Optuna fANOVA importances over {n} finished trials (study rebuilt from the store)."
-                                + (f" Left out (not set in every trial): {', '.join(left_out)}." if left_out else ""))
+                        note = f"Optuna fANOVA importances over {n} finished trials (study rebuilt from the store)." + (
+                            f" Left out (not set in every trial): {', '.join(left_out)}." if left_out else ""
+                        )
                         return Importances(values, "optuna-fanova", note, n, left_out)
                     reason = "Optuna returned no importances (no parameter is set in every trial)"
                 except Exception as exc:  # e.g. scikit-learn missing, degenerate data
@@ -572,9 +604,11 @@ def _privacy_lines(trials: pd.DataFrame) -> list[str]:
         search_eps = [float(v) for v in _numeric(rows, "search_epsilon") if np.isfinite(v)]
         search_delta = [float(v) for v in _numeric(rows, "search_delta") if np.isfinite(v)]
         if search_eps:
-            line += (f" Search-level guarantee (random number of trials, private selection): the whole search, "
-                     f"best trial included, is ({max(search_eps):.4g}, "
-                     f"{(max(search_delta) if search_delta else float('nan')):.3g})-DP.")
+            line += (
+                f" Search-level guarantee (random number of trials, private selection): the whole search, "
+                f"best trial included, is ({max(search_eps):.4g}, "
+                f"{(max(search_delta) if search_delta else float('nan')):.3g})-DP."
+            )
         else:
             mode = rows["search_mode"].dropna().astype(str).unique() if "search_mode" in rows.columns else []
             how = f" (search mode: {', '.join(sorted(mode))})" if len(mode) else ""
@@ -624,8 +658,10 @@ def _importance_frame(importances: Importances | None) -> pd.DataFrame | None:
 def render_markdown(page: Mapping[str, Any]) -> str:
     """``report.md``: the same content as the HTML page, readable as text and on GitHub."""
     out = [f"# {page['title']}", ""]
-    out.append(f"Store `{page['store']}`; {page['n_trials']} trials ({page['counts']}); "
-               f"studies: {', '.join(page['studies'])}. Generated {page['generated']}.")
+    out.append(
+        f"Store `{page['store']}`; {page['n_trials']} trials ({page['counts']}); "
+        f"studies: {', '.join(page['studies'])}. Generated {page['generated']}."
+    )
     out += ["", "## Best trials (by validation accuracy)", ""]
     out.append(_markdown_table(page["top"]) if page["top"] is not None else NO_RANKED)
     out += ["", "Test accuracy is recorded, never used to select.", "", "## Privacy", ""]
@@ -660,14 +696,19 @@ def render_html(page: Mapping[str, Any]) -> str:
     """``index.html``: one self-contained page (styles inline) next to the PNGs."""
     esc, attr = _text, html.escape
     parts = [
-        "<!DOCTYPE html>", "<html><head><meta charset='utf-8'>", f"<title>{esc(page['title'])}</title>",
-        f"<style>{_CSS}</style></head><body>", f"<h1>{esc(page['title'])}</h1>",
+        "<!DOCTYPE html>",
+        "<html><head><meta charset='utf-8'>",
+        f"<title>{esc(page['title'])}</title>",
+        f"<style>{_CSS}</style></head><body>",
+        f"<h1>{esc(page['title'])}</h1>",
         f"<p>Store <code>{esc(page['store'])}</code>; {page['n_trials']} trials ({esc(page['counts'])}); "
         f"studies: {esc(', '.join(page['studies']))}. Generated {esc(page['generated'])}.</p>",
         "<h2>Best trials (by validation accuracy)</h2>",
         _html_table(page["top"]) if page["top"] is not None else f"<p>{NO_RANKED}</p>",
         "<p class='note'>Test accuracy is recorded, never used to select.</p>",
-        "<h2>Privacy</h2><ul>", *[f"<li>{esc(line)}</li>" for line in page["privacy"]], "</ul>",
+        "<h2>Privacy</h2><ul>",
+        *[f"<li>{esc(line)}</li>" for line in page["privacy"]],
+        "</ul>",
     ]
     for key, title in TITLES.items():
         parts.append(f"<h2>{esc(title)}</h2>")

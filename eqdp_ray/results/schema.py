@@ -5,6 +5,7 @@ of eqdp-ray have predictable types (known columns always have their canonical ty
 when null), and files written by different versions can be merged on read with simple,
 documented promotion rules (``merge_types``).
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -256,7 +257,7 @@ def config_from_row(row: Mapping[str, Any] | pd.Series) -> dict[str, Any]:
         if isinstance(parsed, dict):
             return parsed
     flat = {
-        key[len(CONFIG_PREFIX):]: _plain(value)
+        key[len(CONFIG_PREFIX) :]: _plain(value)
         for key, value in data.items()
         if isinstance(key, str) and key.startswith(CONFIG_PREFIX) and not is_missing(value)
     }
@@ -345,7 +346,7 @@ def normalize_trial(row: Mapping[str, Any], package_version: str) -> dict[str, A
         if not isinstance(nested, dict):
             raise ResultsStoreError("'config_json' must encode a JSON object")
     else:
-        nested = unflatten({k[len(CONFIG_PREFIX):]: v for k, v in flat_keys.items() if not is_missing(v)})
+        nested = unflatten({k[len(CONFIG_PREFIX) :]: v for k, v in flat_keys.items() if not is_missing(v)})
 
     for key in KEY_COLUMNS:
         value = data.get(key)

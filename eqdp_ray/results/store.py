@@ -34,6 +34,7 @@ Why this shape:
   store whose files agree on types (``study`` comes back as a categorical, because it
   is also the hive partition key); mixed-type stores need ``ResultsStore.read_trials``.
 """
+
 from __future__ import annotations
 
 import math
@@ -315,7 +316,16 @@ class ResultsStore:
         (the study's value, NaN if its trials use several), target_epsilons (all values,
         comma-separated), first_started_at, last_finished_at, last_written_at.
         """
-        cols = ["study", "trial_id", "status", "best_val_accuracy", "target_epsilon", "started_at", "finished_at", WRITTEN_AT]
+        cols = [
+            "study",
+            "trial_id",
+            "status",
+            "best_val_accuracy",
+            "target_epsilon",
+            "started_at",
+            "finished_at",
+            WRITTEN_AT,
+        ]
 
         def run() -> pd.DataFrame:
             snap = self._snapshot(TRIALS, None)
@@ -351,7 +361,9 @@ class ResultsStore:
         def run() -> pd.DataFrame:
             snap = self._snapshot(TRIALS, study)
             _check_metric(metric, column, snap.schema)
-            keys = list(dict.fromkeys(["study", "trial_id", "status", "target_epsilon", column, "finished_at", WRITTEN_AT]))
+            keys = list(
+                dict.fromkeys(["study", "trial_id", "status", "target_epsilon", column, "finished_at", WRITTEN_AT])
+            )
             light = self._scan(snap, keys)
             self._require_study(snap, light)
             light = _latest(light, ["study", "trial_id"])
@@ -456,7 +468,9 @@ class ResultsStore:
                 return fn()
             except _Vanished:
                 time.sleep(min(0.5, 0.005 * 2**attempt))
-        raise ResultsStoreError(f"files under {self.uri} kept disappearing during the read (concurrent compact?); retry")
+        raise ResultsStoreError(
+            f"files under {self.uri} kept disappearing during the read (concurrent compact?); retry"
+        )
 
     def _skip(self, path: str, reason: str) -> None:
         with self._lock:
@@ -479,7 +493,7 @@ class ResultsStore:
         for info in infos:
             if info.type != pafs.FileType.File:
                 continue
-            rel = info.path[len(directory):].lstrip("/")
+            rel = info.path[len(directory) :].lstrip("/")
             if any(part.startswith((".", "_")) for part in rel.split("/")):
                 continue  # temp files of in-flight writes, _SUCCESS markers, ...
             out.append(info.path)
@@ -490,7 +504,7 @@ class ResultsStore:
         names = []
         for info in self.fs.get_file_info(selector):
             if info.type == pafs.FileType.Directory and info.base_name.startswith("study="):
-                names.append(unquote(info.base_name[len("study="):]))
+                names.append(unquote(info.base_name[len("study=") :]))
         return sorted(names)
 
     def _open(self, paths: Sequence[str]) -> list[tuple[str, ds.Fragment]]:
@@ -596,9 +610,7 @@ class ResultsStore:
         if winners.num_rows == 0:
             return snap.schema.empty_table().to_pandas()
         files = set(winners[_FILENAME].to_pylist())
-        subset = _Snapshot(
-            snap.table, snap.study, tuple((p, f) for p, f in snap.fragments if p in files), snap.schema
-        )
+        subset = _Snapshot(snap.table, snap.study, tuple((p, f) for p, f in snap.fragments if p in files), snap.schema)
         ids = list(dict.fromkeys(winners["trial_id"].to_pylist()))
         full = _latest(self._scan(subset, snap.schema.names, pc.field("trial_id").isin(ids)), ["study", "trial_id"])
         position = {key: i for i, key in enumerate(zip(winners["study"].to_pylist(), winners["trial_id"].to_pylist()))}

@@ -1,4 +1,5 @@
 """Attaching to a Ray cluster, or starting a local one, with errors a user can act on."""
+
 from __future__ import annotations
 
 import os
@@ -43,8 +44,10 @@ def connect_ray(address: str | None, *, num_cpus: int, include_dashboard: bool =
         try:
             ray.init(address=address)
         except Exception as exc:  # noqa: BLE001 - every failure means the same to the user
-            raise ClusterError(f"cannot attach to the Ray cluster at '{address}' ({type(exc).__name__}: {exc}); "
-                               "check the address (e.g. 'auto' on a cluster node) and the auth token") from None
+            raise ClusterError(
+                f"cannot attach to the Ray cluster at '{address}' ({type(exc).__name__}: {exc}); "
+                "check the address (e.g. 'auto' on a cluster node) and the auth token"
+            ) from None
         return True
     ray.init(num_cpus=num_cpus, include_dashboard=include_dashboard)
     return True
@@ -65,5 +68,7 @@ def check_writable(uri: str, *, what: str, flag: str) -> None:
             out.write(b"ok")
         fs.delete_file(probe)
     except Exception as exc:  # noqa: BLE001 - any failure means the same thing to the user
-        raise ClusterError(f"{what} '{uri}' is not writable ({type(exc).__name__}: {exc}); pass {flag} with a "
-                           "writable local path or bucket URI, and credentials for it") from None
+        raise ClusterError(
+            f"{what} '{uri}' is not writable ({type(exc).__name__}: {exc}); pass {flag} with a "
+            "writable local path or bucket URI, and credentials for it"
+        ) from None

@@ -1,4 +1,5 @@
 """How the training loop talks to its peers: nothing in one process, torch.distributed in many."""
+
 from __future__ import annotations
 
 import torch
@@ -29,7 +30,9 @@ class TorchDistributedComm:
         self.dist = dist
         self.rank = dist.get_rank()
         self.world_size = dist.get_world_size()
-        self.device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+        self.device = (
+            torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+        )
 
     def all_reduce_sum(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
         # One flat buffer: one collective per step instead of one per parameter.

@@ -7,6 +7,7 @@ from a generator seeded with a secret broadcast over the process group. Checkpoi
 model, optimiser, EMA, step and history (the accountant's state is (sigma, q, step)), never the
 secret: a restart draws a fresh one.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,9 @@ import os
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -39,8 +41,10 @@ def describe_training_failure(error: BaseException) -> str:
         by_message: dict[str, list[int]] = {}
         for rank, failure in sorted(failures.items()):
             by_message.setdefault(_last_line(failure), []).append(rank)
-        return "; ".join(f"rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))}: {message}"
-                         for message, ranks in by_message.items())
+        return "; ".join(
+            f"rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))}: {message}"
+            for message, ranks in by_message.items()
+        )
     controller = getattr(error, "controller_failure", None)
     return _last_line(controller if controller is not None else error)
 
@@ -87,8 +91,11 @@ def _worker_loop(payload: dict[str, Any]) -> None:
 
     result = train(config, comm=comm, on_epoch=on_epoch, resume_state=resume_state)
     # The full record travels as result.json inside rank 0's final checkpoint, not as metrics.
-    report({"final": True, "step": result["steps"], "epsilon": result["epsilon"]}, last_state["state"],
-           result if comm.rank == 0 else None)
+    report(
+        {"final": True, "step": result["steps"], "epsilon": result["epsilon"]},
+        last_state["state"],
+        result if comm.rank == 0 else None,
+    )
 
 
 def _check_resources(workers: int, cpus_per_worker: float, gpus_per_worker: float) -> None:
@@ -129,14 +136,24 @@ def train_distributed(
     run by name): this is how an interrupted multi-worker tune trial resumes instead of restarting.
     """
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig as TrainRunConfig, ScalingConfig, TrainingFailedError
+    from ray.train import (
+        CheckpointConfig,
+        FailureConfig,
+        ScalingConfig,
+        TrainingFailedError,
+    )
+    from ray.train import (
+        RunConfig as TrainRunConfig,
+    )
     from ray.train.torch import TorchTrainer
 
     if workers < 1:
         raise ClusterError(f"--workers must be >= 1, got {workers}")
     if gpus_per_worker and not torch.cuda.is_available() and not address and not os.environ.get("RAY_ADDRESS"):
-        raise ClusterError("--gpus-per-worker was given but this machine has no CUDA GPU; omit it to train on CPUs "
-                           "or pass --address of a cluster with GPU nodes")
+        raise ClusterError(
+            "--gpus-per-worker was given but this machine has no CUDA GPU; omit it to train on CPUs "
+            "or pass --address of a cluster with GPU nodes"
+        )
     output_dir = Path(output_dir or Path("runs") / config.name)
     storage = storage or str((output_dir / "ray").resolve())
     check_writable(storage, what="checkpoint storage", flag="--storage")
@@ -147,8 +164,11 @@ def train_distributed(
     resources = {"CPU": cpus_per_worker} | ({"GPU": gpus_per_worker} if use_gpu else {})
     trainer = TorchTrainer(
         _worker_loop,
-        train_loop_config={"config": config_to_dict(config), "cpus_per_worker": cpus_per_worker,
-                           "gpus_per_worker": gpus_per_worker},
+        train_loop_config={
+            "config": config_to_dict(config),
+            "cpus_per_worker": cpus_per_worker,
+            "gpus_per_worker": gpus_per_worker,
+        },
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources),
         run_config=TrainRunConfig(
             name=run_name or f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}",
@@ -162,11 +182,15 @@ def train_distributed(
     try:
         outcome = trainer.fit()
     except TrainingFailedError as exc:  # Train V2 raises instead of returning the error
-        raise RuntimeError(f"distributed training failed after {max_failures} retries: "
-                           f"{describe_training_failure(exc)} (full report: {storage})") from exc
+        raise RuntimeError(
+            f"distributed training failed after {max_failures} retries: "
+            f"{describe_training_failure(exc)} (full report: {storage})"
+        ) from exc
     if outcome.error is not None:
-        raise RuntimeError(f"distributed training failed after {max_failures} retries: "
-                           f"{describe_training_failure(outcome.error)} (full report: {storage})")
+        raise RuntimeError(
+            f"distributed training failed after {max_failures} retries: "
+            f"{describe_training_failure(outcome.error)} (full report: {storage})"
+        )
     if outcome.checkpoint is None or not (outcome.metrics or {}).get("final"):
         raise RuntimeError(f"distributed training ended without a final result (metrics: {outcome.metrics})")
     with outcome.checkpoint.as_directory() as directory:

@@ -6,14 +6,16 @@ to C, sum; all-reduce the sums over workers; add ONE Gaussian draw N(0, sigma^2 
 the expected batch size; SGD step; EMA of the weights for evaluation. sigma was calibrated before
 the first step for exactly this sample rate and number of steps.
 """
+
 from __future__ import annotations
 
 import copy
 import hashlib
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -56,9 +58,7 @@ def derive_seed(secret: int, purpose: str, step: int) -> int:
 def steps_and_rate(config: RunConfig, train_size: int) -> tuple[int, float]:
     t = config.training
     if t.batch_size > train_size:
-        raise ConfigError(
-            f"training.batch_size={t.batch_size} exceeds the {train_size} training examples; lower it"
-        )
+        raise ConfigError(f"training.batch_size={t.batch_size} exceeds the {train_size} training examples; lower it")
     sample_rate = t.batch_size / train_size
     steps = t.steps if t.steps is not None else max(1, math.ceil(t.epochs / sample_rate))
     return steps, sample_rate
@@ -111,7 +111,9 @@ class TrainState:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, data: ImageDataset, device: torch.device, batch_size: int) -> float:
+def evaluate(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, data: ImageDataset, device: torch.device, batch_size: int
+) -> float:
     if len(y) == 0:
         return float("nan")
     model.eval()
@@ -130,14 +132,14 @@ def ranks_in_sync(model: nn.Module, comm: Any) -> bool:
     values = comm.all_reduce_sum([values])[0]
     in_sync = bool((values == values[0]).all())
     if not in_sync:
-        raise RuntimeError(f"ranks diverged: parameter checksums {values.tolist()}; the noise or the reduction "
-                           "is not shared, which would break the privacy analysis")
+        raise RuntimeError(
+            f"ranks diverged: parameter checksums {values.tolist()}; the noise or the reduction "
+            "is not shared, which would break the privacy analysis"
+        )
     return in_sync
 
 
-def _augmented_micro_batches(
-    rows: torch.Tensor, params: torch.Tensor, examples_per_micro: int
-):
+def _augmented_micro_batches(rows: torch.Tensor, params: torch.Tensor, examples_per_micro: int):
     for start in range(0, len(rows), examples_per_micro):
         yield rows[start : start + examples_per_micro], params[start : start + examples_per_micro]
 
@@ -159,8 +161,13 @@ def train(
     device = resolve_device(config.device)
 
     data = data or load_dataset(
-        config.data.name, config.data.root, download=config.data.download, val_size=config.data.val_size,
-        seed=config.seed, train_subset=config.data.train_subset, test_subset=config.data.test_subset,
+        config.data.name,
+        config.data.root,
+        download=config.data.download,
+        val_size=config.data.val_size,
+        seed=config.seed,
+        train_subset=config.data.train_subset,
+        test_subset=config.data.test_subset,
     )
     train_size = len(data.train_y)
     steps, sample_rate = steps_and_rate(config, train_size)

@@ -1,4 +1,5 @@
 """result.json: the record of one run, written atomically so a crash never leaves half a file."""
+
 from __future__ import annotations
 
 import json

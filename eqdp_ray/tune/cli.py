@@ -2,6 +2,7 @@
 
 Imported by eqdp_ray.cli at start-up for every command, so it imports nothing heavy at module level.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,23 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
     """A plain aligned table (the same columns for every row)."""
     if not rows:
         return "(no trials)"
-    columns = [c for c in ("trial_id", "status", "best_val_accuracy", "test_accuracy", "epsilon", "steps",
-                           "sample_rate", "sigma", "num_params", "device_seconds", "params_json") if c in rows[0]]
+    columns = [
+        c
+        for c in (
+            "trial_id",
+            "status",
+            "best_val_accuracy",
+            "test_accuracy",
+            "epsilon",
+            "steps",
+            "sample_rate",
+            "sigma",
+            "num_params",
+            "device_seconds",
+            "params_json",
+        )
+        if c in rows[0]
+    ]
     table = [columns] + [[_fmt(r.get(c)) for c in columns] for r in rows]
     widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in table)
@@ -35,20 +51,30 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
     if args.check:
         space, check, privacy = validate_space(args.space, args.set)
-        print(f"[eqdp-ray] {args.space}: study '{space.study}' is valid ({check.points_checked} sampled configs, "
-              f"{check.train_size} training examples; least private corner q={check.hardest[0]:.4g} x "
-              f"{check.hardest[1]} steps {'meets' if check.hardest_feasible else 'cannot meet'} the budget)")
+        print(
+            f"[eqdp-ray] {args.space}: study '{space.study}' is valid ({check.points_checked} sampled configs, "
+            f"{check.train_size} training examples; least private corner q={check.hardest[0]:.4g} x "
+            f"{check.hardest[1]} steps {'meets' if check.hardest_feasible else 'cannot meet'} the budget)"
+        )
         for warning in check.warnings:
             print(f"[eqdp-ray] warning: {warning}")
         if privacy is not None:
             print(f"[eqdp-ray] {privacy.describe()}")
         return 0
 
-    summary = run_search(args.space, store=args.store, address=args.address, resume=args.resume,
-                         storage_path=args.storage, overrides=args.set)
+    summary = run_search(
+        args.space,
+        store=args.store,
+        address=args.address,
+        resume=args.resume,
+        storage_path=args.storage,
+        overrides=args.set,
+    )
     counts = ", ".join(f"{n} {s}" for s, n in sorted(summary.status_counts.items())) or "none"
-    print(f"\n[eqdp-ray] study '{summary.study}': {summary.num_trials} trials ({counts}); store {summary.store}; "
-          f"experiment {summary.experiment_path}")
+    print(
+        f"\n[eqdp-ray] study '{summary.study}': {summary.num_trials} trials ({counts}); store {summary.store}; "
+        f"experiment {summary.experiment_path}"
+    )
     print("[eqdp-ray] top trials by validation accuracy (test accuracy is recorded, never used to select):")
     print(format_rows(summary.top))
     if summary.pareto:
@@ -63,14 +89,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `tune` subcommand to the top-level parser (called by eqdp_ray.cli)."""
     p = subparsers.add_parser("tune", help="search hyperparameters under a fixed privacy budget (Ray Tune + Optuna)")
     p.add_argument("space", help="search space YAML (see search_spaces/ and docs/SEARCH_SPACES.md)")
-    p.add_argument("--store", default="./eqdp-results", help="results store: local path or s3://, gs:// URI "
-                   "(default ./eqdp-results)")
+    p.add_argument(
+        "--store",
+        default="./eqdp-results",
+        help="results store: local path or s3://, gs:// URI (default ./eqdp-results)",
+    )
     p.add_argument("--address", default=None, help="Ray cluster address ('auto' or ray://...); default: a local Ray")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted study: finished trials are kept, "
-                   "unfinished and errored ones resume from their last checkpoint")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted study: finished trials are kept, "
+        "unfinished and errored ones resume from their last checkpoint",
+    )
     p.add_argument("--storage", default=None, help="Ray Tune experiment storage (default <store>/experiments)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a key of the space, e.g. num_samples=2, fixed.training.steps=50, "
-                        "search.training.lr.high=4")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a key of the space, e.g. num_samples=2, fixed.training.steps=50, search.training.lr.high=4",
+    )
     p.add_argument("--check", action="store_true", help="validate the space (and its privacy) and exit")
     p.set_defaults(handler=cmd_tune)

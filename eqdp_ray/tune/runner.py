@@ -6,6 +6,7 @@ side. Next to Tune's files we keep `eqdp-study.json`: the space as it was parsed
 it writes to, and (random-count searches) the number of trials that was drawn and the privacy
 of the search. `--resume` refuses to continue a study whose space or store has changed.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,9 +14,10 @@ import math
 import os
 import random
 import secrets
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 from eqdp_ray.train.cluster import ClusterError, check_writable, connect_ray
 from eqdp_ray.tune.search_privacy import SearchPrivacy, count_distribution, search_privacy
@@ -79,7 +81,7 @@ def default_storage(store: str) -> str:
     """Tune's experiment storage when --storage is not given: `<store>/experiments` (absolute if local)."""
     if "://" in store:
         return store.rstrip("/") + "/experiments"
-    return str((Path(store).expanduser().resolve() / "experiments"))
+    return str(Path(store).expanduser().resolve() / "experiments")
 
 
 def _fs(path: str) -> tuple[Any, str]:
@@ -134,8 +136,9 @@ def make_searcher(space: SearchSpace) -> Any:
 
     metric: Any = space.metrics if space.multi_objective else space.metrics[0]
     mode: Any = space.modes if space.multi_objective else space.modes[0]
-    return OptunaSearch(space=DefineByRun(space), metric=metric, mode=mode, sampler=_make_sampler(space),
-                        study_name=space.study)
+    return OptunaSearch(
+        space=DefineByRun(space), metric=metric, mode=mode, sampler=_make_sampler(space), study_name=space.study
+    )
 
 
 def make_scheduler(space: SearchSpace) -> Any:
@@ -144,8 +147,14 @@ def make_scheduler(space: SearchSpace) -> Any:
     from ray.tune.schedulers import ASHAScheduler
 
     s = space.scheduler
-    return ASHAScheduler(time_attr=s.time_attr, metric="val_accuracy", mode="max", max_t=s.max_t,
-                         grace_period=s.grace_period, reduction_factor=s.reduction_factor)
+    return ASHAScheduler(
+        time_attr=s.time_attr,
+        metric="val_accuracy",
+        mode="max",
+        max_t=s.max_t,
+        grace_period=s.grace_period,
+        reduction_factor=s.reduction_factor,
+    )
 
 
 def trial_dirname(trial: Any) -> str:
@@ -212,10 +221,12 @@ def _check_cluster(space: SearchSpace) -> None:
     have = ray.cluster_resources()
     need_cpu, need_gpu = r.workers * r.cpus_per_worker, r.workers * r.gpus_per_worker
     if have.get("CPU", 0) < need_cpu or have.get("GPU", 0) < need_gpu:
-        raise SpaceError(f"one trial needs {need_cpu:g} CPUs and {need_gpu:g} GPUs (resources: {r.workers} workers x "
-                         f"{r.cpus_per_worker:g} CPU, {r.gpus_per_worker:g} GPU) but the cluster has "
-                         f"{have.get('CPU', 0):g} CPUs and {have.get('GPU', 0):g} GPUs; lower the resources block or "
-                         "add nodes")
+        raise SpaceError(
+            f"one trial needs {need_cpu:g} CPUs and {need_gpu:g} GPUs (resources: {r.workers} workers x "
+            f"{r.cpus_per_worker:g} CPU, {r.gpus_per_worker:g} GPU) but the cluster has "
+            f"{have.get('CPU', 0):g} CPUs and {have.get('GPU', 0):g} GPUs; lower the resources block or "
+            "add nodes"
+        )
 
 
 def run_search(
@@ -255,49 +266,79 @@ def run_search(
 
     if resume:
         if saved is None or not tune.Tuner.can_restore(experiment):
-            raise SpaceError(f"nothing to resume: no study '{space.study}' at {experiment} (run it without --resume "
-                             "first, or pass the --storage it used)")
+            raise SpaceError(
+                f"nothing to resume: no study '{space.study}' at {experiment} (run it without --resume "
+                "first, or pass the --storage it used)"
+            )
         if _comparable(saved.get("space")) != _comparable(space.to_dict()):
-            raise SpaceError(f"the space of study '{space.study}' changed since it started ({experiment}); resume it "
-                             "with the same file and --set overrides, or start a new study name")
+            raise SpaceError(
+                f"the space of study '{space.study}' changed since it started ({experiment}); resume it "
+                "with the same file and --set overrides, or start a new study name"
+            )
         if saved.get("store") != store_uri:
-            raise SpaceError(f"study '{space.study}' writes to the store {saved.get('store')}; resume it with "
-                             f"--store {saved.get('store')}")
+            raise SpaceError(
+                f"study '{space.study}' writes to the store {saved.get('store')}; resume it with "
+                f"--store {saved.get('store')}"
+            )
     elif saved is not None or tune.Tuner.can_restore(experiment):
-        raise SpaceError(f"study '{space.study}' already has an experiment at {experiment}; pass --resume to "
-                         "continue it, or choose another study name (e.g. --set study=NEW)")
+        raise SpaceError(
+            f"study '{space.study}' already has an experiment at {experiment}; pass --resume to "
+            "continue it, or choose another study name (e.g. --set study=NEW)"
+        )
 
     privacy: SearchPrivacy | None = None
     if space.private_selection:
         privacy = plan_search_privacy(space, train_size)
         num_trials = int(saved["num_trials"]) if resume else _draw_trials(space)
         seeded = space.sampler.seed is not None
-        note = privacy.describe() + (" The sampler seed is fixed: the number of trials and the candidates are "
-                                     "predictable, so this run is reproducible but NOT private." if seeded else "")
+        note = privacy.describe() + (
+            " The sampler seed is fixed: the number of trials and the candidates are "
+            "predictable, so this run is reproducible but NOT private."
+            if seeded
+            else ""
+        )
     else:
         num_trials = int(space.num_samples)  # type: ignore[arg-type]
         how = ["adaptive TPE sampler" if space.sampler.type == "tpe" else "a fixed number of random trials"]
         if space.scheduler.type == "asha":
             how.append("adaptive ASHA early stopping")
-        note = ADAPTIVE_NOTE.format(how=", ".join(how), eps=space.privacy["target_epsilon"],
-                                    delta=space.privacy["delta"])
+        note = ADAPTIVE_NOTE.format(
+            how=", ".join(how), eps=space.privacy["target_epsilon"], delta=space.privacy["delta"]
+        )
     if not resume:
-        _write_study_file(experiment, {"space": space.to_dict(), "store": store_uri, "num_trials": num_trials,
-                                       "search_epsilon": privacy.epsilon if privacy else None,
-                                       "search_delta": privacy.delta if privacy else None})
-    log(f"[eqdp-ray] study '{space.study}': {len(space.search)} searched keys, {check.points_checked} sampled "
-        f"configs checked, {train_size} training examples; experiment at {experiment}")
+        _write_study_file(
+            experiment,
+            {
+                "space": space.to_dict(),
+                "store": store_uri,
+                "num_trials": num_trials,
+                "search_epsilon": privacy.epsilon if privacy else None,
+                "search_delta": privacy.delta if privacy else None,
+            },
+        )
+    log(
+        f"[eqdp-ray] study '{space.study}': {len(space.search)} searched keys, {check.points_checked} sampled "
+        f"configs checked, {train_size} training examples; experiment at {experiment}"
+    )
     log(f"[eqdp-ray] {note}")
 
     search_epsilon = privacy.epsilon if privacy else None
     if resume and saved.get("search_epsilon") is not None:
         search_epsilon = float(saved["search_epsilon"])  # every row of a study carries the same number
-    ctx = StudyContext(space=space, store_uri=store_uri, train_size=train_size, storage_path=storage,
-                       search_epsilon=search_epsilon, search_delta=privacy.delta if privacy else None,
-                       checkpoint_every_s=checkpoint_every_s)
+    ctx = StudyContext(
+        space=space,
+        store_uri=store_uri,
+        train_size=train_size,
+        storage_path=storage,
+        search_epsilon=search_epsilon,
+        search_delta=privacy.delta if privacy else None,
+        checkpoint_every_s=checkpoint_every_s,
+    )
     if num_trials == 0:
-        log("[eqdp-ray] the secret draw gave K=0 trials: the search ends without output, as the bound assumes. "
-            "Running it again is a second search whose privacy adds up.")
+        log(
+            "[eqdp-ray] the secret draw gave K=0 trials: the search ends without output, as the bound assumes. "
+            "Running it again is a second search whose privacy adds up."
+        )
         return _summarize(space, ctx, experiment, privacy, note, check)
 
     started_ray = _connect(address, space)
@@ -310,11 +351,17 @@ def run_search(
         else:
             tuner = tune.Tuner(
                 trainable,
-                tune_config=tune.TuneConfig(search_alg=make_searcher(space), scheduler=make_scheduler(space),
-                                            num_samples=num_trials, max_concurrent_trials=space.max_concurrent,
-                                            trial_dirname_creator=trial_dirname),
+                tune_config=tune.TuneConfig(
+                    search_alg=make_searcher(space),
+                    scheduler=make_scheduler(space),
+                    num_samples=num_trials,
+                    max_concurrent_trials=space.max_concurrent,
+                    trial_dirname_creator=trial_dirname,
+                ),
                 run_config=tune.RunConfig(
-                    name=space.study, storage_path=storage, callbacks=[StoreCallback(ctx)],
+                    name=space.study,
+                    storage_path=storage,
+                    callbacks=[StoreCallback(ctx)],
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                     failure_config=tune.FailureConfig(max_failures=0),
                 ),
@@ -339,6 +386,7 @@ def _comparable(space: Any) -> Any:
 
 def pareto_front(rows: list[dict[str, Any]], objectives: list[tuple[str, str]]) -> list[dict[str, Any]]:
     """Rows not dominated by any other (at least as good on every objective, better on one)."""
+
     def better_or_equal(a: dict[str, Any], b: dict[str, Any]) -> tuple[bool, bool]:
         ge, gt = True, False
         for metric, mode in objectives:
@@ -354,8 +402,9 @@ def pareto_front(rows: list[dict[str, Any]], objectives: list[tuple[str, str]]) 
     for r in usable:
         if not any(all(better_or_equal(o, r)) for o in usable if o is not r):
             front.append(r)
-    return sorted(front, key=lambda r: -float(r[objectives[0][0]]) if objectives[0][1] == "max"
-                  else float(r[objectives[0][0]]))
+    return sorted(
+        front, key=lambda r: -float(r[objectives[0][0]]) if objectives[0][1] == "max" else float(r[objectives[0][0]])
+    )
 
 
 def _isnan(x: Any) -> bool:
@@ -365,8 +414,9 @@ def _isnan(x: Any) -> bool:
         return True
 
 
-def _summarize(space: SearchSpace, ctx: Any, experiment: str, privacy: SearchPrivacy | None, note: str,
-               check: SpaceCheck) -> SearchSummary:
+def _summarize(
+    space: SearchSpace, ctx: Any, experiment: str, privacy: SearchPrivacy | None, note: str, check: SpaceCheck
+) -> SearchSummary:
     from eqdp_ray.results import ResultsStore, ResultsStoreError
 
     store = ResultsStore(ctx.store_uri)
@@ -380,9 +430,25 @@ def _summarize(space: SearchSpace, ctx: Any, experiment: str, privacy: SearchPri
     rankable = trials[trials["status"].isin(["completed", "stopped_early"])]
     rankable = rankable[rankable["best_val_accuracy"].notna()]
     top = rankable.sort_values(["best_val_accuracy", "trial_id"], ascending=[False, True]).head(5)
-    columns = [c for c in trials.columns if c in ("trial_id", "status", "best_val_accuracy", "final_val_accuracy",
-                                                  "test_accuracy", "epsilon", "steps", "sample_rate", "sigma",
-                                                  "num_params", "device_seconds", "params_json")]
+    columns = [
+        c
+        for c in trials.columns
+        if c
+        in (
+            "trial_id",
+            "status",
+            "best_val_accuracy",
+            "final_val_accuracy",
+            "test_accuracy",
+            "epsilon",
+            "steps",
+            "sample_rate",
+            "sigma",
+            "num_params",
+            "device_seconds",
+            "params_json",
+        )
+    ]
     top_rows = top[columns].to_dict("records")
     pareto: list[dict[str, Any]] = []
     if space.multi_objective:
@@ -390,12 +456,14 @@ def _summarize(space: SearchSpace, ctx: Any, experiment: str, privacy: SearchPri
         objectives = [(names.get(o.metric, o.metric), o.mode) for o in space.objectives]
         pareto = pareto_front(rankable.to_dict("records"), objectives)
         pareto = [{k: r.get(k) for k in columns} for r in pareto]
-    return SearchSummary(space.study, ctx.store_uri, experiment, len(trials), counts, top_rows, pareto, privacy,
-                         note, check)
+    return SearchSummary(
+        space.study, ctx.store_uri, experiment, len(trials), counts, top_rows, pareto, privacy, note, check
+    )
 
 
-def validate_space(space: str | Path | Mapping[str, Any] | SearchSpace, overrides: Iterable[str] = (), *,
-                   train_size: int | None = None) -> tuple[SearchSpace, SpaceCheck, SearchPrivacy | None]:
+def validate_space(
+    space: str | Path | Mapping[str, Any] | SearchSpace, overrides: Iterable[str] = (), *, train_size: int | None = None
+) -> tuple[SearchSpace, SpaceCheck, SearchPrivacy | None]:
     """Every check that `run_search` makes before starting Ray, without running anything."""
     space = load_space(space, overrides)
     size = train_size if train_size is not None else train_size_of(space)

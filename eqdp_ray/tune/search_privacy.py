@@ -25,13 +25,14 @@ statement is composition over all N trials (`composition_epsilon`), which is far
 
 Conventions: an RDP curve is an array of epsilons over an array of orders lambda > 1.
 """
+
 from __future__ import annotations
 
 import math
 import random
 import secrets
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 import numpy as np
 from opacus.accountants.analysis.rdp import compute_rdp
@@ -78,7 +79,7 @@ class TruncatedNegativeBinomial:
         return eta * (1 - gamma) / (gamma * (1 - gamma**eta))
 
     @classmethod
-    def with_mean(cls, mean: float, eta: float = 1.0) -> "TruncatedNegativeBinomial":
+    def with_mean(cls, mean: float, eta: float = 1.0) -> TruncatedNegativeBinomial:
         """The gamma whose E[K] is `mean` (E[K] falls from infinity to 1 as gamma goes from 0 to 1)."""
         if not mean > 1:
             raise ValueError(f"the mean number of trials must be > 1, got {mean}")
@@ -164,8 +165,9 @@ def count_distribution(distribution: str, mean: float, eta: float = 1.0) -> Trun
 
 def trial_rdp(noise_multiplier: float, sample_rate: float, steps: int, orders: Sequence[float] = ORDERS) -> np.ndarray:
     """RDP of one trial: `steps` Poisson-subsampled Gaussian steps (Mironov et al. 2019, via Opacus)."""
-    return np.asarray(compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier, steps=steps, orders=list(orders)),
-                      dtype=float)
+    return np.asarray(
+        compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier, steps=steps, orders=list(orders)), dtype=float
+    )
 
 
 def uniform_rdp(candidates: Iterable[tuple[float, float, int]], orders: Sequence[float] = ORDERS) -> np.ndarray:
@@ -292,5 +294,6 @@ def search_privacy(
         theorem, params = THEOREM_POISSON, {"mu": dist.mu}
     epsilon, order = rdp_to_dp(total, orders, delta)
     trial_epsilon, _ = rdp_to_dp(curve, orders, delta)
-    return SearchPrivacy(epsilon, delta, order, trial_epsilon, dist.mean, distribution, theorem, params,
-                         len(candidates))
+    return SearchPrivacy(
+        epsilon, delta, order, trial_epsilon, dist.mean, distribution, theorem, params, len(candidates)
+    )

@@ -11,6 +11,7 @@ A space is checked in two passes so that a mistake costs seconds, not a cluster 
 
 The schema is documented for users in docs/SEARCH_SPACES.md; keep the two in step.
 """
+
 from __future__ import annotations
 
 import copy
@@ -20,9 +21,10 @@ import json
 import math
 import re
 import typing
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import yaml
 
@@ -112,13 +114,22 @@ OBJECTIVE_METRICS = {"val_accuracy": "max", "num_params": "min", "device_seconds
 
 #: Pseudo-key: the Poisson sample rate q; the trial's expected batch is round(q * train size).
 SAMPLE_RATE = "sample_rate"
-_SIGMA_KEYS = {"sigma", "noise_multiplier", "privacy.sigma", "privacy.noise_multiplier", "training.sigma",
-               "training.noise_multiplier"}
+_SIGMA_KEYS = {
+    "sigma",
+    "noise_multiplier",
+    "privacy.sigma",
+    "privacy.noise_multiplier",
+    "training.sigma",
+    "training.noise_multiplier",
+}
 _BUDGET_KEYS = ("target_epsilon", "delta", "accountant")
-_NOT_SEARCHABLE = {"name": "the trial name is set by the study", "seed": "a searched seed would change the "
-                   "validation split between trials, so their validation accuracies would not be comparable",
-                   "device": "the device follows the resources block", "privacy.secret_seed": "the noise "
-                   "secret is never a hyperparameter"}
+_NOT_SEARCHABLE = {
+    "name": "the trial name is set by the study",
+    "seed": "a searched seed would change the "
+    "validation split between trials, so their validation accuracies would not be comparable",
+    "device": "the device follows the resources block",
+    "privacy.secret_seed": "the noise secret is never a hyperparameter",
+}
 _STUDY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 
@@ -285,8 +296,11 @@ CONFIG_KEYS = _config_keys()
 
 def _check_config_key(key: str, where: Path_, source: _Source) -> None:
     if key in _SIGMA_KEYS or key.rsplit(".", 1)[-1] in ("sigma", "noise_multiplier"):
-        raise source.error(where, "sigma (the noise multiplier) is never set or searched: every trial derives it "
-                           "from the fixed privacy budget, its own sample rate and its number of steps")
+        raise source.error(
+            where,
+            "sigma (the noise multiplier) is never set or searched: every trial derives it "
+            "from the fixed privacy budget, its own sample rate and its number of steps",
+        )
     if key == SAMPLE_RATE or key.startswith("model.options.") and len(key) > len("model.options."):
         return
     if key in ("model.options", "data", "privacy", "training", "model"):
@@ -299,19 +313,37 @@ def _check_config_key(key: str, where: Path_, source: _Source) -> None:
 
 def _check_not_budget(key: str, where: Path_, source: _Source, block: str) -> None:
     if key.startswith("privacy.") and key.split(".", 1)[1] in _BUDGET_KEYS:
-        raise source.error(where, f"'{key}' belongs to the privacy block: the budget is fixed for the whole study "
-                           f"and no trial may change it (remove it from '{block}')")
+        raise source.error(
+            where,
+            f"'{key}' belongs to the privacy block: the budget is fixed for the whole study "
+            f"and no trial may change it (remove it from '{block}')",
+        )
     if key.startswith("data."):
-        raise source.error(where, f"'{key}' belongs to the data block: every trial must see the same data and "
-                           f"validation split (remove it from '{block}')")
+        raise source.error(
+            where,
+            f"'{key}' belongs to the data block: every trial must see the same data and "
+            f"validation split (remove it from '{block}')",
+        )
 
 
 # ------------------------------------------------------------------------------------------
 # Parsing
 # ------------------------------------------------------------------------------------------
 
-_TOP_KEYS = ("study", "description", "privacy", "data", "fixed", "search", "resources", "sampler", "scheduler",
-             "num_samples", "max_concurrent", "objectives")
+_TOP_KEYS = (
+    "study",
+    "description",
+    "privacy",
+    "data",
+    "fixed",
+    "search",
+    "resources",
+    "sampler",
+    "scheduler",
+    "num_samples",
+    "max_concurrent",
+    "objectives",
+)
 
 
 def _mapping(value: Any, path: Path_, source: _Source, allowed: Iterable[str] | None = None) -> dict[str, Any]:
@@ -329,8 +361,15 @@ def _mapping(value: Any, path: Path_, source: _Source, allowed: Iterable[str] | 
     return dict(value)
 
 
-def _number(value: Any, path: Path_, source: _Source, *, integer: bool = False, positive: bool = False,
-            minimum: float | None = None) -> Any:
+def _number(
+    value: Any,
+    path: Path_,
+    source: _Source,
+    *,
+    integer: bool = False,
+    positive: bool = False,
+    minimum: float | None = None,
+) -> Any:
     if isinstance(value, str):
         try:
             value = yaml.safe_load(value) if integer else float(value)
@@ -358,15 +397,22 @@ def _bool(value: Any, path: Path_, source: _Source) -> bool:
 def _parse_distribution(key: str, spec: Any, source: _Source) -> Distribution:
     path = ("search", key)
     if not isinstance(spec, dict):
-        raise source.error(path, "a searched key needs a distribution, e.g. {type: categorical, choices: [a, b]} "
-                           "or {type: float, low: 0.1, high: 1.0, log: true}; to hold a value constant put it "
-                           "under 'fixed'")
+        raise source.error(
+            path,
+            "a searched key needs a distribution, e.g. {type: categorical, choices: [a, b]} "
+            "or {type: float, low: 0.1, high: 1.0, log: true}; to hold a value constant put it "
+            "under 'fixed'",
+        )
     kind = spec.get("type")
     if kind not in DISTRIBUTIONS:
         raise source.error(path + ("type",), f"type must be one of {', '.join(DISTRIBUTIONS)}, got {kind!r}")
     common = ("type", "when")
-    allowed = {"categorical": common + ("choices",), "int": common + ("low", "high", "step", "log"),
-               "float": common + ("low", "high", "step", "log"), "loguniform": common + ("low", "high")}[kind]
+    allowed = {
+        "categorical": common + ("choices",),
+        "int": common + ("low", "high", "step", "log"),
+        "float": common + ("low", "high", "step", "log"),
+        "loguniform": common + ("low", "high"),
+    }[kind]
     _mapping(spec, path, source, allowed)
     when = _parse_when(key, spec.get("when"), source)
     if kind == "categorical":
@@ -384,8 +430,9 @@ def _parse_distribution(key: str, spec: Any, source: _Source) -> Distribution:
     low = _number(spec["low"], path + ("low",), source, integer=integer)
     high = _number(spec["high"], path + ("high",), source, integer=integer)
     if low >= high:
-        raise source.error(path, f"empty range: low={low!r} must be below high={high!r} (to hold one value, put the "
-                           "key under 'fixed')")
+        raise source.error(
+            path, f"empty range: low={low!r} must be below high={high!r} (to hold one value, put the key under 'fixed')"
+        )
     log = kind == "loguniform" or _bool(spec.get("log", False), path + ("log",), source)
     step = spec.get("step")
     if step is not None:
@@ -404,8 +451,11 @@ def _parse_when(key: str, spec: Any, source: _Source) -> tuple[tuple[str, tuple[
         return ()
     path = ("search", key, "when")
     if not isinstance(spec, dict) or not spec:
-        raise source.error(path, "when: expects a mapping of config keys to a value or a list of values, "
-                           "e.g. when: {model.name: eq_resnet9}")
+        raise source.error(
+            path,
+            "when: expects a mapping of config keys to a value or a list of values, "
+            "e.g. when: {model.name: eq_resnet9}",
+        )
     out = []
     for parent, allowed in spec.items():
         values = tuple(_freeze(v) for v in allowed) if isinstance(allowed, list) else (_freeze(allowed),)
@@ -432,8 +482,10 @@ def _parse_count(value: Any, source: _Source) -> int | TrialCount:
         if not eta > -1:
             raise source.error(path + ("eta",), f"eta must be > -1, got {eta!r}")
         if mean <= 1:
-            raise source.error(path + ("mean",), "the truncated negative binomial always runs >= 1 trial: its "
-                               f"mean must be > 1, got {mean!r}")
+            raise source.error(
+                path + ("mean",),
+                f"the truncated negative binomial always runs >= 1 trial: its mean must be > 1, got {mean!r}",
+            )
     elif "eta" in value:
         raise source.error(path + ("eta",), "eta applies to the truncated negative binomial only")
     elif mean > 500:
@@ -446,8 +498,10 @@ def _parse_objectives(value: Any, source: _Source) -> tuple[Objective, ...]:
     if value is None:
         return (Objective("val_accuracy", "max"),)
     if not isinstance(value, list) or not value:
-        raise source.error(path, "objectives: expects a list such as [{metric: val_accuracy, mode: max}, "
-                           "{metric: num_params, mode: min}]")
+        raise source.error(
+            path,
+            "objectives: expects a list such as [{metric: val_accuracy, mode: max}, {metric: num_params, mode: min}]",
+        )
     out = []
     for i, item in enumerate(value):
         if isinstance(item, str):
@@ -456,8 +510,11 @@ def _parse_objectives(value: Any, source: _Source) -> tuple[Objective, ...]:
         item = _mapping(item, where, source, ("metric", "mode"))
         metric = item.get("metric")
         if metric == "test_accuracy":
-            raise source.error(where, "test_accuracy never drives the search: selection uses the validation split "
-                               "only (the test accuracy of every trial is recorded in the results store)")
+            raise source.error(
+                where,
+                "test_accuracy never drives the search: selection uses the validation split "
+                "only (the test accuracy of every trial is recorded in the results store)",
+            )
         if metric not in OBJECTIVE_METRICS:
             raise source.error(where, f"unknown metric {metric!r}; choose from {', '.join(OBJECTIVE_METRICS)}")
         mode = item.get("mode", OBJECTIVE_METRICS[metric])
@@ -472,30 +529,37 @@ def _parse_objectives(value: Any, source: _Source) -> tuple[Objective, ...]:
     return tuple(out)
 
 
-def _dependency_order(search: dict[str, Distribution], fixed: Mapping[str, Any], source: _Source) -> dict[str, Distribution]:
+def _dependency_order(
+    search: dict[str, Distribution], fixed: Mapping[str, Any], source: _Source
+) -> dict[str, Distribution]:
     """Order keys so that every condition refers to keys decided before it (define-by-run needs this)."""
     for key, dist in search.items():
         for parent, _ in dist.when:
             if parent == key:
                 raise source.error(("search", key, "when"), "a key cannot depend on itself")
             if parent not in search and parent not in fixed and parent not in CONDITION_DEFAULTS:
-                raise source.error(("search", key, "when", parent), f"condition on '{parent}', which is neither "
-                                   "searched nor fixed in this space")
+                raise source.error(
+                    ("search", key, "when", parent),
+                    f"condition on '{parent}', which is neither searched nor fixed in this space",
+                )
     ordered: dict[str, Distribution] = {}
     pending = dict(search)
     while pending:
         ready = [k for k, d in pending.items() if all(p not in pending for p, _ in d.when)]
         if not ready:
-            raise source.error(("search", next(iter(pending)), "when"), "conditions form a cycle: "
-                               + ", ".join(sorted(pending)))
+            raise source.error(
+                ("search", next(iter(pending)), "when"), "conditions form a cycle: " + ", ".join(sorted(pending))
+            )
         for key in ready:
             ordered[key] = pending.pop(key)
     return ordered
 
 
 #: Defaults of RunConfig that conditions may refer to without fixing them.
-CONDITION_DEFAULTS: dict[str, Any] = {"model.name": RunConfig().model.name,
-                                      "training.optimizer": RunConfig().training.optimizer}
+CONDITION_DEFAULTS: dict[str, Any] = {
+    "model.name": RunConfig().model.name,
+    "training.optimizer": RunConfig().training.optimizer,
+}
 
 
 def parse_space(data: Mapping[str, Any], source: _Source | None = None) -> SearchSpace:
@@ -505,8 +569,11 @@ def parse_space(data: Mapping[str, Any], source: _Source | None = None) -> Searc
 
     study = data.get("study")
     if not isinstance(study, str) or not _STUDY_RE.match(study):
-        raise source.error(("study",), "every space needs a study name of letters, digits, '_', '.' or '-' "
-                           f"(rows in the results store are grouped by it), got {study!r}")
+        raise source.error(
+            ("study",),
+            "every space needs a study name of letters, digits, '_', '.' or '-' "
+            f"(rows in the results store are grouped by it), got {study!r}",
+        )
     description = data.get("description") or ""
 
     privacy = _mapping(data.get("privacy"), ("privacy",), source)
@@ -514,10 +581,15 @@ def parse_space(data: Mapping[str, Any], source: _Source | None = None) -> Searc
         if key in ("sigma", "noise_multiplier"):
             _check_config_key(key, ("privacy", key), source)
         if key not in _BUDGET_KEYS:
-            hint = (" (the clip norm is a training choice: put 'privacy.max_grad_norm' under fixed or search)"
-                    if key == "max_grad_norm" else "")
-            raise source.error(("privacy", key), f"unknown key; the privacy block holds only the budget: "
-                               f"{', '.join(_BUDGET_KEYS)}{hint}")
+            hint = (
+                " (the clip norm is a training choice: put 'privacy.max_grad_norm' under fixed or search)"
+                if key == "max_grad_norm"
+                else ""
+            )
+            raise source.error(
+                ("privacy", key),
+                f"unknown key; the privacy block holds only the budget: {', '.join(_BUDGET_KEYS)}{hint}",
+            )
     for key in ("target_epsilon", "delta"):
         if key not in privacy:
             raise source.error(("privacy",), f"the privacy block needs '{key}': the budget is fixed for the study")
@@ -542,8 +614,9 @@ def parse_space(data: Mapping[str, Any], source: _Source | None = None) -> Searc
         if key in _NOT_SEARCHABLE:
             raise source.error(("search", key), f"cannot be searched: {_NOT_SEARCHABLE[key]}")
         if key in fixed:
-            raise source.error(("search", key), f"is both fixed (line {source.lines.get(('fixed', key), '?')}) and "
-                               "searched; keep one")
+            raise source.error(
+                ("search", key), f"is both fixed (line {source.lines.get(('fixed', key), '?')}) and searched; keep one"
+            )
         search[key] = _parse_distribution(key, spec, source)
     for a, b in (("training.batch_size", SAMPLE_RATE), ("training.steps", "training.epochs")):
         both = [k for k in (a, b) if k in search or k in fixed]
@@ -557,10 +630,12 @@ def parse_space(data: Mapping[str, Any], source: _Source | None = None) -> Searc
     res = _mapping(data.get("resources"), ("resources",), source, ("workers", "cpus_per_worker", "gpus_per_worker"))
     resources = Resources(
         workers=_number(res.get("workers", 1), ("resources", "workers"), source, integer=True, minimum=1),
-        cpus_per_worker=float(_number(res.get("cpus_per_worker", 1), ("resources", "cpus_per_worker"), source,
-                                      positive=True)),
-        gpus_per_worker=float(_number(res.get("gpus_per_worker", 0), ("resources", "gpus_per_worker"), source,
-                                      minimum=0)),
+        cpus_per_worker=float(
+            _number(res.get("cpus_per_worker", 1), ("resources", "cpus_per_worker"), source, positive=True)
+        ),
+        gpus_per_worker=float(
+            _number(res.get("gpus_per_worker", 0), ("resources", "gpus_per_worker"), source, minimum=0)
+        ),
     )
 
     num_samples = _parse_count(data.get("num_samples", 10), source)
@@ -578,11 +653,16 @@ def parse_space(data: Mapping[str, Any], source: _Source | None = None) -> Searc
         if sampler_type != "tpe":
             raise source.error(("sampler", "n_startup_trials"), "applies to the tpe sampler only")
         startup = _number(startup, ("sampler", "n_startup_trials"), source, integer=True, minimum=0)
-    sampler = Sampler(sampler_type, seed, _bool(smp.get("multivariate", True), ("sampler", "multivariate"), source),
-                      startup)
+    sampler = Sampler(
+        sampler_type, seed, _bool(smp.get("multivariate", True), ("sampler", "multivariate"), source), startup
+    )
 
-    sch = _mapping(data.get("scheduler"), ("scheduler",), source,
-                   ("type", "grace_period", "reduction_factor", "max_t", "time_attr"))
+    sch = _mapping(
+        data.get("scheduler"),
+        ("scheduler",),
+        source,
+        ("type", "grace_period", "reduction_factor", "max_t", "time_attr"),
+    )
     default_scheduler = "none" if (len(objectives) > 1 or isinstance(num_samples, TrialCount)) else "asha"
     sched_type = sch.get("type", default_scheduler)
     if sched_type not in SCHEDULERS:
@@ -600,32 +680,56 @@ def parse_space(data: Mapping[str, Any], source: _Source | None = None) -> Searc
         if scheduler.grace_period > scheduler.max_t:
             raise source.error(("scheduler", "grace_period"), f"must not exceed max_t={scheduler.max_t}")
         if scheduler.time_attr not in ("training_iteration", "step", "epoch"):
-            raise source.error(("scheduler", "time_attr"), "must be training_iteration (validation passes), step or "
-                               f"epoch, got {scheduler.time_attr!r}")
+            raise source.error(
+                ("scheduler", "time_attr"),
+                f"must be training_iteration (validation passes), step or epoch, got {scheduler.time_attr!r}",
+            )
     if len(objectives) > 1 and scheduler.type == "asha":
-        raise source.error(("scheduler", "type"), "ASHA stops trials on a single metric and cannot rank a "
-                           f"multi-objective search ({', '.join(o.metric for o in objectives)}); set scheduler: "
-                           "{type: none} or use one objective")
+        raise source.error(
+            ("scheduler", "type"),
+            "ASHA stops trials on a single metric and cannot rank a "
+            f"multi-objective search ({', '.join(o.metric for o in objectives)}); set scheduler: "
+            "{type: none} or use one objective",
+        )
 
     if isinstance(num_samples, TrialCount):
         if sampler.type != "random":
-            raise source.error(("sampler", "type"), "a random number of trials (the Papernot-Steinke bound) needs "
-                               "sampler type random: an adaptive sampler like TPE is not covered by that bound")
+            raise source.error(
+                ("sampler", "type"),
+                "a random number of trials (the Papernot-Steinke bound) needs "
+                "sampler type random: an adaptive sampler like TPE is not covered by that bound",
+            )
         if scheduler.type != "none":
-            raise source.error(("scheduler", "type"), "a random number of trials (the Papernot-Steinke bound) needs "
-                               "scheduler type none: early stopping makes trials depend on each other")
+            raise source.error(
+                ("scheduler", "type"),
+                "a random number of trials (the Papernot-Steinke bound) needs "
+                "scheduler type none: early stopping makes trials depend on each other",
+            )
         if len(objectives) > 1:
-            raise source.error(("objectives",), "the Papernot-Steinke bound covers releasing the single best trial "
-                               "of a totally ordered objective; use one objective")
+            raise source.error(
+                ("objectives",),
+                "the Papernot-Steinke bound covers releasing the single best trial "
+                "of a totally ordered objective; use one objective",
+            )
 
     max_concurrent = data.get("max_concurrent")
     if max_concurrent is not None:
         max_concurrent = _number(max_concurrent, ("max_concurrent",), source, integer=True, minimum=1)
 
     return SearchSpace(
-        study=study, description=str(description), privacy=privacy, data=data_block, fixed=fixed, search=search,
-        resources=resources, sampler=sampler, scheduler=scheduler, num_samples=num_samples,
-        max_concurrent=max_concurrent, objectives=objectives, source=source.name,
+        study=study,
+        description=str(description),
+        privacy=privacy,
+        data=data_block,
+        fixed=fixed,
+        search=search,
+        resources=resources,
+        sampler=sampler,
+        scheduler=scheduler,
+        num_samples=num_samples,
+        max_concurrent=max_concurrent,
+        objectives=objectives,
+        source=source.name,
     )
 
 
@@ -655,8 +759,10 @@ def apply_space_overrides(data: dict[str, Any], overrides: Iterable[str], source
                     if isinstance(value, dict):  # a whole new distribution: search.<key>={type: ...}
                         parts = [".".join(parts)]
                         break
-                    raise SpaceError(f"--set {key}: no searched key matches '{'.'.join(parts)}'; add it to the space "
-                                     "file, or set a whole distribution as search.<key>={type: ..., ...}")
+                    raise SpaceError(
+                        f"--set {key}: no searched key matches '{'.'.join(parts)}'; add it to the space "
+                        "file, or set a whole distribution as search.<key>={type: ..., ...}"
+                    )
                 if i == len(parts):
                     parts = [candidate]
                     break
@@ -712,7 +818,9 @@ def resolve_params(space: SearchSpace, params: Mapping[str, Any]) -> dict[str, A
     return out
 
 
-def trial_config(space: SearchSpace, params: Mapping[str, Any], train_size: int, *, name: str | None = None) -> RunConfig:
+def trial_config(
+    space: SearchSpace, params: Mapping[str, Any], train_size: int, *, name: str | None = None
+) -> RunConfig:
     """The RunConfig of one trial: defaults, then data/privacy blocks, fixed keys, sampled keys."""
     data: dict[str, Any] = {"name": name or space.study, "data": dict(space.data), "privacy": dict(space.privacy)}
     if space.resources.gpus_per_worker == 0 and "device" not in space.fixed:
@@ -872,13 +980,16 @@ def check_space(space: SearchSpace, train_size: int) -> SpaceCheck:
             resolve_options(config.model.name, **config.model.options)  # names only: building takes seconds
         except (ConfigError, ValueError) as exc:
             keys = ", ".join(f"{k}={v!r}" for k, v in params.items()) or "(nothing searched)"
-            raise SpaceError(f"{space.source + ': ' if space.source else ''}the trial config at {keys} is invalid: "
-                             f"{exc}") from None
+            raise SpaceError(
+                f"{space.source + ': ' if space.source else ''}the trial config at {keys} is invalid: {exc}"
+            ) from None
         if config.training.batch_size > train_size:
             which = SAMPLE_RATE if SAMPLE_RATE in params else "training.batch_size"
-            raise SpaceError(f"{space.source + ': ' if space.source else ''}'{which}' reaches an expected batch of "
-                             f"{config.training.batch_size}, more than the {train_size} training examples of "
-                             f"{space.data.get('name')}; lower it")
+            raise SpaceError(
+                f"{space.source + ': ' if space.source else ''}'{which}' reaches an expected batch of "
+                f"{config.training.batch_size}, more than the {train_size} training examples of "
+                f"{space.data.get('name')}; lower it"
+            )
 
     p = space.privacy
     corners = privacy_corners(space, train_size)
@@ -948,7 +1059,13 @@ def train_size_of(space: SearchSpace) -> int:
     from eqdp_ray.data import load_dataset
 
     d = dict(space.data)
-    data = load_dataset(d["name"], d.get("root"), download=bool(d.get("download", False)),
-                        val_size=d.get("val_size", 0.1), seed=int(space.fixed.get("seed", 0)),
-                        train_subset=d.get("train_subset"), test_subset=d.get("test_subset"))
+    data = load_dataset(
+        d["name"],
+        d.get("root"),
+        download=bool(d.get("download", False)),
+        val_size=d.get("val_size", 0.1),
+        seed=int(space.fixed.get("seed", 0)),
+        train_subset=d.get("train_subset"),
+        test_subset=d.get("test_subset"),
+    )
     return len(data.train_y)

@@ -11,6 +11,7 @@ Who writes which row to the results store, and why:
 The store keeps the latest row of each (study, trial_id), so a restored trial that writes
 again replaces its earlier row instead of adding one.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -18,9 +19,10 @@ import json
 import math
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from ray import tune
 
@@ -87,14 +89,20 @@ def history_rows(ctx: StudyContext, trial_id: str, records: list[Mapping[str, An
     for r in records:
         if "val_accuracy" not in r or "step" not in r:
             continue
-        rows.append({
-            "study": ctx.space.study, "trial_id": trial_id,
-            "epoch": int(math.floor(float(r.get("epoch", 0)) + 1e-9)), "step": int(r["step"]),
-            "train_loss": r.get("train_loss"), "train_accuracy": r.get("train_accuracy"),
-            "val_accuracy": r.get("val_accuracy"), "epsilon": r.get("epsilon"),
-            "samples_per_s": r.get("samples_per_s"),
-            "timestamp": _dt.datetime.fromtimestamp(float(r.get("timestamp") or time.time()), _dt.timezone.utc),
-        })
+        rows.append(
+            {
+                "study": ctx.space.study,
+                "trial_id": trial_id,
+                "epoch": int(math.floor(float(r.get("epoch", 0)) + 1e-9)),
+                "step": int(r["step"]),
+                "train_loss": r.get("train_loss"),
+                "train_accuracy": r.get("train_accuracy"),
+                "val_accuracy": r.get("val_accuracy"),
+                "epsilon": r.get("epsilon"),
+                "samples_per_s": r.get("samples_per_s"),
+                "timestamp": _dt.datetime.fromtimestamp(float(r.get("timestamp") or time.time()), _dt.timezone.utc),
+            }
+        )
     return rows
 
 
@@ -139,18 +147,41 @@ def run_trial(params: dict[str, Any], ctx: StudyContext) -> None:
     devices = devices_per_trial(space)
 
     d = config.data
-    data = load_dataset(d.name, d.root, download=d.download, val_size=d.val_size, seed=config.seed,
-                        train_subset=d.train_subset, test_subset=d.test_subset)
+    data = load_dataset(
+        d.name,
+        d.root,
+        download=d.download,
+        val_size=d.val_size,
+        seed=config.seed,
+        train_subset=d.train_subset,
+        test_subset=d.test_subset,
+    )
     steps, sample_rate = steps_and_rate(config, len(data.train_y))
     p = config.privacy
-    base = {"sample_rate": sample_rate, "planned_steps": steps, "started_at": started_at,
-            "params_json": json.dumps(resolve_params(space, params), default=str)}
+    base = {
+        "sample_rate": sample_rate,
+        "planned_steps": steps,
+        "started_at": started_at,
+        "params_json": json.dumps(resolve_params(space, params), default=str),
+    }
     try:
         plan = plan_privacy(p.target_epsilon, p.delta, sample_rate, steps, p.accountant)
     except PrivacyBudgetError as exc:
-        store.write_trial(trial_row(ctx, trial_id, "failed", config, **base, steps=0, epsilon=0.0,
-                                    finished_at=_now(), error=f"infeasible: {exc}", wall_time_s=0.0,
-                                    device_seconds=0.0))
+        store.write_trial(
+            trial_row(
+                ctx,
+                trial_id,
+                "failed",
+                config,
+                **base,
+                steps=0,
+                epsilon=0.0,
+                finished_at=_now(),
+                error=f"infeasible: {exc}",
+                wall_time_s=0.0,
+                device_seconds=0.0,
+            )
+        )
         tune.report({**_penalty(space), "step": 0, "total_steps": steps, "infeasible": True, FINAL: True})
         return
     base["sigma"] = plan.noise_multiplier
@@ -165,12 +196,21 @@ def run_trial(params: dict[str, Any], ctx: StudyContext) -> None:
         best_val = max(best_val, float(record["val_accuracy"]))
         wall = elapsed_before + time.time() - clock
         return {
-            "val_accuracy": float(record["val_accuracy"]), "best_val_accuracy": best_val,
-            "epsilon": float(record["epsilon"]), "step": int(record["step"]), "total_steps": steps,
-            "epoch": float(record["epoch"]), "train_loss": float(record["train_loss"]),
-            "train_accuracy": float(record["train_accuracy"]), "samples_per_s": float(record["samples_per_s"]),
-            "sigma": plan.noise_multiplier, "sample_rate": sample_rate, "num_params": num_params,
-            "wall_time_s": wall, "device_seconds": wall * devices, "timestamp": time.time(),
+            "val_accuracy": float(record["val_accuracy"]),
+            "best_val_accuracy": best_val,
+            "epsilon": float(record["epsilon"]),
+            "step": int(record["step"]),
+            "total_steps": steps,
+            "epoch": float(record["epoch"]),
+            "train_loss": float(record["train_loss"]),
+            "train_accuracy": float(record["train_accuracy"]),
+            "samples_per_s": float(record["samples_per_s"]),
+            "sigma": plan.noise_multiplier,
+            "sample_rate": sample_rate,
+            "num_params": num_params,
+            "wall_time_s": wall,
+            "device_seconds": wall * devices,
+            "timestamp": time.time(),
         }
 
     last_checkpoint = [clock]
@@ -186,8 +226,9 @@ def run_trial(params: dict[str, Any], ctx: StudyContext) -> None:
             return
         with tempfile.TemporaryDirectory() as directory:
             torch.save(state.state_dict(), Path(directory) / CHECKPOINT_FILE)
-            Path(directory, META_FILE).write_text(json.dumps({"elapsed_s": m["wall_time_s"],
-                                                              "started_at": started_at.isoformat()}))
+            Path(directory, META_FILE).write_text(
+                json.dumps({"elapsed_s": m["wall_time_s"], "started_at": started_at.isoformat()})
+            )
             tune.report(m, checkpoint=tune.Checkpoint.from_directory(directory))
         last_checkpoint[0] = time.time()
 
@@ -205,21 +246,44 @@ def run_trial(params: dict[str, Any], ctx: StudyContext) -> None:
     wall = elapsed_before + time.time() - clock
     history = result.get("history") or []
     final = dict(last) if last else (metrics(history[-1], int(result["num_params"])) if history else {})
-    final.update({"val_accuracy": float(result["val_accuracy"]), "step": int(result["steps"]),
-                  "epsilon": float(result["epsilon"]), "num_params": int(result["num_params"]),
-                  "sigma": plan.noise_multiplier, "sample_rate": sample_rate, "total_steps": steps,
-                  "wall_time_s": wall, "device_seconds": wall * devices})
+    final.update(
+        {
+            "val_accuracy": float(result["val_accuracy"]),
+            "step": int(result["steps"]),
+            "epsilon": float(result["epsilon"]),
+            "num_params": int(result["num_params"]),
+            "sigma": plan.noise_multiplier,
+            "sample_rate": sample_rate,
+            "total_steps": steps,
+            "wall_time_s": wall,
+            "device_seconds": wall * devices,
+        }
+    )
     seen = [float(h["val_accuracy"]) for h in history]
     final["best_val_accuracy"] = max([float(result["best_val_accuracy"]), final["val_accuracy"], *seen])
     status = "completed" if final["step"] >= steps else "stopped_early"
     store.write_history(history_rows(ctx, trial_id, result.get("history", [])))
-    store.write_trial(trial_row(
-        ctx, trial_id, status, config, **base, steps=final["step"], epsilon=final["epsilon"],
-        best_val_accuracy=final["best_val_accuracy"], final_val_accuracy=final["val_accuracy"],
-        test_accuracy=result.get("test_accuracy"), num_params=final["num_params"], wall_time_s=wall,
-        device_seconds=final["device_seconds"], finished_at=_now(), group=result.get("group"),
-        noise_source=result.get("noise_source"), workers=space.resources.workers,
-    ))
+    store.write_trial(
+        trial_row(
+            ctx,
+            trial_id,
+            status,
+            config,
+            **base,
+            steps=final["step"],
+            epsilon=final["epsilon"],
+            best_val_accuracy=final["best_val_accuracy"],
+            final_val_accuracy=final["val_accuracy"],
+            test_accuracy=result.get("test_accuracy"),
+            num_params=final["num_params"],
+            wall_time_s=wall,
+            device_seconds=final["device_seconds"],
+            finished_at=_now(),
+            group=result.get("group"),
+            noise_source=result.get("noise_source"),
+            workers=space.resources.workers,
+        )
+    )
     final[FINAL] = True
     final.pop("test_accuracy", None)  # never shown to the searcher
     tune.report(final)
@@ -247,9 +311,15 @@ def _train_distributed(ctx: StudyContext, config: RunConfig, trial_id: str, *, m
     r = ctx.space.resources
     with tempfile.TemporaryDirectory() as output:
         return train_distributed(
-            config, workers=r.workers, gpus_per_worker=r.gpus_per_worker, cpus_per_worker=r.cpus_per_worker,
-            storage=f"{ctx.storage_path.rstrip('/')}/{ctx.space.study}-train", output_dir=output,
-            callbacks=[EpochsToTune()], run_name=f"{ctx.space.study}-{trial_id}", log=print,
+            config,
+            workers=r.workers,
+            gpus_per_worker=r.gpus_per_worker,
+            cpus_per_worker=r.cpus_per_worker,
+            storage=f"{ctx.storage_path.rstrip('/')}/{ctx.space.study}-train",
+            output_dir=output,
+            callbacks=[EpochsToTune()],
+            run_name=f"{ctx.space.study}-{trial_id}",
+            log=print,
         )
 
 
@@ -281,8 +351,16 @@ class StoreCallback(tune.Callback):
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         if "val_accuracy" in result and not result.get(FINAL) and not result.get("infeasible"):
-            keep = ("val_accuracy", "epsilon", "step", "epoch", "train_loss", "train_accuracy", "samples_per_s",
-                    "timestamp")
+            keep = (
+                "val_accuracy",
+                "epsilon",
+                "step",
+                "epoch",
+                "train_loss",
+                "train_accuracy",
+                "samples_per_s",
+                "timestamp",
+            )
             self.history.setdefault(trial.trial_id, []).append({k: result.get(k) for k in keep})
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -290,8 +368,11 @@ class StoreCallback(tune.Callback):
         if last.get(FINAL):
             self.history.pop(trial.trial_id, None)
             return
-        self._write(trial, "stopped_early" if "val_accuracy" in last else "failed",
-                    None if "val_accuracy" in last else "ended before its first validation pass")
+        self._write(
+            trial,
+            "stopped_early" if "val_accuracy" in last else "failed",
+            None if "val_accuracy" in last else "ended before its first validation pass",
+        )
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._write(trial, "failed", _error_text(trial))
@@ -307,17 +388,27 @@ class StoreCallback(tune.Callback):
         if rows:
             store.write_history(rows)
         has_metrics = "val_accuracy" in last and not last.get("infeasible")
-        store.write_trial(trial_row(
-            ctx, trial.trial_id, status, config,
-            sigma=last.get("sigma"), sample_rate=last.get("sample_rate"), steps=last.get("step"),
-            planned_steps=last.get("total_steps"), epsilon=last.get("epsilon"),
-            best_val_accuracy=last.get("best_val_accuracy") if has_metrics else None,
-            final_val_accuracy=last.get("val_accuracy") if has_metrics else None,
-            num_params=last.get("num_params") if has_metrics else None,
-            wall_time_s=last.get("wall_time_s"), device_seconds=last.get("device_seconds"),
-            finished_at=_now(), error=error,
-            params_json=json.dumps(resolve_params(ctx.space, trial.config), default=str),
-        ))
+        store.write_trial(
+            trial_row(
+                ctx,
+                trial.trial_id,
+                status,
+                config,
+                sigma=last.get("sigma"),
+                sample_rate=last.get("sample_rate"),
+                steps=last.get("step"),
+                planned_steps=last.get("total_steps"),
+                epsilon=last.get("epsilon"),
+                best_val_accuracy=last.get("best_val_accuracy") if has_metrics else None,
+                final_val_accuracy=last.get("val_accuracy") if has_metrics else None,
+                num_params=last.get("num_params") if has_metrics else None,
+                wall_time_s=last.get("wall_time_s"),
+                device_seconds=last.get("device_seconds"),
+                finished_at=_now(),
+                error=error,
+                params_json=json.dumps(resolve_params(ctx.space, trial.config), default=str),
+            )
+        )
 
     def get_state(self) -> dict[str, Any]:
         return {"history": self.history}
@@ -330,5 +421,13 @@ def is_final(result: Mapping[str, Any]) -> bool:
     return bool(result.get(FINAL))
 
 
-__all__ = ["StudyContext", "StoreCallback", "run_trial", "trial_row", "history_rows", "devices_per_trial",
-           "FINAL", "is_final"]
+__all__ = [
+    "StudyContext",
+    "StoreCallback",
+    "run_trial",
+    "trial_row",
+    "history_rows",
+    "devices_per_trial",
+    "FINAL",
+    "is_final",
+]

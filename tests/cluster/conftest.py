@@ -27,6 +27,7 @@ runs inside new PID and mount namespaces (``unshare``), with the user's home dir
 by a temp dir inside them. ``ray up``/``ray down`` run ``ray stop`` on the head over SSH; inside
 the PID namespace it can see and kill only the processes of that namespace.
 """
+
 from __future__ import annotations
 
 import json
@@ -41,9 +42,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import pytest
 
@@ -71,7 +72,7 @@ def _stat(pid: int) -> tuple[str, int, int, int] | None:
         raw = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    fields = raw[raw.rindex(")") + 2:].split()  # fields[0] is field 3 of proc(5)
+    fields = raw[raw.rindex(")") + 2 :].split()  # fields[0] is field 3 of proc(5)
     return fields[0], int(fields[1]), int(fields[2]), int(fields[19])
 
 
@@ -140,8 +141,10 @@ def terminate(procs: Iterable[Proc], grace_s: float = 10.0) -> set[Proc]:
         time.sleep(0.2)
     stubborn = {p for p in procs if alive(p)}
     if stubborn:
-        print(f"[cluster fixture] SIGKILL after {grace_s:g}s: {[(p[0], _cmdline(p[0])[:100]) for p in stubborn]}",
-              file=sys.stderr)
+        print(
+            f"[cluster fixture] SIGKILL after {grace_s:g}s: {[(p[0], _cmdline(p[0])[:100]) for p in stubborn]}",
+            file=sys.stderr,
+        )
     for proc in stubborn:
         _signal(proc, signal.SIGKILL)
     time.sleep(0.5)
@@ -149,6 +152,7 @@ def terminate(procs: Iterable[Proc], grace_s: float = 10.0) -> set[Proc]:
 
 
 # --------------------------------------------------------------------------- helpers
+
 
 def free_ports(n: int) -> list[int]:
     """`n` distinct TCP ports that are free right now (all held open until every one is picked)."""
@@ -188,12 +192,14 @@ def clean_env(root: Path, token_path: Path | None, *, home: Path) -> dict[str, s
     return env
 
 
-def run(cmd: Sequence[str], *, env: dict[str, str], timeout: float, cwd: Path = REPO_ROOT,
-        check: bool = False) -> subprocess.CompletedProcess:
+def run(
+    cmd: Sequence[str], *, env: dict[str, str], timeout: float, cwd: Path = REPO_ROOT, check: bool = False
+) -> subprocess.CompletedProcess:
     """Run a command, stdout and stderr merged into `.stdout`; a timeout is reported as rc 124."""
     try:
-        proc = subprocess.run(list(cmd), env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True, timeout=timeout)
+        proc = subprocess.run(
+            list(cmd), env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout
+        )
     except subprocess.TimeoutExpired as exc:
         out = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else (exc.stdout or "")
         proc = subprocess.CompletedProcess(list(cmd), 124, out + f"\n[timed out after {timeout:.0f}s]")
@@ -207,7 +213,7 @@ def json_array(text: str) -> list:
     match = re.search(r"^\[", text, flags=re.MULTILINE)
     if match is None:
         raise AssertionError(f"no JSON array in the output:\n{tail(text)}")
-    return json.loads(text[match.start():])
+    return json.loads(text[match.start() :])
 
 
 def tail(text: str, lines: int = 80) -> str:
@@ -223,8 +229,10 @@ def _wait_for_line(proc: subprocess.Popen, log: Path, needle: str, timeout: floa
         if proc.poll() is not None:
             raise RuntimeError(f"`{' '.join(proc.args)}` exited with {proc.returncode}:\n{tail(text)}")
         time.sleep(0.5)
-    raise RuntimeError(f"`{' '.join(proc.args)}` did not print {needle!r} within {timeout:.0f}s:\n"
-                       f"{tail(log.read_text(errors='replace') if log.exists() else '')}")
+    raise RuntimeError(
+        f"`{' '.join(proc.args)}` did not print {needle!r} within {timeout:.0f}s:\n"
+        f"{tail(log.read_text(errors='replace') if log.exists() else '')}"
+    )
 
 
 def skip_unless_linux() -> None:
@@ -233,6 +241,7 @@ def skip_unless_linux() -> None:
 
 
 # --------------------------------------------------------------------------- the multi-node cluster
+
 
 @dataclass
 class LocalCluster:
@@ -249,8 +258,9 @@ class LocalCluster:
     def dashboard(self) -> str:
         return f"http://127.0.0.1:{self.dashboard_port}"
 
-    def ray(self, *args: str, timeout: float = 120, env: dict[str, str] | None = None,
-            check: bool = False) -> subprocess.CompletedProcess:
+    def ray(
+        self, *args: str, timeout: float = 120, env: dict[str, str] | None = None, check: bool = False
+    ) -> subprocess.CompletedProcess:
         """`ray ARGS` as a client of this cluster (token and auth mode in the environment)."""
         return run([RAY, *args], env=env or self.env, timeout=timeout, check=check)
 
@@ -258,10 +268,22 @@ class LocalCluster:
         log = self.root / f"{name}.log"
         with open(log, "wb") as out:
             # --block: `ray start` stays the parent of the node's processes, in a process group of its own.
-            proc = subprocess.Popen([RAY, "start", "--block", "--log-style=record", "--disable-usage-stats",
-                                     f"--object-store-memory={OBJECT_STORE_BYTES}", *args],
-                                    stdout=out, stderr=subprocess.STDOUT, env=self.env, cwd=self.root,
-                                    start_new_session=True)
+            proc = subprocess.Popen(
+                [
+                    RAY,
+                    "start",
+                    "--block",
+                    "--log-style=record",
+                    "--disable-usage-stats",
+                    f"--object-store-memory={OBJECT_STORE_BYTES}",
+                    *args,
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                cwd=self.root,
+                start_new_session=True,
+            )
         self.nodes.append(proc)
         _wait_for_line(proc, log, "Ray runtime started", START_TIMEOUT_S)
 
@@ -297,23 +319,46 @@ def start_local_cluster(head_cpus: int = 1, worker_cpus: int = 2) -> LocalCluste
     token_path.write_text(token)
     token_path.chmod(0o600)
     ports = free_ports(12)
-    cluster = LocalCluster(root=root, env=clean_env(root, token_path, home=root / "home"), token=token,
-                           gcs_port=ports[0], dashboard_port=ports[1])
+    cluster = LocalCluster(
+        root=root,
+        env=clean_env(root, token_path, home=root / "home"),
+        token=token,
+        gcs_port=ports[0],
+        dashboard_port=ports[1],
+    )
     try:
-        cluster.start_node("head", [
-            "--head", f"--port={ports[0]}", f"--num-cpus={head_cpus}", "--num-gpus=0",
-            "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={ports[1]}",
-            f"--ray-client-server-port={ports[2]}", f"--dashboard-agent-listen-port={ports[3]}",
-            f"--dashboard-agent-grpc-port={ports[4]}", f"--runtime-env-agent-port={ports[5]}",
-            f"--metrics-export-port={ports[6]}", f"--temp-dir={root / 'head'}",
-        ])
-        cluster.start_node("worker1", [
-            f"--address=127.0.0.1:{ports[0]}", f"--num-cpus={worker_cpus}", "--num-gpus=0",
-            "--resources=" + json.dumps({"worker_node": 1}),
-            f"--dashboard-agent-listen-port={ports[7]}", f"--dashboard-agent-grpc-port={ports[8]}",
-            f"--runtime-env-agent-port={ports[9]}", f"--metrics-export-port={ports[10]}",
-            f"--temp-dir={root / 'w1'}",
-        ])
+        cluster.start_node(
+            "head",
+            [
+                "--head",
+                f"--port={ports[0]}",
+                f"--num-cpus={head_cpus}",
+                "--num-gpus=0",
+                "--include-dashboard=true",
+                "--dashboard-host=127.0.0.1",
+                f"--dashboard-port={ports[1]}",
+                f"--ray-client-server-port={ports[2]}",
+                f"--dashboard-agent-listen-port={ports[3]}",
+                f"--dashboard-agent-grpc-port={ports[4]}",
+                f"--runtime-env-agent-port={ports[5]}",
+                f"--metrics-export-port={ports[6]}",
+                f"--temp-dir={root / 'head'}",
+            ],
+        )
+        cluster.start_node(
+            "worker1",
+            [
+                f"--address=127.0.0.1:{ports[0]}",
+                f"--num-cpus={worker_cpus}",
+                "--num-gpus=0",
+                "--resources=" + json.dumps({"worker_node": 1}),
+                f"--dashboard-agent-listen-port={ports[7]}",
+                f"--dashboard-agent-grpc-port={ports[8]}",
+                f"--runtime-env-agent-port={ports[9]}",
+                f"--metrics-export-port={ports[10]}",
+                f"--temp-dir={root / 'w1'}",
+            ],
+        )
         deadline = time.monotonic() + 60
         while True:
             nodes = [n for n in cluster.list_nodes() if n.get("state") == "ALIVE"]
@@ -429,14 +474,32 @@ def _missing_for_ray_up() -> str | None:
         return "ray up sandbox needs Linux namespaces"
     for tool in ("/usr/sbin/sshd", "ssh", "ssh-keygen", "rsync", "unshare", "mount"):
         if shutil.which(tool) is None:
-            return (f"`{tool}` not found: install Debian's openssh-server and rsync "
-                    "(apt-get install -y openssh-server rsync) to run the `ray up` test")
+            return (
+                f"`{tool}` not found: install Debian's openssh-server and rsync "
+                "(apt-get install -y openssh-server rsync) to run the `ray up` test"
+            )
     if os.geteuid() != 0:
-        return ("needs root: sshd must run in new PID/mount namespaces (unshare) so that the `ray stop` that "
-                "`ray up`/`ray down` run on the head cannot reach other Ray processes on this machine")
-    probe = subprocess.run(["unshare", "--pid", "--fork", "--mount", "--mount-proc", "--propagation", "private",
-                            "sh", "-c", "test -d /proc/1 && mount --bind /tmp /tmp"],
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        return (
+            "needs root: sshd must run in new PID/mount namespaces (unshare) so that the `ray stop` that "
+            "`ray up`/`ray down` run on the head cannot reach other Ray processes on this machine"
+        )
+    probe = subprocess.run(
+        [
+            "unshare",
+            "--pid",
+            "--fork",
+            "--mount",
+            "--mount-proc",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            "test -d /proc/1 && mount --bind /tmp /tmp",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     if probe.returncode != 0:
         return f"cannot create PID+mount namespaces here (unshare: {probe.stdout.strip()})"
     return None
@@ -461,8 +524,12 @@ def start_ray_up_sandbox() -> RayUpSandbox:
         (laptop_home / ".ray" / "auth_token").write_text(token)
         key = root / "id_ed25519"
         for path in (key, root / "ssh_host_ed25519_key"):
-            run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "eqdp-ray-e2e", "-f", str(path)],
-                env=dict(os.environ), timeout=30, check=True)
+            run(
+                ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "eqdp-ray-e2e", "-f", str(path)],
+                env=dict(os.environ),
+                timeout=30,
+                check=True,
+            )
         shutil.copy(key.with_suffix(".pub"), root / "authorized_keys")
         (root / "relay.py").write_text(RELAY)
         port = free_ports(1)[0]
@@ -475,48 +542,107 @@ def start_ray_up_sandbox() -> RayUpSandbox:
                     shadow_locked = pw.startswith("!")
         except OSError:
             pass
-        (root / "sshd_config").write_text(SSHD_CONFIG.format(port=port, root=root, user=user,
-                                                             use_pam="yes" if shadow_locked else "no"))
+        (root / "sshd_config").write_text(
+            SSHD_CONFIG.format(port=port, root=root, user=user, use_pam="yes" if shadow_locked else "no")
+        )
         # What the login shell on the "head" sees: this install's bin first on PATH (as on a node where
         # Ray is installed) and token mode for clients such as `ray status`. Ray's default temp dir
         # /tmp/ray is a private directory inside the namespace (see NAMESPACE_INIT).
         bashrc = f'export PATH="{VENV_BIN}:$PATH"\nexport RAY_AUTH_MODE=token\nexport RAY_USAGE_STATS_ENABLED=0\n'
         (fake_home / ".bashrc").write_text(bashrc)
         (fake_home / ".profile").write_text('. "$HOME/.bashrc"\n')
-        keep = sorted({Path(p) for p in (REPO_ROOT, sys.prefix, os.path.realpath(sys.base_prefix),
-                                         os.path.dirname(os.path.realpath(sys.executable)))
-                       if _is_under(Path(p), home)}, key=lambda p: len(p.parts))
+        keep = sorted(
+            {
+                Path(p)
+                for p in (
+                    REPO_ROOT,
+                    sys.prefix,
+                    os.path.realpath(sys.base_prefix),
+                    os.path.dirname(os.path.realpath(sys.executable)),
+                )
+                if _is_under(Path(p), home)
+            },
+            key=lambda p: len(p.parts),
+        )
         binds = []
         for path in keep:
             if any(_is_under(path, other) for other in keep if other != path):
                 continue
             inside = fake_home / path.relative_to(home)
             binds.append(f"mkdir -p {inside} && mount --rbind {path} {inside}")
-        script = NAMESPACE_INIT.format(binds="\n".join(binds) or ":", fake_home=fake_home, home=home,
-                                       ns_tmp_ray=ns_tmp_ray, sshd=shutil.which("/usr/sbin/sshd"), root=root)
+        script = NAMESPACE_INIT.format(
+            binds="\n".join(binds) or ":",
+            fake_home=fake_home,
+            home=home,
+            ns_tmp_ray=ns_tmp_ray,
+            sshd=shutil.which("/usr/sbin/sshd"),
+            root=root,
+        )
         (root / "ns_init.sh").write_text(script)
         log = root / "sshd.log"
         with open(log, "wb") as out:
-            ns_proc = subprocess.Popen(["unshare", "--pid", "--fork", "--kill-child", "--mount", "--mount-proc",
-                                        "--propagation", "private", "sh", str(root / "ns_init.sh")],
-                                       stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            ns_proc = subprocess.Popen(
+                [
+                    "unshare",
+                    "--pid",
+                    "--fork",
+                    "--kill-child",
+                    "--mount",
+                    "--mount-proc",
+                    "--propagation",
+                    "private",
+                    "sh",
+                    str(root / "ns_init.sh"),
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         sandbox = RayUpSandbox(
-            root=root, user=user, ssh_port=port, key=key,
+            root=root,
+            user=user,
+            ssh_port=port,
+            key=key,
             proxy_command=f"{sys.executable} {root / 'relay.py'} 127.0.0.1 {port}",
             # (TMPDIR: `ray up`'s config cache, tempfile.gettempdir()/ray-config-*, lands in the temp dir too.)
             env=clean_env(root, None, home=laptop_home) | {"RAY_AUTH_MODE": "token"},
-            token=token, ns_proc=ns_proc, fake_home=fake_home,
+            token=token,
+            ns_proc=ns_proc,
+            fake_home=fake_home,
         )
         _wait_for_line(ns_proc, log, "Server listening on 127.0.0.1", 30)
-        probe = run(["ssh", "-i", str(key), "-o", "StrictHostKeyChecking=no", "-o", f"UserKnownHostsFile={os.devnull}",
-                     "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes", "-o", f"ProxyCommand={sandbox.proxy_command}",
-                     f"{user}@127.0.0.1", "bash --login -c 'echo HOME=$HOME; echo PID1=$(cat /proc/1/comm); ray --version'"],
-                    env=sandbox.env, timeout=60)
+        probe = run(
+            [
+                "ssh",
+                "-i",
+                str(key),
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                f"UserKnownHostsFile={os.devnull}",
+                "-o",
+                "IdentitiesOnly=yes",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                f"ProxyCommand={sandbox.proxy_command}",
+                f"{user}@127.0.0.1",
+                "bash --login -c 'echo HOME=$HOME; echo PID1=$(cat /proc/1/comm); ray --version'",
+            ],
+            env=sandbox.env,
+            timeout=60,
+        )
         # Logged in, in the sandbox's home, in its PID namespace (PID 1 is its sshd), with Ray on PATH.
-        if probe.returncode != 0 or f"HOME={home}" not in probe.stdout or "PID1=sshd" not in probe.stdout \
-                or "ray, version" not in probe.stdout:
-            raise RuntimeError(f"ssh into the sandbox failed ({probe.returncode}):\n{probe.stdout}\n"
-                               f"sshd log:\n{tail(log.read_text(errors='replace'))}")
+        if (
+            probe.returncode != 0
+            or f"HOME={home}" not in probe.stdout
+            or "PID1=sshd" not in probe.stdout
+            or "ray, version" not in probe.stdout
+        ):
+            raise RuntimeError(
+                f"ssh into the sandbox failed ({probe.returncode}):\n{probe.stdout}\n"
+                f"sshd log:\n{tail(log.read_text(errors='replace'))}"
+            )
         return sandbox
     except BaseException:
         _stop_sandbox_processes(root, ns_proc)

@@ -17,15 +17,16 @@ calls
 (``fillout_available_node_types_resources`` and ``bootstrap_config``: IAM, VPC, key pairs)
 needs cloud SDKs and credentials and is deliberately not run, so these tests are offline.
 """
+
 from __future__ import annotations
 
 import copy
 import re
 import shlex
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -37,9 +38,7 @@ PYPROJECT = REPO_ROOT / "pyproject.toml"
 DOCS = REPO_ROOT / "docs" / "CLUSTER.md"
 
 # rayproject/ray:<ray version>-py<3NN>[-<platform>], e.g. rayproject/ray:2.60.0-py311-gpu
-IMAGE_TAG = re.compile(
-    r"^rayproject/ray(?:-ml)?:(?P<ray>\d+\.\d+\.\d+)-py(?P<py>3\d+)(?:-(?P<platform>[a-z0-9.]+))?$"
-)
+IMAGE_TAG = re.compile(r"^rayproject/ray(?:-ml)?:(?P<ray>\d+\.\d+\.\d+)-py(?P<py>3\d+)(?:-(?P<platform>[a-z0-9.]+))?$")
 PIP_INSTALL = re.compile(r"\bpip3?\s+install\b")
 
 
@@ -169,14 +168,12 @@ def test_setup_installs_escnn_without_deps_then_the_package(path):
 def test_setup_runs_the_install_from_the_mounted_repository(path):
     config = load(path)
     repo_mounts = [
-        remote for remote, local in config["file_mounts"].items()
-        if (REPO_ROOT / local).resolve() == REPO_ROOT
+        remote for remote, local in config["file_mounts"].items() if (REPO_ROOT / local).resolve() == REPO_ROOT
     ]
     assert repo_mounts, f"{path.name}: the repository root is not in file_mounts"
     commands = " ".join(config["setup_commands"])
     assert any(
-        re.search(rf"cd {re.escape(remote)}\s*&&\s*bash scripts/install\.sh", commands)
-        for remote in repo_mounts
+        re.search(rf"cd {re.escape(remote)}\s*&&\s*bash scripts/install\.sh", commands) for remote in repo_mounts
     ), f"{path.name}: setup_commands do not run scripts/install.sh in {repo_mounts}"
     assert ".gitignore" in config.get("rsync_filter", []), f"{path.name}: would upload .venv etc."
 
@@ -218,6 +215,7 @@ def test_docs_cover_every_cluster_file():
 def _rename_top_level(key: str, typo: str):
     def mutate(config: dict) -> None:
         config[typo] = config.pop(key)
+
     return mutate
 
 
@@ -225,12 +223,14 @@ def _rename_in_node_type(key: str, typo: str):
     def mutate(config: dict) -> None:
         workers = [t for n, t in config["available_node_types"].items() if n != config["head_node_type"]]
         workers[0][typo] = workers[0].pop(key)
+
     return mutate
 
 
 def _rename_in_docker(key: str, typo: str):
     def mutate(config: dict) -> None:
         config["docker"][typo] = config["docker"].pop(key)
+
     return mutate
 
 

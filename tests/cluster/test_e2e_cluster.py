@@ -10,6 +10,7 @@ run on the worker node.
 `test_ray_up_local_provider_*` drives `ray up`/`ray exec`/`ray down` with the `local` provider
 against an SSH server on 127.0.0.1 (see the `ray_up_sandbox` fixture for why that is safe).
 """
+
 from __future__ import annotations
 
 import getpass
@@ -26,8 +27,19 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.cluster.conftest import (EQDP_RAY, RAY, REPO_ROOT, LocalCluster, comm, free_ports, json_array,
-                                   processes_of, run, tail, terminate)
+from tests.cluster.conftest import (
+    EQDP_RAY,
+    RAY,
+    REPO_ROOT,
+    LocalCluster,
+    comm,
+    free_ports,
+    json_array,
+    processes_of,
+    run,
+    tail,
+    terminate,
+)
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -70,10 +82,25 @@ def test_quickstart_search_as_a_job_then_best_reads_the_store(local_cluster: Loc
     submission_id = f"eqdp-e2e-{uuid.uuid4().hex[:8]}"
     started = time.monotonic()
     # docs/CLUSTER.md step 4, with --no-wait and a fixed submission id.
-    submit = cluster.ray("job", "submit", "--address", cluster.dashboard, "--working-dir", ".",
-                         "--submission-id", submission_id, "--no-wait", "--",
-                         "eqdp-ray", "tune", SPACE, "--store", str(store), *sum((["--set", o] for o in OVERRIDES), []),
-                         timeout=120)
+    submit = cluster.ray(
+        "job",
+        "submit",
+        "--address",
+        cluster.dashboard,
+        "--working-dir",
+        ".",
+        "--submission-id",
+        submission_id,
+        "--no-wait",
+        "--",
+        "eqdp-ray",
+        "tune",
+        SPACE,
+        "--store",
+        str(store),
+        *sum((["--set", o] for o in OVERRIDES), []),
+        timeout=120,
+    )
     assert submit.returncode == 0, f"ray job submit failed:\n{tail(submit.stdout)}"
     assert f"Job '{submission_id}' submitted successfully" in submit.stdout
 
@@ -81,14 +108,16 @@ def test_quickstart_search_as_a_job_then_best_reads_the_store(local_cluster: Loc
     logs = job_logs(cluster, submission_id)
     assert job["status"] == "SUCCEEDED", (
         f"job {submission_id} ended {job['status']} ({job.get('message')}) after "
-        f"{time.monotonic() - started:.0f}s; driver log:\n{tail(logs, 150)}")
+        f"{time.monotonic() - started:.0f}s; driver log:\n{tail(logs, 150)}"
+    )
     # The driver attached to this cluster (RAY_ADDRESS of the job) instead of starting its own Ray.
     assert "Connecting to existing Ray cluster" in logs, tail(logs, 150)
     assert f"study '{STUDY}': {TRIALS} trials (" in logs, tail(logs, 150)
 
     # docs/CLUSTER.md step 6: read the store (here a directory every node of the machine sees).
-    best = run([EQDP_RAY, "best", "--store", str(store), "--format", "json", "--top", "100"],
-               env=cluster.env, timeout=120)
+    best = run(
+        [EQDP_RAY, "best", "--store", str(store), "--format", "json", "--top", "100"], env=cluster.env, timeout=120
+    )
     assert best.returncode == 0, tail(best.stdout)
     rows = json_array(best.stdout)
     assert len(rows) == TRIALS, rows
@@ -107,8 +136,9 @@ def test_quickstart_search_as_a_job_then_best_reads_the_store(local_cluster: Loc
         assert r["noise_source"] == "secure", r
 
     # Where things ran: the trials are Tune function actors (ImplicitFunc) of the job's driver.
-    out = cluster.ray("list", "actors", "--address", cluster.dashboard, "--format", "json", "--limit", "1000",
-                      timeout=60, check=True)
+    out = cluster.ray(
+        "list", "actors", "--address", cluster.dashboard, "--format", "json", "--limit", "1000", timeout=60, check=True
+    )
     actors = json_array(out.stdout)
     trials = [a for a in actors if a["class_name"] == "ImplicitFunc" and a["job_id"] == job["job_id"]]
     assert len(trials) == TRIALS, actors
@@ -117,18 +147,33 @@ def test_quickstart_search_as_a_job_then_best_reads_the_store(local_cluster: Loc
     assert cluster.worker_node_id in nodes, "no trial ran on the worker node"
     supervisors = [a for a in actors if a["class_name"] == "JobSupervisor"]
     assert supervisors and all(a["node_id"] == cluster.head_node_id for a in supervisors), supervisors
-    print(f"[e2e] search job succeeded in {time.monotonic() - started:.0f}s; trials on nodes "
-          f"{sorted(n[:8] for n in nodes)} (head {cluster.head_node_id[:8]}, worker {cluster.worker_node_id[:8]})")
+    print(
+        f"[e2e] search job succeeded in {time.monotonic() - started:.0f}s; trials on nodes "
+        f"{sorted(n[:8] for n in nodes)} (head {cluster.head_node_id[:8]}, worker {cluster.worker_node_id[:8]})"
+    )
 
 
 def test_missing_space_file_fails_the_job_with_one_line(local_cluster: LocalCluster):
     """The row of the docs' bad-input table, as `ray job submit` (streaming, no --no-wait) shows it."""
     cluster = local_cluster
     submission_id = f"eqdp-e2e-missing-{uuid.uuid4().hex[:8]}"
-    out = cluster.ray("job", "submit", "--address", cluster.dashboard, "--working-dir", ".",
-                      "--submission-id", submission_id, "--",
-                      "eqdp-ray", "tune", "search_spaces/does_not_exist.yaml", "--store", str(cluster.root / "store-x"),
-                      timeout=180)
+    out = cluster.ray(
+        "job",
+        "submit",
+        "--address",
+        cluster.dashboard,
+        "--working-dir",
+        ".",
+        "--submission-id",
+        submission_id,
+        "--",
+        "eqdp-ray",
+        "tune",
+        "search_spaces/does_not_exist.yaml",
+        "--store",
+        str(cluster.root / "store-x"),
+        timeout=180,
+    )
     text = out.stdout
     assert out.returncode == 1, f"rc {out.returncode}:\n{tail(text)}"
     message = "eqdp-ray: error: search space file not found: search_spaces/does_not_exist.yaml"
@@ -163,11 +208,28 @@ def test_token_authentication_is_enforced(local_cluster: LocalCluster):
 
 def test_submit_to_an_unreachable_cluster_says_so(local_cluster: LocalCluster):
     port = free_ports(1)[0]  # nothing listens there
-    out = run([RAY, "job", "submit", "--address", f"http://127.0.0.1:{port}", "--working-dir", ".", "--",
-               "eqdp-ray", "tune", SPACE], env=local_cluster.env, timeout=120)
+    out = run(
+        [
+            RAY,
+            "job",
+            "submit",
+            "--address",
+            f"http://127.0.0.1:{port}",
+            "--working-dir",
+            ".",
+            "--",
+            "eqdp-ray",
+            "tune",
+            SPACE,
+        ],
+        env=local_cluster.env,
+        timeout=120,
+    )
     assert out.returncode == 1, tail(out.stdout)
-    assert out.stdout.rstrip().splitlines()[-1] == f"ConnectionError: Failed to connect to Ray at address: " \
-                                                   f"http://127.0.0.1:{port}.", tail(out.stdout)
+    assert (
+        out.stdout.rstrip().splitlines()[-1] == f"ConnectionError: Failed to connect to Ray at address: "
+        f"http://127.0.0.1:{port}."
+    ), tail(out.stdout)
 
 
 def test_local_cluster_script_starts_and_stops_only_its_own_cluster(local_cluster: LocalCluster):
@@ -180,8 +242,11 @@ def test_local_cluster_script_starts_and_stops_only_its_own_cluster(local_cluste
     try:
         assert cluster_dir.startswith("/tmp/eqdpray-") and Path(cluster_dir).is_dir(), start.stdout
         env = dict(local_cluster.env, RAY_AUTH_TOKEN_PATH=exports["RAY_AUTH_TOKEN_PATH"])
-        out = run([RAY, "list", "nodes", "--address", exports["RAY_API_SERVER_ADDRESS"], "--format", "json"],
-                  env=env, timeout=60)
+        out = run(
+            [RAY, "list", "nodes", "--address", exports["RAY_API_SERVER_ADDRESS"], "--format", "json"],
+            env=env,
+            timeout=60,
+        )
         assert out.returncode == 0, tail(out.stdout)
         nodes = [n for n in json_array(out.stdout) if n["state"] == "ALIVE"]
         assert sorted(n["resources_total"].get("worker_node", 0) for n in nodes) == [0, 1], nodes
@@ -198,18 +263,23 @@ def test_local_cluster_script_starts_and_stops_only_its_own_cluster(local_cluste
 
 # --------------------------------------------------------------------------- ray up, local provider
 
+
 def ray_up_config(sandbox, ports: list[int]) -> dict:
     """cluster-local.yaml, changed only where this machine and this test need it."""
     config = yaml.safe_load((REPO_ROOT / "cluster-local.yaml").read_text())
     config["cluster_name"] = f"eqdp-e2e-{uuid.uuid4().hex[:6]}"
     config["provider"].update(head_ip="127.0.0.1", worker_ips=[])
     # Ray's local provider has no SSH port option: reach the test's sshd through a ProxyCommand.
-    config["auth"] = {"ssh_user": sandbox.user, "ssh_private_key": str(sandbox.key),
-                      "ssh_proxy_command": sandbox.proxy_command}
+    config["auth"] = {
+        "ssh_user": sandbox.user,
+        "ssh_private_key": str(sandbox.key),
+        "ssh_proxy_command": sandbox.proxy_command,
+    }
     config.pop("docker", None)  # no Docker here: the commands run on the host, as the file's comment describes
     # Not `bash scripts/install.sh` (a multi-GB torch download): check what the file mounts delivered.
-    config["setup_commands"] = ["test -f ~/eqdp-ray/pyproject.toml && test -s ~/.ray/auth_token && "
-                                "test ! -e ~/eqdp-ray/.venv && ray --version"]
+    config["setup_commands"] = [
+        "test -f ~/eqdp-ray/pyproject.toml && test -s ~/.ray/auth_token && test ! -e ~/eqdp-ray/.venv && ray --version"
+    ]
     gcs, dash, client, agent, grpc, renv, metrics = ports
     # The shipped head command (including its `ray stop`), on free ports and one CPU.
     config["head_start_ray_commands"] = [
@@ -236,8 +306,10 @@ def test_ray_up_local_provider_then_ray_down(tmp_path, ray_up_sandbox, local_clu
     config_file.write_text(yaml.safe_dump(config, sort_keys=False))
     env = sandbox.env
     dashboard = f"http://127.0.0.1:{ports[1]}"
-    sentinel = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(900)",
-                                 "ray/_private/workers/default_worker.py"], start_new_session=True)
+    sentinel = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(900)", "ray/_private/workers/default_worker.py"],
+        start_new_session=True,
+    )
     started = time.monotonic()
     try:
         up = run([RAY, "up", "-y", "--no-config-cache", str(config_file)], env=env, timeout=300)
@@ -260,8 +332,11 @@ def test_ray_up_local_provider_then_ray_down(tmp_path, ray_up_sandbox, local_clu
         # `ray stop` either stops everything within its grace period or, on a loaded machine,
         # force-terminates the rest ("Stopped only 5 out of 6 ... will be forcefully terminated").
         # Either way it must have run; the namespace check below proves nothing is left.
-        assert re.search(r"Stopped all \d+ Ray processes|Stopped only \d+ out of \d+ Ray processes"
-                         r"[^\n]*forcefully terminated", down.stdout), tail(down.stdout, 120)
+        assert re.search(
+            r"Stopped all \d+ Ray processes|Stopped only \d+ out of \d+ Ray processes"
+            r"[^\n]*forcefully terminated",
+            down.stdout,
+        ), tail(down.stdout, 120)
         assert "No nodes remaining" in down.stdout, tail(down.stdout, 120)
 
         # `ray down` stopped the head's Ray ...

@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from eqdp_ray.data import DatasetError, load_dataset
-from eqdp_ray.data import cifar, mnist
+from eqdp_ray.data import DatasetError, cifar, load_dataset, mnist
 from eqdp_ray.data.download import download_file, extract_tar, md5sum
 
 from .formats import idx_bytes, write_cifar10_bin, write_mnist

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -48,7 +49,9 @@ def test_data_layer_imports_no_other_subpackage():
                 mod = node.module or ""
                 assert not (node.level >= 2 or mod.startswith("eqdp_ray.") and not mod.startswith("eqdp_ray.data")), f
             elif isinstance(node, ast.Import):
-                assert not any(a.name.startswith("eqdp_ray.") and not a.name.startswith("eqdp_ray.data") for a in node.names), f
+                assert not any(
+                    a.name.startswith("eqdp_ray.") and not a.name.startswith("eqdp_ray.data") for a in node.names
+                ), f
 
 
 def _tiny(**over):
@@ -73,7 +76,7 @@ def test_image_dataset_contract():
     ds = _tiny()
     assert (ds.in_channels, ds.image_size) == (1, 8)
     assert "train=4" in repr(ds) and "tensor" not in repr(ds)
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         ds.name = "x"  # frozen
     with pytest.raises(DatasetError, match="train_x must be a uint8"):
         _tiny(train_x=torch.zeros(4, 1, 8, 8))

@@ -1,11 +1,11 @@
 """Conventional baselines: output shapes, parameter counts, option validation."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 
 from eqdp_ray.models import ResNet9, WideResNet, count_parameters
-
 
 
 @pytest.mark.parametrize("channels,size", [(3, 32), (1, 28), (1, 8)])
@@ -54,8 +54,6 @@ def test_group_norm_adapts_to_scaled_widths() -> None:
         (ResNet9, {"num_groups": 0}),
     ],
 )
-
-
 def test_invalid_options(factory, kwargs: dict) -> None:
     with pytest.raises(ValueError):
         factory(**kwargs)

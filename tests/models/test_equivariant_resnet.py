@@ -6,6 +6,7 @@ are elements of the *final* group count: after restricting D4 to D2 in the last 
 network is invariant to the 180-degree rotation and the two axis flips, but not to 90-degree
 rotations (checked to actually change the logits, so the test is not vacuous).
 """
+
 from __future__ import annotations
 
 import copy
@@ -23,8 +24,6 @@ from eqdp_ray.models.equivariant_resnet import (
     resolve_field_groups,
     resolve_restriction,
 )
-
-
 
 REFERENCE_PARAMS = 255_675  # hlzl/equivariant EquivariantResNet9, paper CIFAR-10 setting
 RTOL = 1e-9
@@ -50,8 +49,10 @@ def paper_model() -> EquivariantResNet9:
 
 def test_paper_parameter_count(paper_model: EquivariantResNet9) -> None:
     params = paper_model.num_params
-    print(f"\nequivariant ResNet-9 D4->D2, layout 16/32/64: {params:,} trainable parameters "
-          f"(reference {REFERENCE_PARAMS:,}, {100 * (params / REFERENCE_PARAMS - 1):+.2f} %)")
+    print(
+        f"\nequivariant ResNet-9 D4->D2, layout 16/32/64: {params:,} trainable parameters "
+        f"(reference {REFERENCE_PARAMS:,}, {100 * (params / REFERENCE_PARAMS - 1):+.2f} %)"
+    )
     assert abs(params - REFERENCE_PARAMS) <= 0.05 * REFERENCE_PARAMS
     # The steerable filters themselves match the reference exactly (253,904 coefficients).
     coefficients = sum(m.weight.numel() for m in paper_model.modules() if isinstance(m, layers.SteerableConv2d))
@@ -111,7 +112,7 @@ CASES = {
 ALL_TRANSFORMS = {"rot90": ROT90, "rot180": ROT180, "flip_h": FLIP_H, "flip_w": FLIP_W, "transpose": TRANSPOSE}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def small_model(case: str) -> EquivariantResNet9:
     """One small single-channel float64 model per case, shared by tests (escnn builds are slow).
 
@@ -241,8 +242,6 @@ def test_grid_symmetries_table() -> None:
         {"bandlimit": -1.0},
     ],
 )
-
-
 def test_invalid_options(kwargs: dict) -> None:
     with pytest.raises(ValueError):
         EquivariantResNet9(**kwargs)

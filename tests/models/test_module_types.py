@@ -4,6 +4,7 @@ The privacy layer registers per-example gradient rules for exactly these module 
 other module owning a trainable parameter would make DP-SGD fail (or, worse, be silently
 wrong), and BatchNorm couples examples through batch statistics.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -11,8 +12,6 @@ import torch
 from torch import nn
 
 from eqdp_ray.models import build_model, layers
-
-
 
 ALLOWED = (layers.SteerableConv2d, layers.FieldGroupNorm, nn.Conv2d, nn.Linear, nn.GroupNorm)
 

@@ -1,4 +1,5 @@
 """Registry: names, defaults, errors that list the valid choices, summaries and symmetries."""
+
 from __future__ import annotations
 
 import pytest
@@ -16,7 +17,6 @@ from eqdp_ray.models import (
     model_summary,
     symmetry_transforms,
 )
-
 
 
 def test_registered_names() -> None:
@@ -66,8 +66,6 @@ def test_unknown_option_lists_options() -> None:
         ({"layout": 16.5}, "layout"),
     ],
 )
-
-
 def test_invalid_values(options: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         build_model("eq_resnet9", **options)
@@ -87,7 +85,10 @@ def test_symmetry_transforms_from_options_and_models() -> None:
     names = lambda ts: [t.name for t in ts]  # noqa: E731
     assert names(symmetry_transforms({})) == ["rot180", "flip_h", "flip_w"]  # paper default D4->D2
     assert names(symmetry_transforms({"name": "eq_resnet9", "group": "cyclic", "order": 8, "restrict": None})) == [
-        "rot90", "rot180", "rot270"]
+        "rot90",
+        "rot180",
+        "rot270",
+    ]
     assert symmetry_transforms({"name": "resnet9"}) == []
     model = build_model("eq_resnet9", order=1, restrict=None, layout=(8, 8, 8))
     assert names(symmetry_transforms(model)) == ["flip_w"]

@@ -1,4 +1,5 @@
 """Per-example gradients must equal a loop of single-example backward passes, for every parameter."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -104,8 +105,9 @@ def test_layer_without_rule_is_refused():
 @pytest.mark.parametrize("chunk_bytes", [None, 1])  # 1: filter gradients formed one example at a time
 @pytest.mark.parametrize("size", [8, 20])
 @pytest.mark.parametrize("group,order,restrict", [("dihedral", 4, 2), ("cyclic", 4, None)])
-def test_augmentation_multiplicity_averages_each_examples_inputs(group, order, restrict, size, chunk_bytes,
-                                                                 monkeypatch):
+def test_augmentation_multiplicity_averages_each_examples_inputs(
+    group, order, restrict, size, chunk_bytes, monkeypatch
+):
     if chunk_bytes is not None:
         monkeypatch.setitem(grad_samplers.FILTER_GRADIENT_CHUNK_BYTES, "cpu", chunk_bytes)
     torch.manual_seed(2)
@@ -137,21 +139,26 @@ def test_both_filter_gradient_routes_equal_the_loop(kernel, stride, padding, k):
     dense-filter gradient, averaged over its K inputs, whichever one the size selects."""
     torch.manual_seed(3)
     gspace = make_gspace("dihedral", 2)
-    layer = SteerableConv2d(enn.FieldType(gspace, 2 * [gspace.regular_repr]),
-                            enn.FieldType(gspace, 3 * [gspace.regular_repr]),
-                            kernel_size=kernel, padding=padding, stride=stride).double()
+    layer = SteerableConv2d(
+        enn.FieldType(gspace, 2 * [gspace.regular_repr]),
+        enn.FieldType(gspace, 3 * [gspace.regular_repr]),
+        kernel_size=kernel,
+        padding=padding,
+        stride=stride,
+    ).double()
     n = 3
     x = torch.randn(n * k, layer.in_type.size, 11, 11, dtype=torch.float64)
     weights = torch.randn_like(layer(x))  # a fixed linear loss: its gradient w.r.t. the output
     expected = []
     for i in range(n):
         dense = layer.expand().detach().requires_grad_(True)
-        out = F.conv2d(x[i * k:(i + 1) * k], dense, stride=stride, padding=padding)
-        ((out * weights[i * k:(i + 1) * k]).sum() / k).backward()
+        out = F.conv2d(x[i * k : (i + 1) * k], dense, stride=stride, padding=padding)
+        ((out * weights[i * k : (i + 1) * k]).sum() / k).backward()
         expected.append(dense.grad.reshape(layer.out_type.size, layer.in_type.size, -1))
     expected = torch.stack(expected)
     for route in (grad_samplers._filter_gradients_by_unfold, grad_samplers._filter_gradients_by_grouped_conv):
         got = route(layer, x, weights, k).reshape(expected.shape) / k
         torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-11)
-    torch.testing.assert_close(grad_samplers.per_example_filter_gradients(layer, x, weights, k), expected,
-                               rtol=1e-9, atol=1e-11)
+    torch.testing.assert_close(
+        grad_samplers.per_example_filter_gradients(layer, x, weights, k), expected, rtol=1e-9, atol=1e-11
+    )

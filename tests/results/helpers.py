@@ -1,4 +1,5 @@
 """Shared row builders for the results-store tests."""
+
 from __future__ import annotations
 
 import datetime as dt

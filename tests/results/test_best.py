@@ -1,4 +1,5 @@
 """Ranking (`best`) and the per-study summary (`list_studies`)."""
+
 from __future__ import annotations
 
 import math
@@ -63,7 +64,13 @@ def test_best_for_one_study(store):
 def test_metric_alias_other_metrics_and_min_mode(store):
     assert store.best(metric="val_accuracy")["trial_id"].tolist() == store.best()["trial_id"].tolist()
     assert store.best(metric="test_accuracy", top=1)["trial_id"].tolist() == ["a1"]  # 0.47 ties -> study, id
-    assert store.best(study="a", metric="wall_time_s", mode="min")["trial_id"].tolist() == ["a3", "a1", "a2", "a6", "a7"]
+    assert store.best(study="a", metric="wall_time_s", mode="min")["trial_id"].tolist() == [
+        "a3",
+        "a1",
+        "a2",
+        "a6",
+        "a7",
+    ]
 
 
 def test_unknown_metric_lists_valid_choices(store):

@@ -1,4 +1,5 @@
 """`eqdp-ray best / results` end to end: real Parquet stores, the real CLI entry point."""
+
 from __future__ import annotations
 
 import csv
@@ -45,15 +46,35 @@ def run_config(
         "device": "cpu",
         "data": {"name": "digits", "val_size": 0.1},
         "model": {"name": model, "options": options},
-        "privacy": {"target_epsilon": target_epsilon, "delta": 1e-5, "accountant": "rdp",
-                    "max_grad_norm": clip, "secret_seed": 1234},
-        "training": {"batch_size": batch_size, "epochs": 15.0, "lr": lr, "augmult": 1, "crop_padding": 1,
-                     "ema_decay": 0.99, "physical_batch_size": 256},
+        "privacy": {
+            "target_epsilon": target_epsilon,
+            "delta": 1e-5,
+            "accountant": "rdp",
+            "max_grad_norm": clip,
+            "secret_seed": 1234,
+        },
+        "training": {
+            "batch_size": batch_size,
+            "epochs": 15.0,
+            "lr": lr,
+            "augmult": 1,
+            "crop_padding": 1,
+            "ema_decay": 0.99,
+            "physical_batch_size": 256,
+        },
     }
 
 
-def trial_row(study: str, trial_id: str, acc: float | None, *, status: str = "completed", minute: int = 0,
-              config: dict[str, Any] | None = None, **values: Any) -> dict[str, Any]:
+def trial_row(
+    study: str,
+    trial_id: str,
+    acc: float | None,
+    *,
+    status: str = "completed",
+    minute: int = 0,
+    config: dict[str, Any] | None = None,
+    **values: Any,
+) -> dict[str, Any]:
     """A realistic trial row as eqdp_ray.tune writes it."""
     config = config or run_config()
     eps = config["privacy"]["target_epsilon"]
@@ -84,12 +105,22 @@ def build_store(root: Path) -> ResultsStore:
         trial_row("digits8", "t06", None, minute=6, config=run_config(lr=3.0)),
     ])  # fmt: skip
     # a later write supersedes: t00 finished better than first recorded
-    store.write_trial(trial_row("digits8", "t00", 0.85, minute=0, config=run_config(lr=2.0, batch_size=256),
-                                num_params=31000))
+    store.write_trial(
+        trial_row("digits8", "t00", 0.85, minute=0, config=run_config(lr=2.0, batch_size=256), num_params=31000)
+    )
     for i, acc in enumerate([0.55, 0.71, 0.64]):
-        store.write_trial(trial_row("digits1", f"p{i}", acc, minute=10 + i,
-                                    config=run_config(lr=1.0 + i, target_epsilon=1.0),
-                                    search_epsilon=2.6, search_delta=2e-5, search_mode="random_count"))
+        store.write_trial(
+            trial_row(
+                "digits1",
+                f"p{i}",
+                acc,
+                minute=10 + i,
+                config=run_config(lr=1.0 + i, target_epsilon=1.0),
+                search_epsilon=2.6,
+                search_delta=2e-5,
+                search_mode="random_count",
+            )
+        )
     store.write_history([
         {"study": "digits8", "trial_id": "t01", "epoch": e, "step": 10 * e, "val_accuracy": 0.5 + 0.1 * e,
          "epsilon": 2.0 * e, "train_loss": 2.0 - 0.3 * e} for e in range(1, 5)
@@ -121,8 +152,23 @@ def test_best_table_ranks_finished_trials_with_readable_columns(store, capsys):
     code, out, err = cli(capsys, "best", "--store", store.uri)
     assert code == 0, err
     header = out.splitlines()[0].split()
-    assert header == ["rank", "study", "trial_id", "status", "model", "group", "best_val_accuracy", "test_accuracy",
-                      "epsilon", "target_epsilon", "sigma", "sample_rate", "steps", "num_params", "wall_time_s"]
+    assert header == [
+        "rank",
+        "study",
+        "trial_id",
+        "status",
+        "model",
+        "group",
+        "best_val_accuracy",
+        "test_accuracy",
+        "epsilon",
+        "target_epsilon",
+        "sigma",
+        "sample_rate",
+        "steps",
+        "num_params",
+        "wall_time_s",
+    ]
     rows = table_rows(out)
     # failed t03 (0.99) and running t04 (0.97) are not ranked; t06 has no accuracy; t00 was superseded
     assert [r[2] for r in rows] == ["t01", "t05", "t00", "p1", "p2"]
@@ -187,8 +233,20 @@ def test_best_cost_metric_ranks_ascending(store, capsys):
     code, out, _ = cli(capsys, "best", "--store", store.uri, "--metric", "num_params", "--format", "json", "--top", "2")
     assert code == 0
     assert [r["num_params"] for r in json.loads(out)] == [20000, 20000]
-    code, out, _ = cli(capsys, "best", "--store", store.uri, "--metric", "num_params", "--mode", "max",
-                       "--format", "json", "--top", "1")
+    code, out, _ = cli(
+        capsys,
+        "best",
+        "--store",
+        store.uri,
+        "--metric",
+        "num_params",
+        "--mode",
+        "max",
+        "--format",
+        "json",
+        "--top",
+        "1",
+    )
     assert json.loads(out)[0]["trial_id"] == "t02"
 
 
@@ -365,7 +423,11 @@ def test_module_entry_point_in_a_subprocess(store):
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.run(
         [sys.executable, "-m", "eqdp_ray.cli", "best", "--store", store.uri, "--format", "json", "--top", "1"],
-        capture_output=True, text=True, timeout=120, cwd=REPO, env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+        env=env,
     )
     assert proc.returncode == 0, proc.stderr
     assert [r["trial_id"] for r in json.loads(proc.stdout)] == ["t01"]

@@ -1,4 +1,5 @@
 """Many writers at once (processes and threads) must neither lose nor corrupt rows."""
+
 from __future__ import annotations
 
 import multiprocessing as mp

@@ -1,4 +1,5 @@
 """Text/JSON/CSV rendering used by the CLI."""
+
 from __future__ import annotations
 
 import io

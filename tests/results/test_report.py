@@ -1,4 +1,5 @@
 """`eqdp-ray report`: plots, the page, and Optuna importances rebuilt from stored trials."""
+
 from __future__ import annotations
 
 import math
@@ -37,8 +38,9 @@ def lr_study(root: Path, n: int = 16) -> ResultsStore:
         lr = math.exp(rng.uniform(math.log(0.25), math.log(4.0)))
         acc = 0.9 - 0.1 * abs(math.log2(lr))  # best at lr = 1
         model, group, order = rng.choice([("eq_resnet9", "dihedral", 4), ("eq_resnet9", "cyclic", 8)])
-        config = run_config(model, group, order, lr=lr, batch_size=rng.choice([64, 128, 256]),
-                            clip=rng.uniform(0.5, 4.0))
+        config = run_config(
+            model, group, order, lr=lr, batch_size=rng.choice([64, 128, 256]), clip=rng.uniform(0.5, 4.0)
+        )
         rows.append(trial_row("lr", f"t{i:02d}", acc, minute=i, config=config, num_params=10000 + 1000 * i))
     store.write_trials(rows)
     return store
@@ -82,8 +84,13 @@ def test_report_for_one_study_uses_optuna_importances(tmp_path):
     assert all(rep.images[k] is not None for k in PLOTS), rep.notes
     imp = rep.importances
     assert imp is not None and imp.method == "optuna-fanova" and imp.from_optuna
-    assert set(imp.values) == {"training.lr", "training.batch_size", "privacy.max_grad_norm",
-                               "model.options.group", "model.options.order"}
+    assert set(imp.values) == {
+        "training.lr",
+        "training.batch_size",
+        "privacy.max_grad_norm",
+        "model.options.group",
+        "model.options.order",
+    }
     assert max(imp.values, key=imp.values.get) == "training.lr"
     assert imp.values["training.lr"] > 0.5
     assert sum(imp.values.values()) == pytest.approx(1.0)

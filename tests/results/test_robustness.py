@@ -1,4 +1,5 @@
 """Schema evolution, corrupt/foreign files, and compaction."""
+
 from __future__ import annotations
 
 import math

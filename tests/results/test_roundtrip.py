@@ -1,4 +1,5 @@
 """Writing and reading trials/history back, superseding, config reconstruction, URIs."""
+
 from __future__ import annotations
 
 import datetime as dt

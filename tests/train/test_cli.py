@@ -1,19 +1,25 @@
 """`eqdp-ray train` end to end, and its one-line errors for bad input."""
+
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
-
-from pathlib import Path
 
 from eqdp_ray.cli import main
 
 QUICKSTART = str(Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml")
 
 TINY = [
-    "--set", "model.options={group: dihedral, order: 4, layout: [2, 4, 4], num_groups: 2}",
-    "--set", "training.steps=2", "--set", "training.epochs=null", "--set", "training.batch_size=64",
+    "--set",
+    "model.options={group: dihedral, order: 4, layout: [2, 4, 4], num_groups: 2}",
+    "--set",
+    "training.steps=2",
+    "--set",
+    "training.epochs=null",
+    "--set",
+    "training.batch_size=64",
 ]
 
 
@@ -32,8 +38,17 @@ def test_train_writes_result_json(tmp_path, capsys):
         (["--set", "model.options.group=icosahedral"], "group"),
         (["--set", "privacy.target_epsilon=0"], "target_epsilon must be > 0"),
         (["--set", "privacy.delta=1.5"], "delta"),
-        (["--set", "privacy.target_epsilon=0.0001", "--set", "training.batch_size=1000", "--set", "training.steps=5000"],
-         "no noise multiplier"),
+        (
+            [
+                "--set",
+                "privacy.target_epsilon=0.0001",
+                "--set",
+                "training.batch_size=1000",
+                "--set",
+                "training.steps=5000",
+            ],
+            "no noise multiplier",
+        ),
         (["--set", "data.name=cifar10", "--set", "data.root=/nonexistent/dir"], "/nonexistent/dir"),
         (["--set", "training.lr_schedule=cosine"], "unknown key 'training.lr_schedule'"),
         (["--workers", "0"], "--workers must be at least 1"),
@@ -50,8 +65,9 @@ def test_bad_input_is_one_clear_line(tmp_path, capsys, extra, match):
 
 
 def test_console_script_exit_code(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "eqdp_ray.cli", "train", str(tmp_path / "missing.yaml")],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "eqdp_ray.cli", "train", str(tmp_path / "missing.yaml")], capture_output=True, text=True
+    )
     assert proc.returncode == 2 and "config file not found" in proc.stderr and "Traceback" not in proc.stderr
 
 

@@ -1,4 +1,5 @@
 """Ray Train runs on a real local Ray: equivalence with one process, synchronized noise, fault tolerance."""
+
 import os
 import signal
 from pathlib import Path
@@ -23,15 +24,30 @@ def local_ray():
 
 
 def config(steps=4, secret_seed=77, **training):
-    base = {"batch_size": 128, "steps": steps, "augmult": 2, "crop_padding": 1, "lr": 0.5, "ema_decay": 0.9,
-            "physical_batch_size": 64, "eval_every": 2}
+    base = {
+        "batch_size": 128,
+        "steps": steps,
+        "augmult": 2,
+        "crop_padding": 1,
+        "lr": 0.5,
+        "ema_decay": 0.9,
+        "physical_batch_size": 64,
+        "eval_every": 2,
+    }
     base.update(training)
-    return parse_config({
-        "name": "dist", "seed": 0, "data": {"name": "digits"},
-        "model": {"name": "eq_resnet9", "options": {"group": "dihedral", "order": 4, "layout": [2, 4, 4], "num_groups": 2}},
-        "privacy": {"target_epsilon": 4.0, "delta": 1e-5, "max_grad_norm": 1.0, "secret_seed": secret_seed},
-        "training": base,
-    })
+    return parse_config(
+        {
+            "name": "dist",
+            "seed": 0,
+            "data": {"name": "digits"},
+            "model": {
+                "name": "eq_resnet9",
+                "options": {"group": "dihedral", "order": 4, "layout": [2, 4, 4], "num_groups": 2},
+            },
+            "privacy": {"target_epsilon": 4.0, "delta": 1e-5, "max_grad_norm": 1.0, "secret_seed": secret_seed},
+            "training": base,
+        }
+    )
 
 
 def checkpoint_parameters(result):
@@ -43,8 +59,9 @@ def test_two_workers_equal_one_process(local_ray, tmp_path):
     from eqdp_ray.train.distributed import train_distributed
 
     captured = {}
-    single = train(config(), on_epoch=lambda r, s: captured.update(p=[v.clone() for v in s.model.state_dict().values()]),
-                   log=None)
+    single = train(
+        config(), on_epoch=lambda r, s: captured.update(p=[v.clone() for v in s.model.state_dict().values()]), log=None
+    )
     double = train_distributed(config(), workers=2, output_dir=tmp_path, log=None)
     assert double["steps"] == single["steps"] == 4
     assert double["epsilon"] == pytest.approx(single["epsilon"]) and double["epsilon"] <= 4.0
@@ -69,8 +86,9 @@ def test_worker_killed_mid_run_resumes_without_double_counting(local_ray, tmp_pa
                 self.killed = True
                 os.kill(metrics[-1]["pid"], signal.SIGKILL)  # a real worker process dies
 
-    result = train_distributed(config(steps=8, secret_seed=None), workers=2, output_dir=tmp_path,
-                               callbacks=[KillOnce()], log=None)
+    result = train_distributed(
+        config(steps=8, secret_seed=None), workers=2, output_dir=tmp_path, callbacks=[KillOnce()], log=None
+    )
     assert result["steps"] == 8
     assert result["epsilon"] == pytest.approx(epsilon_spent(result["noise_multiplier"], result["sample_rate"], 8, 1e-5))
     steps = [h["step"] for h in result["history"]]
@@ -92,12 +110,21 @@ def test_failed_run_continues_under_the_same_name(local_ray, tmp_path):
 
     storage = str(tmp_path / "ray")
     with pytest.raises(RuntimeError, match="failed") as failure:  # no retries: the run stops at step 4
-        train_distributed(config(steps=8, secret_seed=None), workers=2, output_dir=tmp_path, storage=storage,
-                          max_failures=0, callbacks=[KillAtStep4()], run_name="trial-x", log=None)
+        train_distributed(
+            config(steps=8, secret_seed=None),
+            workers=2,
+            output_dir=tmp_path,
+            storage=storage,
+            max_failures=0,
+            callbacks=[KillAtStep4()],
+            run_name="trial-x",
+            log=None,
+        )
     message = str(failure.value)
     assert "\n" not in message and storage in message  # one line, pointing at Ray's full report
-    result = train_distributed(config(steps=8, secret_seed=None), workers=2, output_dir=tmp_path, storage=storage,
-                               run_name="trial-x", log=None)
+    result = train_distributed(
+        config(steps=8, secret_seed=None), workers=2, output_dir=tmp_path, storage=storage, run_name="trial-x", log=None
+    )
     assert result["restarts"] == 1  # resumed once, from the checkpoint of step 4
     steps = [h["step"] for h in result["history"]]
     assert steps == [2, 4, 6, 8]  # the passes before the failure are kept, none is repeated
@@ -126,8 +153,9 @@ def test_training_failures_are_summed_up_in_one_line():
         except Exception as exc:
             return exc
 
-    remote = RuntimeError("Traceback (most recent call last):\n  File \"loop.py\", line 3\nValueError: data dir missing")
+    remote = RuntimeError('Traceback (most recent call last):\n  File "loop.py", line 3\nValueError: data dir missing')
     error = WorkerGroupError("3 workers failed", {2: remote, 0: remote, 1: raised(MemoryError("out of memory"))})
-    assert describe_training_failure(error) == ("ranks 0, 2: ValueError: data dir missing; "
-                                                "rank 1: MemoryError: out of memory")
+    assert describe_training_failure(error) == (
+        "ranks 0, 2: ValueError: data dir missing; rank 1: MemoryError: out of memory"
+    )
     assert describe_training_failure(ControllerError(KeyError("x"))) == "KeyError: 'x'"

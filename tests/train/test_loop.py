@@ -1,4 +1,5 @@
 """End-to-end DP-SGD runs on the offline digits data set, with real escnn models and accountants."""
+
 import math
 
 import pytest
@@ -12,14 +13,26 @@ TINY_EQ = {"name": "eq_resnet9", "options": {"group": "dihedral", "order": 4, "l
 
 
 def tiny_config(**training):
-    base = {"batch_size": 128, "steps": 4, "augmult": 2, "crop_padding": 1, "lr": 0.5, "ema_decay": 0.9,
-            "physical_batch_size": 96}
+    base = {
+        "batch_size": 128,
+        "steps": 4,
+        "augmult": 2,
+        "crop_padding": 1,
+        "lr": 0.5,
+        "ema_decay": 0.9,
+        "physical_batch_size": 96,
+    }
     base.update(training)
-    return parse_config({
-        "name": "tiny", "seed": 0, "data": {"name": "digits"}, "model": TINY_EQ,
-        "privacy": {"target_epsilon": 4.0, "delta": 1e-5, "max_grad_norm": 1.0, "secret_seed": 1234},
-        "training": base,
-    })
+    return parse_config(
+        {
+            "name": "tiny",
+            "seed": 0,
+            "data": {"name": "digits"},
+            "model": TINY_EQ,
+            "privacy": {"target_epsilon": 4.0, "delta": 1e-5, "max_grad_norm": 1.0, "secret_seed": 1234},
+            "training": base,
+        }
+    )
 
 
 def final_parameters(config):
@@ -35,13 +48,29 @@ def final_parameters(config):
 
 def test_result_record_and_privacy_fields():
     result, _ = final_parameters(tiny_config())
-    for key in ["model", "group", "num_params", "dataset", "target_epsilon", "delta", "accountant", "noise_multiplier",
-                "sample_rate", "steps", "epsilon", "val_accuracy", "test_accuracy", "wall_time_s", "samples_per_s"]:
+    for key in [
+        "model",
+        "group",
+        "num_params",
+        "dataset",
+        "target_epsilon",
+        "delta",
+        "accountant",
+        "noise_multiplier",
+        "sample_rate",
+        "steps",
+        "epsilon",
+        "val_accuracy",
+        "test_accuracy",
+        "wall_time_s",
+        "samples_per_s",
+    ]:
         assert key in result, key
     assert result["steps"] == 4 and result["dataset"] == "digits"
     assert result["epsilon"] <= 4.0
     assert result["epsilon"] == pytest.approx(
-        epsilon_spent(result["noise_multiplier"], result["sample_rate"], 4, 1e-5, "rdp"))
+        epsilon_spent(result["noise_multiplier"], result["sample_rate"], 4, 1e-5, "rdp")
+    )
     assert result["sample_rate"] == pytest.approx(128 / result["train_size"])
     assert "NOT private" in result["noise_source"]
     assert 0.0 <= result["test_accuracy"] <= 1.0 and result["samples_per_s"] > 0

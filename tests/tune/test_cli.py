@@ -1,4 +1,5 @@
 """`eqdp-ray tune`: a thin face over run_search / validate_space; bad input is one clear error, exit 2."""
+
 import textwrap
 
 from eqdp_ray.cli import main

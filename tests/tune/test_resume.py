@@ -3,6 +3,7 @@
 The study is a Papernot-Steinke random search (random number of trials), so this also checks
 that its search-level (epsilon, delta) lands on every row.
 """
+
 import json
 import os
 import signal
@@ -23,9 +24,15 @@ SPACE = {
     "privacy": {"target_epsilon": 4.0, "delta": 1e-5},
     "data": {"name": "digits", "train_subset": 300, "test_subset": 100},
     "fixed": {
-        "model.name": "resnet9", "model.options.width": 0.125, "model.options.num_groups": 2,
-        "training.steps": 240, "training.eval_every": 20, "training.crop_padding": 0, "training.ema_decay": 0.9,
-        "training.physical_batch_size": 128, "privacy.secret_seed": 7,
+        "model.name": "resnet9",
+        "model.options.width": 0.125,
+        "model.options.num_groups": 2,
+        "training.steps": 240,
+        "training.eval_every": 20,
+        "training.crop_padding": 0,
+        "training.ema_decay": 0.9,
+        "training.physical_batch_size": 128,
+        "privacy.secret_seed": 7,
     },
     "search": {
         "training.lr": {"type": "float", "low": 0.5, "high": 2.0, "log": True},
@@ -52,8 +59,13 @@ def test_interrupted_study_resumes_without_rerunning_or_duplicating(tmp_path):
     store = ResultsStore(str(store_dir))
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     with open(tmp_path / "first.log", "w") as out:
-        proc = subprocess.Popen([sys.executable, "-c", RUN, str(space_file), str(store_dir)], stdout=out,
-                                stderr=subprocess.STDOUT, env=env, cwd=os.getcwd())
+        proc = subprocess.Popen(
+            [sys.executable, "-c", RUN, str(space_file), str(store_dir)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=os.getcwd(),
+        )
         try:
             deadline = time.time() + 180
             completed = None

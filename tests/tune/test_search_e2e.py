@@ -1,4 +1,5 @@
 """A real search on a real local Ray: Tune + Optuna + ASHA, rows in a real Parquet store, resume."""
+
 import optuna
 import pytest
 
@@ -17,9 +18,14 @@ def e2e_space(study, **changes):
         "privacy": {"target_epsilon": 4.0, "delta": 1e-5},
         "data": {"name": "digits", "train_subset": 300, "test_subset": 100},
         "fixed": {
-            "model.name": "resnet9", "model.options.width": 0.125, "model.options.num_groups": 2,
-            "training.eval_every": 2, "training.crop_padding": 0, "training.ema_decay": 0.9,
-            "training.physical_batch_size": 128, "privacy.secret_seed": 7,
+            "model.name": "resnet9",
+            "model.options.width": 0.125,
+            "model.options.num_groups": 2,
+            "training.eval_every": 2,
+            "training.crop_padding": 0,
+            "training.ema_decay": 0.9,
+            "training.physical_batch_size": 128,
+            "privacy.secret_seed": 7,
         },
         "search": {
             "training.steps": {"type": "categorical", "choices": [4, 12]},
@@ -95,7 +101,10 @@ def test_search_writes_rows_asha_stops_and_resume_does_not_duplicate(tmp_path, l
 def test_multi_worker_multi_objective_trial(tmp_path, local_ray):
     """A trial with 2 workers launches its own TorchTrainer; two objectives give a Pareto front."""
     space = e2e_space(
-        "e2e_dist", resources={"workers": 2, "cpus_per_worker": 1}, num_samples=1, max_concurrent=1,
+        "e2e_dist",
+        resources={"workers": 2, "cpus_per_worker": 1},
+        num_samples=1,
+        max_concurrent=1,
         scheduler={"type": "none"},
         objectives=[{"metric": "val_accuracy", "mode": "max"}, {"metric": "num_params", "mode": "min"}],
         search={"training.lr": {"type": "float", "low": 0.5, "high": 2.0}},

@@ -1,4 +1,5 @@
 """The Papernot-Steinke bound on a whole random search, checked against the paper's formulas."""
+
 import math
 import random
 import warnings

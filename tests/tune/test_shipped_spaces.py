@@ -1,4 +1,5 @@
 """Every search space we ship validates, at the scale it is meant for, before anyone runs it."""
+
 from pathlib import Path
 
 import pytest
@@ -38,8 +39,12 @@ def test_quickstart_is_offline_cpu_and_compares_both_models():
 
 
 def test_pareto_front():
-    rows = [{"id": 1, "acc": 0.9, "params": 100}, {"id": 2, "acc": 0.8, "params": 10},
-            {"id": 3, "acc": 0.7, "params": 50}, {"id": 4, "acc": 0.9, "params": 200},
-            {"id": 5, "acc": float("nan"), "params": 1}]
+    rows = [
+        {"id": 1, "acc": 0.9, "params": 100},
+        {"id": 2, "acc": 0.8, "params": 10},
+        {"id": 3, "acc": 0.7, "params": 50},
+        {"id": 4, "acc": 0.9, "params": 200},
+        {"id": 5, "acc": float("nan"), "params": 1},
+    ]
     front = pareto_front(rows, [("acc", "max"), ("params", "min")])
     assert [r["id"] for r in front] == [1, 2]

@@ -1,4 +1,5 @@
 """Search-space schema: every malformed space fails before any trial starts, naming the line or key."""
+
 import textwrap
 
 import optuna
@@ -28,8 +29,11 @@ def base(**changes):
         "search": {
             "model.name": {"type": "categorical", "choices": ["eq_resnet9", "resnet9"]},
             "model.options.order": {"type": "categorical", "choices": [2, 4], "when": {"model.name": "eq_resnet9"}},
-            "model.options.layout": {"type": "categorical", "choices": [[4, 8, 16], [8, 8, 16]],
-                                     "when": {"model.name": "eq_resnet9"}},
+            "model.options.layout": {
+                "type": "categorical",
+                "choices": [[4, 8, 16], [8, 8, 16]],
+                "when": {"model.name": "eq_resnet9"},
+            },
             "model.options.width": {"type": "categorical", "choices": [0.125, 0.25], "when": {"model.name": "resnet9"}},
             "training.lr": {"type": "loguniform", "low": 0.5, "high": 4.0},
             "training.batch_size": {"type": "int", "low": 64, "high": 256, "step": 64},
@@ -70,8 +74,11 @@ def test_valid_yaml_parses_with_defaults(tmp_path):
 
 def test_unknown_config_key_names_line_and_suggests(tmp_path):
     text = VALID_YAML.replace("training.lr: {type", "trainng.lr: {type")
-    with pytest.raises(SpaceError, match=r"space\.yaml:7: 'search\.trainng\.lr': unknown config key 'trainng\.lr'; "
-                                         r"did you mean 'training\.lr'"):
+    with pytest.raises(
+        SpaceError,
+        match=r"space\.yaml:7: 'search\.trainng\.lr': unknown config key 'trainng\.lr'; "
+        r"did you mean 'training\.lr'",
+    ):
         load_space(write(tmp_path, text))
 
 
@@ -89,15 +96,18 @@ def test_duplicate_yaml_key_is_an_error(tmp_path):
         load_space(write(tmp_path, text))
 
 
-@pytest.mark.parametrize("spec,match", [
-    ({"type": "float", "low": 2.0, "high": 2.0}, "empty range: low=2.0 must be below high=2.0"),
-    ({"type": "int", "low": 5, "high": 3}, "empty range"),
-    ({"type": "loguniform", "low": 0.0, "high": 1.0}, "log scale needs low > 0"),
-    ({"type": "categorical", "choices": []}, "non-empty list of choices"),
-    ({"type": "categorical", "choices": [1, 1]}, "repeated choice"),
-    ({"type": "gaussian", "low": 0, "high": 1}, "type must be one of"),
-    (0.5, "needs a distribution"),
-])
+@pytest.mark.parametrize(
+    "spec,match",
+    [
+        ({"type": "float", "low": 2.0, "high": 2.0}, "empty range: low=2.0 must be below high=2.0"),
+        ({"type": "int", "low": 5, "high": 3}, "empty range"),
+        ({"type": "loguniform", "low": 0.0, "high": 1.0}, "log scale needs low > 0"),
+        ({"type": "categorical", "choices": []}, "non-empty list of choices"),
+        ({"type": "categorical", "choices": [1, 1]}, "repeated choice"),
+        ({"type": "gaussian", "low": 0, "high": 1}, "type must be one of"),
+        (0.5, "needs a distribution"),
+    ],
+)
 def test_bad_distributions(spec, match):
     space = base()
     space["search"]["training.momentum"] = spec
@@ -107,12 +117,21 @@ def test_bad_distributions(spec, match):
 
 def test_fixed_and_searched_is_an_error(tmp_path):
     text = VALID_YAML.replace("training.steps: 20", "training.steps: 20\n      training.lr: 1.0")
-    with pytest.raises(SpaceError, match=r"space\.yaml:8: 'search\.training\.lr': is both fixed \(line 6\) and searched"):
+    with pytest.raises(
+        SpaceError, match=r"space\.yaml:8: 'search\.training\.lr': is both fixed \(line 6\) and searched"
+    ):
         load_space(write(tmp_path, text))
 
 
-@pytest.mark.parametrize("block,key", [("search", "privacy.noise_multiplier"), ("search", "sigma"),
-                                       ("fixed", "privacy.sigma"), ("fixed", "noise_multiplier")])
+@pytest.mark.parametrize(
+    "block,key",
+    [
+        ("search", "privacy.noise_multiplier"),
+        ("search", "sigma"),
+        ("fixed", "privacy.sigma"),
+        ("fixed", "noise_multiplier"),
+    ],
+)
 def test_sigma_is_never_set(block, key):
     space = base()
     value = {"type": "float", "low": 0.5, "high": 2.0} if block == "search" else 1.0
@@ -144,9 +163,13 @@ def test_clip_norm_is_a_training_choice_not_part_of_the_budget():
 
 
 def test_impossible_budget_fails_before_any_trial():
-    space = load_space(base(privacy={"target_epsilon": 1e-4, "delta": 1e-5},
-                            fixed={"training.steps": 20000, "training.batch_size": TRAIN_SIZE},
-                            search={"training.lr": {"type": "float", "low": 0.5, "high": 2.0}}))
+    space = load_space(
+        base(
+            privacy={"target_epsilon": 1e-4, "delta": 1e-5},
+            fixed={"training.steps": 20000, "training.batch_size": TRAIN_SIZE},
+            search={"training.lr": {"type": "float", "low": 0.5, "high": 2.0}},
+        )
+    )
     with pytest.raises(SpaceError, match="no trial of this space can meet the privacy budget epsilon=0.0001"):
         check_space(space, TRAIN_SIZE)
 
@@ -192,14 +215,20 @@ def test_batch_larger_than_the_training_set_is_caught():
 
 def test_condition_on_unknown_key_and_cycles():
     space = base()
-    space["search"]["model.options.group"] = {"type": "categorical", "choices": ["cyclic"],
-                                              "when": {"model.options.bogus": 1}}
+    space["search"]["model.options.group"] = {
+        "type": "categorical",
+        "choices": ["cyclic"],
+        "when": {"model.options.bogus": 1},
+    }
     with pytest.raises(SpaceError, match="neither searched nor fixed"):
         load_space(space)
     space = base()
     space["search"]["training.momentum"] = {"type": "float", "low": 0, "high": 0.9, "when": {"training.nesterov": True}}
-    space["search"]["training.nesterov"] = {"type": "categorical", "choices": [True, False],
-                                            "when": {"training.momentum": 0.5}}
+    space["search"]["training.nesterov"] = {
+        "type": "categorical",
+        "choices": [True, False],
+        "when": {"training.momentum": 0.5},
+    }
     with pytest.raises(SpaceError, match="cycle"):
         load_space(space)
 
@@ -250,8 +279,7 @@ def test_sample_rate_pseudo_key_and_privacy_candidates():
 
 def test_overrides_apply_to_dotted_keys(tmp_path):
     path = write(tmp_path, VALID_YAML)
-    space = load_space(path, ["num_samples=7", "fixed.training.steps=9", "search.training.lr.high=3",
-                              "sampler.seed=5"])
+    space = load_space(path, ["num_samples=7", "fixed.training.steps=9", "search.training.lr.high=3", "sampler.seed=5"])
     assert space.num_samples == 7 and space.fixed["training.steps"] == 9 and space.sampler.seed == 5
     assert space.search["training.lr"].high == 3
     with pytest.raises(SpaceError, match=r"--set search\.training\.lr\.high: 'search\.training\.lr': empty range"):
