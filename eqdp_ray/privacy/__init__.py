@@ -1,6 +1,7 @@
-"""The privacy-critical core: per-example gradients, clipping, noise, sampling, accounting."""
+"""The privacy-critical core: per-example gradients, clipping, noise, sampling, accounting, the audit's bound."""
 
 from eqdp_ray.privacy.accounting import ACCOUNTANTS, PrivacyPlan, epsilon_spent, plan_privacy
+from eqdp_ray.privacy.audit_bound import AuditBound, audit_from_scores, epsilon_lower_bound, one_run_p_value
 from eqdp_ray.privacy.clipping import average_augmentations, clip_and_sum, clip_factors, per_example_norms
 from eqdp_ray.privacy.errors import PrivacyBudgetError, PrivacyError, UnsupportedModelError
 from eqdp_ray.privacy.noise import add_gaussian_noise, noise_generator, secure_seed
@@ -12,6 +13,10 @@ __all__ = [
     "PrivacyPlan",
     "epsilon_spent",
     "plan_privacy",
+    "AuditBound",
+    "audit_from_scores",
+    "epsilon_lower_bound",
+    "one_run_p_value",
     "average_augmentations",
     "clip_and_sum",
     "clip_factors",
