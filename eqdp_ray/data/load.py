@@ -14,15 +14,7 @@ from .dataset import ImageDataset, SourceData
 from .digits import load_digits_source
 from .errors import DatasetError
 from .mnist import load_mnist
-from .splits import (
-    STREAM_TEST_SUBSET,
-    STREAM_TRAIN_SUBSET,
-    STREAM_VAL,
-    balanced_subset,
-    resolve_count,
-    rng_for,
-    stratified_split,
-)
+from .splits import STREAM_TEST_SUBSET, balanced_subset, hash_split, resolve_count, rng_for
 
 __all__ = ["DATASETS", "default_root", "load_dataset"]
 
@@ -65,11 +57,12 @@ def load_dataset(
     """Load a data set by name and split it for training, model selection and reporting.
 
     - ``val_size`` (int count or float fraction in [0, 1)) is carved from the official
-      training data, stratified by class and fixed by ``seed``; the official test set is
-      never touched by it, so tuning on val keeps test honest.
-    - ``train_subset`` / ``test_subset`` then take that many examples, as equal a number per
-      class as possible, from the remaining training part / the test part (seeded by
-      ``seed``, each its own random stream, so one never moves the other or the val split).
+      training data by each example's own hash with ``seed`` (about that many examples: the
+      count is binomial), so that adding or removing one training example moves no other
+      between the splits; the official test set is never touched by it.
+    - ``train_subset`` then keeps about that many of the remaining training examples, by the
+      same kind of hash; ``test_subset`` takes that many test examples, as equal a number per
+      class as possible (public data: a seeded draw is fine there).
     - ``root`` defaults to :func:`default_root`; ``download`` fetches missing official files
       (CIFAR, MNIST). ``digits`` ships with scikit-learn and ignores both.
 
@@ -90,14 +83,22 @@ def load_dataset(
 
     src = _source(name, root_path, download)
 
+    # Private data is split by each example's own hash (splits.py): adding or removing one
+    # example moves no other between train and validation, or in or out of the subset.
     n_val = resolve_count(val_size, len(src.train_y), "val_size")
-    train_idx, val_idx = stratified_split(src.train_y.numpy(), n_val, rng_for(seed, STREAM_VAL))
+    images = src.train_x.numpy()
+    train_idx, val_idx = hash_split(images, src.train_y.numpy(), n_val / len(src.train_y), seed, "val")
     train_x, train_y = _take(src.train_x, src.train_y, train_idx)
     val_x, val_y = _take(src.train_x, src.train_y, val_idx)
     test_x, test_y = src.test_x, src.test_y
 
     if train_subset is not None:
-        idx = balanced_subset(train_y.numpy(), train_subset, rng_for(seed, STREAM_TRAIN_SUBSET), "train_subset")
+        if not 1 <= train_subset <= len(train_y):
+            raise DatasetError(
+                f"train_subset={train_subset} is out of range: it must be between 1 and {len(train_y)} "
+                "(the training examples left after the validation split)"
+            )
+        _, idx = hash_split(train_x.numpy(), train_y.numpy(), train_subset / len(train_y), seed, "train_subset")
         train_x, train_y = _take(train_x, train_y, idx)
     if test_subset is not None:
         idx = balanced_subset(test_y.numpy(), test_subset, rng_for(seed, STREAM_TEST_SUBSET), "test_subset")

@@ -1,18 +1,27 @@
-"""Deterministic, class-aware index selection for validation splits and subsets.
+"""Deterministic index selection for validation splits and subsets.
 
-Everything here works on label arrays and returns sorted index arrays, so a split keeps the
-original order of the images and depends only on the labels and the seed.
+Splits of private data (train / validation, the training subset) go by each example's own
+public hash (`hash_split`): an example lands in the validation split iff
+hash(seed, label, pixels) < fraction. Adding or removing one example therefore moves no other
+example between the splits, so neighbouring data sets (add/remove one example) stay
+neighbouring after the split, on exactly one side. A seeded permutation of the whole set (what
+`stratified_split` does) would not: one added example reshuffles every other, and the training
+sets of two neighbouring data sets would differ in many examples (docs/PRIVACY.md).
+
+`stratified_split` and `balanced_subset` remain for public data (the fixed digits test split,
+the test subset). Everything returns sorted index arrays, so a split keeps the original order.
 """
 
 from __future__ import annotations
 
+import hashlib
 import numbers
 
 import numpy as np
 
 from .errors import DatasetError
 
-__all__ = ["resolve_count", "stratified_split", "balanced_subset", "rng_for"]
+__all__ = ["resolve_count", "stratified_split", "balanced_subset", "rng_for", "example_hashes", "hash_split"]
 
 # Separate random streams per purpose, so that e.g. changing train_subset never moves the
 # validation split.
@@ -109,3 +118,30 @@ def balanced_subset(labels: np.ndarray, k: int, rng: np.random.Generator, what: 
         )
     classes, counts = np.unique(labels, return_counts=True)
     return _pick(labels, _equal(counts.astype(np.int64), int(k)), classes, rng)
+
+
+def example_hashes(images: np.ndarray, labels: np.ndarray, seed: int, purpose: str) -> np.ndarray:
+    """One public number in [0, 1) per example, a function of that example (pixels, label) and the seed only."""
+    images = np.ascontiguousarray(images)
+    labels = np.asarray(labels)
+    key = f"eqdp-ray/{purpose}/{int(seed)}".encode()
+    out = np.empty(len(labels), dtype=np.float64)
+    for i in range(len(labels)):
+        h = hashlib.blake2b(images[i].tobytes(), digest_size=8, key=key[:64], person=b"eqdp-split")
+        h.update(int(labels[i]).to_bytes(8, "little", signed=True))
+        out[i] = int.from_bytes(h.digest(), "little") / 2.0**64
+    return out
+
+
+def hash_split(
+    images: np.ndarray, labels: np.ndarray, fraction: float, seed: int, purpose: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split into (rest, held_out): an example is held out iff its own hash is < `fraction`.
+
+    The held-out size is random around fraction * n (binomial), the price of moving no example
+    when another one is added or removed.
+    """
+    if not 0.0 <= fraction <= 1.0:
+        raise DatasetError(f"a split fraction must lie in [0, 1], got {fraction}")
+    held = example_hashes(images, labels, seed, purpose) < fraction
+    return np.flatnonzero(~held).astype(np.int64), np.flatnonzero(held).astype(np.int64)

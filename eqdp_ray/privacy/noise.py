@@ -34,3 +34,18 @@ def add_gaussian_noise(
         draw = torch.normal(0.0, std, size=tensor.shape, generator=generator, dtype=torch.float64)
         noisy.append(tensor + draw.to(device=tensor.device, dtype=tensor.dtype))
     return noisy
+
+
+def noisy_accuracy(correct: int, total: int, noise_std: float, generator: torch.Generator) -> float:
+    """A released validation score: (count of correct predictions + N(0, noise_std^2)) / total.
+
+    Adding or removing one validation example changes the count by at most 1, so this is the
+    Gaussian mechanism with sensitivity 1 (`eqdp_ray.privacy.rdp.gaussian_rdp`); `total`, the
+    validation-set size, is treated as public like the training-set size (docs/PRIVACY.md). The
+    result may leave [0, 1]: clamping it would be post-processing, but the unclamped value is
+    an unbiased estimate.
+    """
+    if total <= 0:
+        return float("nan")
+    draw = torch.normal(0.0, float(noise_std), size=(1,), generator=generator, dtype=torch.float64)
+    return (float(correct) + float(draw.item())) / total

@@ -3,8 +3,8 @@
 Importing this package does not import Ray; `run_search` does, when it runs.
 """
 
+from eqdp_ray.privacy.selection import SearchPrivacy, search_privacy
 from eqdp_ray.tune.runner import SearchSummary, pareto_front, run_search, validate_space
-from eqdp_ray.tune.search_privacy import SearchPrivacy, search_privacy
 from eqdp_ray.tune.space import SearchSpace, SpaceCheck, SpaceError, check_space, load_space, trial_config
 
 __all__ = [

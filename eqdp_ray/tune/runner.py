@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from eqdp_ray.privacy.selection import SearchPrivacy, count_distribution, search_privacy
 from eqdp_ray.train.cluster import ClusterError, check_writable, connect_ray
-from eqdp_ray.tune.search_privacy import SearchPrivacy, count_distribution, search_privacy
 from eqdp_ray.tune.space import (
     CONDITION_DEFAULTS,
     SearchSpace,

@@ -9,18 +9,23 @@ import pytest
 from opacus.accountants.analysis.rdp import get_privacy_spent
 
 from eqdp_ray.privacy import plan_privacy
-from eqdp_ray.tune.search_privacy import (
-    ORDERS,
+from eqdp_ray.privacy.rdp import ORDERS, rdp_to_epsilon, subsampled_gaussian_rdp
+from eqdp_ray.privacy.selection import (
     PoissonCount,
     TruncatedNegativeBinomial,
-    composition_epsilon,
     poisson_rdp,
-    rdp_to_dp,
     search_privacy,
     tnb_rdp,
-    trial_rdp,
     uniform_rdp,
 )
+
+
+def trial_rdp(sigma, q, steps):
+    return subsampled_gaussian_rdp(sigma, q, steps)
+
+
+def rdp_to_dp(curve, orders, delta):
+    return rdp_to_epsilon(curve, delta, orders)
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +85,7 @@ def _theorem2_by_hand(curve, orders, eta, gamma, lam_index):
 def test_theorem_2_matches_the_paper_formula_on_a_gaussian_mechanism(eta, gamma):
     sigma = 3.0
     curve = np.array([lam / (2 * sigma**2) for lam in ORDERS])  # Gaussian mechanism, sensitivity 1
-    got = tnb_rdp(curve, ORDERS, TruncatedNegativeBinomial(eta, gamma))
+    got = tnb_rdp(curve, TruncatedNegativeBinomial(eta, gamma), ORDERS)
     for i in (0, 10, 50, len(ORDERS) - 1):
         assert got[i] == pytest.approx(_theorem2_by_hand(curve, ORDERS, eta, gamma, i), rel=1e-12)
 
@@ -91,7 +96,7 @@ def test_pure_dp_trials_give_corollary_3(eta):
     eps0 = 0.7
     orders = list(np.geomspace(1.01, 1e8, 400))
     curve = np.full(len(orders), eps0)
-    got = tnb_rdp(curve, orders, TruncatedNegativeBinomial.with_mean(10.0, eta))
+    got = tnb_rdp(curve, TruncatedNegativeBinomial.with_mean(10.0, eta), orders)
     assert got[-1] == pytest.approx((2 + eta) * eps0, abs=1e-3)
     assert np.all(got >= eps0)
 
@@ -115,8 +120,8 @@ def test_theorem_6_matches_the_paper_formula(dpsgd_trial):
     sigma, q, steps = dpsgd_trial
     curve = trial_rdp(sigma, q, steps)
     mu = 8.0
-    got = poisson_rdp(curve, ORDERS, PoissonCount(mu))
-    for i in (5, 30, 100, len(ORDERS) - 1):
+    got = poisson_rdp(curve, PoissonCount(mu), ORDERS)
+    for i in (2, 30, 60, len(ORDERS) - 1):
         lam = ORDERS[i]
         eps_hat = math.log(1 + 1 / (lam - 1))  # the largest eps_hat Theorem 6 allows at this lambda
         delta_hat = min(1.0, _delta_for(curve, ORDERS, eps_hat))
@@ -132,13 +137,12 @@ def test_search_epsilon_grows_with_the_expected_number_of_trials(dpsgd_trial, di
 
 def test_search_epsilon_is_trial_epsilon_plus_a_modest_overhead(dpsgd_trial):
     trial_eps = rdp_to_dp(trial_rdp(*dpsgd_trial), ORDERS, 1e-5)[0]
-    assert trial_eps == pytest.approx(8.0, abs=0.1)  # what plan_privacy calibrated to
+    assert 8.0 <= trial_eps <= 8.0 * 1.02  # what plan_privacy calibrated to (fractional orders: a bit lower)
     almost_one = search_privacy("truncated_negative_binomial", 1.001, [dpsgd_trial], 1e-5)
     assert trial_eps < almost_one.epsilon < trial_eps + 0.1
     ten = search_privacy("truncated_negative_binomial", 10, [dpsgd_trial], 1e-5)
     assert trial_eps + 1 < ten.epsilon < 2 * trial_eps  # far below composition over 10 trials
     composed = rdp_to_dp(10 * trial_rdp(*dpsgd_trial), ORDERS, 1e-5)[0]
-    assert composition_epsilon(trial_rdp(*dpsgd_trial), ORDERS, 10, 1e-5) == composed
     assert ten.epsilon < composed / 2
     assert ten.trial_epsilon == pytest.approx(trial_eps) and "Theorem 2" in ten.theorem
     assert "Theorem 6" in search_privacy("poisson", 10, [dpsgd_trial], 1e-5).theorem

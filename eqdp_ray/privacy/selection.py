@@ -1,29 +1,18 @@
-"""The privacy of a search as a whole, not of one trial.
+"""Papernot & Steinke (ICLR 2022, arXiv 2110.03620): the best of a random number of trials.
 
-Every trial of a study ends at epsilon <= target, but a search trains many models on the same
-private data and releases the best one, and that choice leaks too. This module bounds the
-leak for the one search procedure where a good bound is known:
+Random search whose number of trials K is itself random (and secret) releases its best trial
+at little more than one trial's cost. The conditions under which the numbers hold:
 
-    Papernot & Steinke, "Hyperparameter Tuning with Renyi Differential Privacy", ICLR 2022
-    (arXiv 2110.03620).
+1. K is drawn from a truncated negative binomial D_{eta,gamma} (Theorem 2) or a Poisson
+   distribution (Theorem 6), with randomness the adversary does not see;
+2. each trial draws its hyperparameters independently from one fixed distribution (no TPE, no
+   early stopping, nothing that looks at earlier trials);
+3. one RDP curve bounds every trial, whatever it drew (`eqdp_ray.privacy.search` builds it as the
+   pointwise maximum over the trial shapes a space allows; Renyi divergence is jointly
+   quasi-convex, so a random mixture of mechanisms is bounded by its worst component);
+4. only the best trial is released (its score, hyperparameters and model).
 
-Their setting, and so the conditions under which the numbers computed here hold:
-
-1. the number of trials K is random, drawn from a truncated negative binomial (Theorem 2) or a
-   Poisson distribution (Theorem 6), with randomness the adversary does not see;
-2. each trial draws its hyperparameters independently from one fixed distribution (random
-   search: no TPE, no early stopping, nothing adaptive);
-3. one RDP curve bounds every trial, whatever hyperparameters it drew: here the pointwise
-   maximum of the curves of every (sample rate, steps) the space allows (sigma follows from
-   those and the fixed budget; clip norm, learning rate and architecture do not change it);
-4. only the best trial is released (its score, hyperparameters and model). The results store
-   keeps every trial's numbers for the person running the search; publishing all of them, or
-   the number of trials, is not covered.
-
-Adaptive searches (TPE, ASHA) are not covered by this bound. For them the only general
-statement is composition over all N trials (`composition_epsilon`), which is far larger.
-
-Conventions: an RDP curve is an array of epsilons over an array of orders lambda > 1.
+Curves are arrays over `eqdp_ray.privacy.rdp.ORDERS` (integer orders).
 """
 
 from __future__ import annotations
@@ -35,12 +24,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from opacus.accountants.analysis.rdp import compute_rdp
 
-#: Renyi orders: Opacus's defaults plus larger ones, which the selection bounds often want.
-ORDERS: tuple[float, ...] = tuple(
-    [1 + x / 10.0 for x in range(1, 100)] + list(range(11, 64)) + [64, 80, 96, 128, 160, 192, 256, 384, 512, 768, 1024]
-)
+from eqdp_ray.privacy.rdp import ORDERS, rdp_to_delta, rdp_to_epsilon, subsampled_gaussian_rdp
 
 THEOREM_TNB = "Papernot & Steinke (ICLR 2022), Theorem 2 (truncated negative binomial number of trials)"
 THEOREM_POISSON = "Papernot & Steinke (ICLR 2022), Theorem 6 (Poisson number of trials)"
@@ -158,47 +143,7 @@ def count_distribution(distribution: str, mean: float, eta: float = 1.0) -> Trun
     raise ValueError(f"unknown distribution {distribution!r}")
 
 
-# ------------------------------------------------------------------------------------------
-# RDP curves
-# ------------------------------------------------------------------------------------------
-
-
-def trial_rdp(noise_multiplier: float, sample_rate: float, steps: int, orders: Sequence[float] = ORDERS) -> np.ndarray:
-    """RDP of one trial: `steps` Poisson-subsampled Gaussian steps (Mironov et al. 2019, via Opacus)."""
-    return np.asarray(
-        compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier, steps=steps, orders=list(orders)), dtype=float
-    )
-
-
-def uniform_rdp(candidates: Iterable[tuple[float, float, int]], orders: Sequence[float] = ORDERS) -> np.ndarray:
-    """One curve that bounds every candidate (sigma, q, steps): their pointwise maximum.
-
-    A trial that first draws its hyperparameters at random and then trains is a mixture of
-    these mechanisms; Renyi divergence is jointly quasi-convex, so the mixture is bounded by the
-    worst component at every order (condition 3 of the module docstring).
-    """
-    curves = [trial_rdp(s, q, t, orders) for s, q, t in candidates]
-    if not curves:
-        raise ValueError("no candidate trials")
-    return np.max(np.stack(curves), axis=0)
-
-
-def rdp_to_dp(rdp: np.ndarray, orders: Sequence[float], delta: float) -> tuple[float, float]:
-    """(epsilon, best order) at `delta`: the conversion Opacus uses (Balle et al. 2020, Theorem 21)."""
-    a = np.asarray(orders, dtype=float)
-    eps = np.asarray(rdp, dtype=float) + np.log((a - 1) / a) - (math.log(delta) + np.log(a)) / (a - 1)
-    i = int(np.nanargmin(eps))
-    return float(eps[i]), float(a[i])
-
-
-def _log_delta_at(rdp: np.ndarray, orders: np.ndarray, epsilon: float) -> float:
-    """log delta such that the curve gives (epsilon, delta)-DP: the same conversion, solved for delta."""
-    a = orders
-    log_delta = (a - 1) * (rdp - epsilon) + (a - 1) * np.log(1 - 1 / a) - np.log(a)
-    return float(min(0.0, np.min(log_delta)))
-
-
-def tnb_rdp(rdp: np.ndarray, orders: Sequence[float], dist: TruncatedNegativeBinomial) -> np.ndarray:
+def tnb_rdp(rdp: np.ndarray, dist: TruncatedNegativeBinomial, orders: Sequence[int] = ORDERS) -> np.ndarray:
     """Theorem 2 (Papernot & Steinke 2022): RDP of the best of K ~ D_{eta,gamma} independent trials.
 
     If each trial is (lambda, eps)-RDP and (lambda_hat, eps_hat)-RDP, the search is
@@ -219,7 +164,7 @@ def tnb_rdp(rdp: np.ndarray, orders: Sequence[float], dist: TruncatedNegativeBin
     return rdp + best_hat + math.log(dist.mean) / (a - 1)
 
 
-def poisson_rdp(rdp: np.ndarray, orders: Sequence[float], dist: PoissonCount) -> np.ndarray:
+def poisson_rdp(rdp: np.ndarray, dist: PoissonCount, orders: Sequence[int] = ORDERS) -> np.ndarray:
     """Theorem 6 (Papernot & Steinke 2022): RDP of the best of K ~ Poisson(mu) independent trials.
 
     If each trial is (lambda, eps)-RDP and (eps_hat, delta_hat)-DP with
@@ -235,24 +180,35 @@ def poisson_rdp(rdp: np.ndarray, orders: Sequence[float], dist: PoissonCount) ->
     out = np.empty_like(rdp)
     for i, lam in enumerate(a):
         eps_hat = math.log1p(1 / (lam - 1))
-        delta_hat = math.exp(_log_delta_at(rdp, a, eps_hat))
+        delta_hat = rdp_to_delta(rdp, eps_hat, orders)
         out[i] = rdp[i] + dist.mu * delta_hat + math.log(dist.mu) / (lam - 1)
     return out
 
 
-def composition_epsilon(rdp: np.ndarray, orders: Sequence[float], trials: int, delta: float) -> float:
-    """Epsilon of running `trials` trials (adaptively chosen or not) and releasing everything: RDP composition."""
-    return rdp_to_dp(np.asarray(rdp) * trials, orders, delta)[0]
+def selection_rdp(
+    rdp: np.ndarray, dist: TruncatedNegativeBinomial | PoissonCount, orders: Sequence[int] = ORDERS
+) -> np.ndarray:
+    """RDP of releasing the best of K ~ `dist` trials, each bounded by the curve `rdp`."""
+    if isinstance(dist, TruncatedNegativeBinomial):
+        return tnb_rdp(rdp, dist, orders)
+    return poisson_rdp(rdp, dist, orders)
 
 
-# ------------------------------------------------------------------------------------------
-# The search as a whole
-# ------------------------------------------------------------------------------------------
+def theorem_of(dist: TruncatedNegativeBinomial | PoissonCount) -> str:
+    return THEOREM_TNB if isinstance(dist, TruncatedNegativeBinomial) else THEOREM_POISSON
+
+
+def uniform_rdp(candidates: Iterable[tuple[float, float, int]], orders: Sequence[int] = ORDERS) -> np.ndarray:
+    """One curve that bounds every candidate (sigma, q, steps) trial: their pointwise maximum (condition 3)."""
+    curves = [subsampled_gaussian_rdp(s, q, t, orders) for s, q, t in candidates]
+    if not curves:
+        raise ValueError("no candidate trials")
+    return np.max(np.stack(curves), axis=0)
 
 
 @dataclass(frozen=True)
 class SearchPrivacy:
-    """What the whole random search guarantees, and what it rests on."""
+    """What a whole random search guarantees, and what it rests on."""
 
     epsilon: float
     delta: float
@@ -280,20 +236,16 @@ def search_privacy(
     delta: float,
     *,
     eta: float = 1.0,
-    orders: Sequence[float] = ORDERS,
+    orders: Sequence[int] = ORDERS,
 ) -> SearchPrivacy:
-    """(epsilon, delta) of a Papernot-Steinke random search whose trials are any of `candidates`."""
+    """(epsilon, delta) of a Papernot-Steinke random search whose trials are any of the (sigma, q, steps) `candidates`."""
     candidates = list(candidates)
     curve = uniform_rdp(candidates, orders)
     dist = count_distribution(distribution, mean, eta)
-    if isinstance(dist, TruncatedNegativeBinomial):
-        total = tnb_rdp(curve, orders, dist)
-        theorem, params = THEOREM_TNB, {"eta": dist.eta, "gamma": dist.gamma}
-    else:
-        total = poisson_rdp(curve, orders, dist)
-        theorem, params = THEOREM_POISSON, {"mu": dist.mu}
-    epsilon, order = rdp_to_dp(total, orders, delta)
-    trial_epsilon, _ = rdp_to_dp(curve, orders, delta)
+    total = selection_rdp(curve, dist, orders)
+    params = {"eta": dist.eta, "gamma": dist.gamma} if isinstance(dist, TruncatedNegativeBinomial) else {"mu": dist.mu}
+    epsilon, order = rdp_to_epsilon(total, delta, orders)
+    trial_epsilon, _ = rdp_to_epsilon(curve, delta, orders)
     return SearchPrivacy(
-        epsilon, delta, order, trial_epsilon, dist.mean, distribution, theorem, params, len(candidates)
+        epsilon, delta, order, trial_epsilon, dist.mean, distribution, theorem_of(dist), params, len(candidates)
     )
