@@ -353,12 +353,26 @@ class SearchLedger:
     plan: SearchPlan
     entries: list[LedgerEntry] = field(default_factory=list)
 
+    @classmethod
+    def from_events(cls, plan: SearchPlan, events: Iterable[Mapping[str, Any]]) -> SearchLedger:
+        """Rebuild a ledger from its recorded events (`reserve` / `settle` rows, in write order)."""
+        ledger = cls(plan)
+        by_key: dict[tuple[str, int], LedgerEntry] = {}
+        for ev in events:
+            key = (str(ev["trial_id"]), int(ev["attempt"]))
+            mechanism = TrialMechanism.from_dict(ev)
+            if ev["event"] == "reserve":
+                by_key[key] = LedgerEntry(key[0], key[1], mechanism)
+                ledger.entries.append(by_key[key])
+            elif key in by_key:
+                by_key[key].spent = mechanism
+            else:  # a settle without its reservation: count it anyway, at what it says it ran
+                by_key[key] = LedgerEntry(key[0], key[1], mechanism, mechanism)
+                ledger.entries.append(by_key[key])
+        return ledger
+
     def committed_rdp(self) -> np.ndarray:
         return compose((e.counted for e in self.entries), self.plan.orders)
-
-    def spent_rdp(self) -> np.ndarray:
-        """What the attempts really ran (unsettled ones at their reservation: we cannot know less)."""
-        return self.committed_rdp()
 
     def can_start(self, mechanism: TrialMechanism) -> bool:
         if self.plan.method == PAPERNOT_STEINKE:

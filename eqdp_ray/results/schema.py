@@ -56,6 +56,10 @@ TRIAL_COLUMNS: dict[str, pa.DataType] = {
     "finished_at": UTC_TS,
     "search_epsilon": pa.float64(),
     "search_delta": pa.float64(),
+    "budget_scope": pa.string(),
+    "search_method": pa.string(),
+    "search_epsilon_spent": pa.float64(),
+    "trial_search_epsilon": pa.float64(),
     CONFIG_JSON: pa.string(),
     WRITTEN_AT: UTC_TS,
 }
@@ -73,6 +77,24 @@ HISTORY_COLUMNS: dict[str, pa.DataType] = {
     "timestamp": UTC_TS,
     WRITTEN_AT: UTC_TS,
 }
+
+#: The search ledger: one row per event of one attempt of one trial (privacy.search.SearchLedger).
+#: `reserve` rows carry the attempt's worst case, `settle` rows what it ran; an attempt without a
+#: `settle` row (a killed trial or driver) counts at its reservation.
+LEDGER_COLUMNS: dict[str, pa.DataType] = {
+    "study": pa.string(),
+    "trial_id": pa.string(),
+    "attempt": pa.int64(),
+    "event": pa.string(),
+    "noise_multiplier": pa.float64(),
+    "sample_rate": pa.float64(),
+    "steps": pa.int64(),
+    "score_noise": pa.float64(),
+    "score_releases": pa.int64(),
+    "timestamp": UTC_TS,
+    WRITTEN_AT: UTC_TS,
+}
+LEDGER_EVENTS: tuple[str, ...] = ("reserve", "settle")
 
 #: Columns whose absence makes a Parquet file "foreign" (not written by this store).
 KEY_COLUMNS: tuple[str, ...] = ("study", "trial_id")
@@ -386,6 +408,25 @@ def normalize_history(row: Mapping[str, Any]) -> dict[str, Any]:
             continue
         out[name] = coerce(data.pop(name, None), dtype, name)
     out.update(data)
+    return out
+
+
+def normalize_ledger(row: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate one ledger row: every column is required except score_noise (None: no score released)."""
+    if not isinstance(row, Mapping):
+        raise ResultsStoreError(f"a ledger row must be a mapping, got {type(row).__name__}")
+    data: dict[str, Any] = {str(k): v for k, v in row.items()}
+    data.pop(WRITTEN_AT, None)
+    for key in ("study", "trial_id", "attempt", "event", "noise_multiplier", "sample_rate", "steps", "timestamp"):
+        if is_missing(data.get(key)) or str(data.get(key)) == "":
+            raise ResultsStoreError(f"a ledger row needs {key!r}; got keys {sorted(row)}")
+    if data["event"] not in LEDGER_EVENTS:
+        raise ResultsStoreError(f"a ledger event is one of {LEDGER_EVENTS}, got {data['event']!r}")
+    out = {
+        name: coerce(data.pop(name, None), dtype, name) for name, dtype in LEDGER_COLUMNS.items() if name != WRITTEN_AT
+    }
+    if data:
+        raise ResultsStoreError(f"unknown ledger columns {sorted(data)}")
     return out
 
 

@@ -63,6 +63,7 @@ from eqdp_ray.results.errors import ResultsStoreError, SkippedFile, SkippedFileW
 from eqdp_ray.results.schema import (
     HISTORY_COLUMNS,
     KEY_COLUMNS,
+    LEDGER_COLUMNS,
     METRIC_ALIASES,
     RANKABLE_STATUSES,
     STANDARD_METRICS,
@@ -70,6 +71,7 @@ from eqdp_ray.results.schema import (
     TRIAL_COLUMNS,
     WRITTEN_AT,
     normalize_history,
+    normalize_ledger,
     normalize_trial,
     rows_to_table,
     unify_schemas,
@@ -78,6 +80,7 @@ from eqdp_ray.results.schema import (
 DEFAULT_URI = "./eqdp-results"
 TRIALS = "trials"
 HISTORY = "history"
+LEDGER = "ledger"
 #: ``best(epsilon=E)`` keeps trials with ``|target_epsilon - E| <= EPSILON_TOL * max(1, |E|)``.
 EPSILON_TOL = 1e-9
 
@@ -166,8 +169,8 @@ class ResultsStore:
 
     def table_path(self, table: str) -> str:
         """Path (on ``self.fs``) of the ``trials`` or ``history`` directory."""
-        if table not in (TRIALS, HISTORY):
-            raise ResultsStoreError(f"unknown table {table!r}; choose {TRIALS!r} or {HISTORY!r}")
+        if table not in (TRIALS, HISTORY, LEDGER):
+            raise ResultsStoreError(f"unknown table {table!r}; choose {TRIALS!r}, {HISTORY!r} or {LEDGER!r}")
         return f"{self.root}/{table}" if self.root != "/" else f"/{table}"
 
     @property
@@ -210,6 +213,28 @@ class ResultsStore:
             table = rows_to_table(group, HISTORY_COLUMNS, written)
             self._write_file(HISTORY, study, table, _file_name(group))
         return len(normalized)
+
+    def write_ledger(self, rows: Iterable[Mapping[str, Any]]) -> int:
+        """Record search-ledger events (append-only: nothing is ever superseded); returns the row count."""
+        normalized = [normalize_ledger(r) for r in rows]
+        for study, group in _group_by_study(normalized).items():
+            written = [_now_us() for _ in group]
+            table = rows_to_table(group, LEDGER_COLUMNS, written)
+            self._write_file(LEDGER, study, table, _file_name(group))
+        return len(normalized)
+
+    def read_ledger(self, study: str) -> pd.DataFrame:
+        """Every ledger event of `study` in write order (empty if it has none)."""
+
+        def run() -> pd.DataFrame:
+            snap = self._snapshot(LEDGER, study)
+            if not snap.fragments:
+                return pd.DataFrame(columns=list(LEDGER_COLUMNS))
+            table = self._scan(snap, snap.schema.names)
+            table = table.drop_columns([_FILENAME]) if _FILENAME in table.column_names else table
+            return table.sort_by([(WRITTEN_AT, "ascending")]).to_pandas()
+
+        return self._retrying(run)
 
     def _write_file(self, table_name: str, study: str, table: pa.Table, name: str) -> str:
         """Write ``table`` so that readers see the whole file or nothing."""
@@ -556,7 +581,7 @@ class ResultsStore:
             paths = self._list_dir(self._study_path(table, study), recursive=True)
             paths += self._list_dir(base, recursive=False)
         fragments = self._open(paths)
-        canonical = TRIAL_COLUMNS if table == TRIALS else HISTORY_COLUMNS
+        canonical = {TRIALS: TRIAL_COLUMNS, HISTORY: HISTORY_COLUMNS, LEDGER: LEDGER_COLUMNS}[table]
         schema, dropped = unify_schemas([f.physical_schema for _, f in fragments], canonical)
         for name in dropped:
             self._skip(f"{base}#column={name}", f"column {name!r} has incompatible nested types across files; not read")
