@@ -11,10 +11,8 @@ exit 1 for it and 2 for bad arguments, which are ``ResultsStoreError``/``ValueEr
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
-import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -243,17 +241,16 @@ class EmittedConfig:
 
 def _run_config_keys() -> dict[str, Any]:
     """Nested map of the keys ``RunConfig`` knows; ``None`` marks a free-form leaf or dict."""
-    from eqdp_ray.config import RunConfig
+    from eqdp_ray.config import config_keys
 
-    def keys(cls: type) -> dict[str, Any]:
-        hints = typing.get_type_hints(cls)
-        out: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):
-            hint = hints[f.name]
-            out[f.name] = keys(hint) if dataclasses.is_dataclass(hint) else None
-        return out
-
-    return keys(RunConfig)
+    tree: dict[str, Any] = {}
+    for dotted in config_keys():
+        *parents, leaf = dotted.split(".")
+        node = tree
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = None
+    return tree
 
 
 def _prune(config: Mapping[str, Any], known: Mapping[str, Any], prefix: str = "") -> tuple[dict[str, Any], list[str]]:

@@ -3,9 +3,11 @@
 Importing this package does not import Ray; `run_search` does, when it runs.
 """
 
+from eqdp_ray.config import SpaceError
+from eqdp_ray.config.space import SearchSpace, load_space, trial_config
 from eqdp_ray.privacy.selection import SearchPrivacy, search_privacy
+from eqdp_ray.tune.feasibility import SpaceCheck, check_space
 from eqdp_ray.tune.runner import SearchSummary, pareto_front, run_search, validate_space
-from eqdp_ray.tune.space import SearchSpace, SpaceCheck, SpaceError, check_space, load_space, trial_config
 
 __all__ = [
     "SearchPrivacy",

@@ -19,19 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from eqdp_ray.config import SpaceError
+from eqdp_ray.config.space import CONDITION_DEFAULTS, SearchSpace, TrialCount, load_space
 from eqdp_ray.privacy.selection import SearchPrivacy, count_distribution, search_privacy
 from eqdp_ray.train.cluster import ClusterError, check_writable, connect_ray
-from eqdp_ray.tune.space import (
-    CONDITION_DEFAULTS,
-    SearchSpace,
-    SpaceCheck,
-    SpaceError,
-    TrialCount,
-    check_space,
-    load_space,
-    privacy_candidates,
-    train_size_of,
-)
+from eqdp_ray.tune.feasibility import SpaceCheck, check_space, privacy_candidates, train_size_of
 
 STUDY_FILE = "eqdp-study.json"
 ADAPTIVE_NOTE = (

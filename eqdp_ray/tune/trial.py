@@ -28,7 +28,7 @@ from ray import tune
 
 from eqdp_ray import __version__
 from eqdp_ray.config import RunConfig, config_to_dict
-from eqdp_ray.tune.space import SearchSpace, resolve_params, trial_config
+from eqdp_ray.config.space import SearchSpace, resolve_params, trial_config
 
 FINAL = "eqdp_final"  # set on a trial's last report: it wrote its own row
 CHECKPOINT_FILE = "state.pt"

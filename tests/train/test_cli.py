@@ -36,7 +36,7 @@ def test_train_writes_result_json(tmp_path, capsys):
     [
         (["--set", "model.name=vgg"], "unknown model"),
         (["--set", "model.options.group=icosahedral"], "group"),
-        (["--set", "privacy.target_epsilon=0"], "target_epsilon must be > 0"),
+        (["--set", "privacy.target_epsilon=0"], "privacy.target_epsilon: must be > 0"),
         (["--set", "privacy.delta=1.5"], "delta"),
         (
             [
@@ -50,7 +50,7 @@ def test_train_writes_result_json(tmp_path, capsys):
             "no noise multiplier",
         ),
         (["--set", "data.name=cifar10", "--set", "data.root=/nonexistent/dir"], "/nonexistent/dir"),
-        (["--set", "training.lr_schedule=cosine"], "unknown key 'training.lr_schedule'"),
+        (["--set", "training.lr_schedule=cosine"], "training.lr_schedule: unknown key; valid keys here"),
         (["--workers", "0"], "--workers must be at least 1"),
         (["--workers", "2", "--gpus-per-worker", "1"], "no CUDA GPU"),
     ],

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 from eqdp_ray.tune import check_space, load_space, pareto_front
+from eqdp_ray.tune.feasibility import train_size_of
 from eqdp_ray.tune.runner import plan_search_privacy
-from eqdp_ray.tune.space import train_size_of
 
 SPACES = Path(__file__).resolve().parents[2] / "search_spaces"
 # Training-set sizes the spaces are written for: official training sets minus their val_size.

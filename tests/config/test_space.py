@@ -1,66 +1,11 @@
-"""Search-space schema: every malformed space fails before any trial starts, naming the line or key."""
+"""Search-space schema: every malformed space fails when it is read, naming the line or key."""
 
-import textwrap
-
-import optuna
 import pytest
 
-from eqdp_ray.config import ConfigError
-from eqdp_ray.tune.runner import DefineByRun
-from eqdp_ray.tune.space import (
-    SpaceError,
-    check_space,
-    corner_points,
-    load_space,
-    privacy_candidates,
-    resolve_params,
-    trial_config,
-)
-
-TRAIN_SIZE = 1294  # digits: 1438 training digits minus the 10% validation split
-
-
-def base(**changes):
-    space = {
-        "study": "unit",
-        "privacy": {"target_epsilon": 8.0, "delta": 1e-5},
-        "data": {"name": "digits"},
-        "fixed": {"training.steps": 20},
-        "search": {
-            "model.name": {"type": "categorical", "choices": ["eq_resnet9", "resnet9"]},
-            "model.options.order": {"type": "categorical", "choices": [2, 4], "when": {"model.name": "eq_resnet9"}},
-            "model.options.layout": {
-                "type": "categorical",
-                "choices": [[4, 8, 16], [8, 8, 16]],
-                "when": {"model.name": "eq_resnet9"},
-            },
-            "model.options.width": {"type": "categorical", "choices": [0.125, 0.25], "when": {"model.name": "resnet9"}},
-            "training.lr": {"type": "loguniform", "low": 0.5, "high": 4.0},
-            "training.batch_size": {"type": "int", "low": 64, "high": 256, "step": 64},
-        },
-        "num_samples": 3,
-    }
-    space.update(changes)
-    return space
-
-
-def write(tmp_path, text):
-    path = tmp_path / "space.yaml"
-    path.write_text(textwrap.dedent(text).lstrip())
-    return path
-
-
-VALID_YAML = """
-    study: unit
-    privacy: {target_epsilon: 8.0, delta: 1.0e-5}
-    data: {name: digits}
-    fixed:
-      training.steps: 20
-    search:
-      training.lr: {type: loguniform, low: 0.5, high: 4.0}
-      training.batch_size: {type: categorical, choices: [64, 128]}
-    num_samples: 2
-"""
+from eqdp_ray.config import ConfigError, SpaceError
+from eqdp_ray.config.space import load_space
+from eqdp_ray.tune.feasibility import check_space
+from tests.config.space_examples import TRAIN_SIZE, VALID_YAML, base, write
 
 
 def test_valid_yaml_parses_with_defaults(tmp_path):
@@ -162,18 +107,6 @@ def test_clip_norm_is_a_training_choice_not_part_of_the_budget():
     assert "privacy.max_grad_norm" in load_space(space).search
 
 
-def test_impossible_budget_fails_before_any_trial():
-    space = load_space(
-        base(
-            privacy={"target_epsilon": 1e-4, "delta": 1e-5},
-            fixed={"training.steps": 20000, "training.batch_size": TRAIN_SIZE},
-            search={"training.lr": {"type": "float", "low": 0.5, "high": 2.0}},
-        )
-    )
-    with pytest.raises(SpaceError, match="no trial of this space can meet the privacy budget epsilon=0.0001"):
-        check_space(space, TRAIN_SIZE)
-
-
 def test_multi_objective_with_asha_is_refused():
     objectives = [{"metric": "val_accuracy", "mode": "max"}, {"metric": "num_params", "mode": "min"}]
     with pytest.raises(SpaceError, match="ASHA stops trials on a single metric"):
@@ -199,18 +132,11 @@ def test_random_count_needs_random_search_without_early_stopping():
         load_space(base(num_samples={"distribution": "truncated_negative_binomial", "mean": 1}))
 
 
-def test_sampled_configs_must_parse():
+def test_range_ends_have_the_type_of_their_key():
     space = base()
     space["search"]["training.momentum"] = {"type": "float", "low": 0.5, "high": 1.0}  # momentum 1.0 is invalid
-    with pytest.raises(SpaceError, match=r"training\.momentum=1\.0.*momentum must lie in \[0, 1\)"):
-        check_space(load_space(space), TRAIN_SIZE)
-
-
-def test_batch_larger_than_the_training_set_is_caught():
-    space = base()
-    space["search"]["training.batch_size"] = {"type": "categorical", "choices": [128, 4096]}
-    with pytest.raises(SpaceError, match="expected batch of 4096, more than the 1294 training examples"):
-        check_space(load_space(space), TRAIN_SIZE)
+    with pytest.raises(SpaceError, match=r"'search\.training\.momentum\.high': 1\.0 is not a valid value: must be < 1"):
+        load_space(space)
 
 
 def test_condition_on_unknown_key_and_cycles():
@@ -233,50 +159,6 @@ def test_condition_on_unknown_key_and_cycles():
         load_space(space)
 
 
-def test_define_by_run_respects_conditions_and_configs_parse():
-    space = load_space(base())
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3), direction="maximize")
-    define = DefineByRun(space)
-    seen = set()
-    for _ in range(20):
-        trial = study.ask()
-        define(trial)
-        params = resolve_params(space, trial.params)
-        seen.add(params["model.name"])
-        eq_keys = {"model.options.order", "model.options.layout"}
-        if params["model.name"] == "eq_resnet9":
-            assert eq_keys <= set(params) and "model.options.width" not in params
-            assert isinstance(params["model.options.layout"], tuple)  # JSON-decoded list
-        else:
-            assert not eq_keys & set(params) and "model.options.width" in params
-        config = trial_config(space, trial.params, TRAIN_SIZE)
-        assert config.training.steps == 20 and config.privacy.target_epsilon == 8.0
-        assert config.device == "cpu"  # the space reserves no GPU
-        study.tell(trial, 0.5)
-    assert seen == {"eq_resnet9", "resnet9"}
-
-
-def test_corner_points_activate_conditional_keys():
-    space = load_space(base())
-    points = corner_points(space)
-    assert any(p.get("model.options.width") == 0.25 and p["model.name"] == "resnet9" for p in points)
-    assert any(p.get("model.options.layout") == (8, 8, 16) for p in points)
-    assert {p["training.batch_size"] for p in points} == {64, 256}
-
-
-def test_sample_rate_pseudo_key_and_privacy_candidates():
-    space = base(fixed={"training.epochs": 2})
-    del space["search"]["training.batch_size"]
-    space["search"]["sample_rate"] = {"type": "categorical", "choices": [0.05, 0.1]}
-    space = load_space(space)
-    config = trial_config(space, {"sample_rate": 0.1, "training.lr": 1.0, "model.name": "resnet9"}, TRAIN_SIZE)
-    assert config.training.batch_size == round(0.1 * TRAIN_SIZE)
-    candidates = privacy_candidates(space, TRAIN_SIZE)
-    assert candidates == sorted({(65 / TRAIN_SIZE, 40), (129 / TRAIN_SIZE, 21)})
-    with pytest.raises(SpaceError, match="set only one of 'training.batch_size' and 'sample_rate'"):
-        load_space(base(fixed={"training.steps": 5, "sample_rate": 0.1}))
-
-
 def test_overrides_apply_to_dotted_keys(tmp_path):
     path = write(tmp_path, VALID_YAML)
     space = load_space(path, ["num_samples=7", "fixed.training.steps=9", "search.training.lr.high=3", "sampler.seed=5"])
@@ -284,7 +166,7 @@ def test_overrides_apply_to_dotted_keys(tmp_path):
     assert space.search["training.lr"].high == 3
     with pytest.raises(SpaceError, match=r"--set search\.training\.lr\.high: 'search\.training\.lr': empty range"):
         load_space(path, ["search.training.lr.high=0.1"])
-    with pytest.raises(SpaceError, match="no searched key matches"):
+    with pytest.raises(SpaceError, match="no key of 'search' matches 'training.nope.high'"):
         load_space(path, ["search.training.nope.high=3"])
     space = load_space(path, ["search.training.momentum={type: float, low: 0.0, high: 0.9}"])
     assert space.search["training.momentum"].high == 0.9
@@ -296,8 +178,28 @@ def test_space_error_is_a_config_error():
         load_space(base(study="has space"))
 
 
-def test_model_options_are_checked_against_the_model_registry():
-    space = base()
-    space["search"]["model.options.width"]["when"] = {"model.name": "eq_resnet9"}  # resnet9-only option
-    with pytest.raises(SpaceError, match=r"unknown option\(s\) \['width'\] for model 'eq_resnet9'"):
-        check_space(load_space(space), TRAIN_SIZE)
+def test_space_file_errors_name_the_file(tmp_path):
+    with pytest.raises(SpaceError, match="is a directory; pass a search space file"):
+        load_space(tmp_path)
+    path = tmp_path / "space.yaml"
+    path.write_bytes(VALID_YAML.encode() + b"# \xff\n")
+    with pytest.raises(SpaceError, match=r"space\.yaml:\d+: not a UTF-8 text file"):
+        load_space(path)
+
+
+def test_data_block_has_the_run_config_types(tmp_path):
+    """The cifar10 spaces' `val_size: 5000` is a count, as in a run config; `5000.0` is refused at its line."""
+    text = VALID_YAML.replace("data: {name: digits}", "data:\n      name: digits\n      val_size: 500")
+    assert load_space(write(tmp_path, text)).data["val_size"] == 500
+    with pytest.raises(SpaceError, match=r"space\.yaml:5: 'data\.val_size': 500\.0 is a fraction"):
+        load_space(write(tmp_path, text.replace("500", "500.0")))
+    with pytest.raises(SpaceError, match=r"space\.yaml:3: 'data\.vall_size': unknown key; did you mean 'val_size'"):
+        load_space(write(tmp_path, VALID_YAML.replace("data: {name: digits}", "data: {name: digits, vall_size: 5}")))
+
+
+def test_fixed_values_have_the_type_of_their_key(tmp_path):
+    text = VALID_YAML.replace("training.steps: 20", "training.steps: 20.5")
+    with pytest.raises(SpaceError, match=r"space\.yaml:5: 'fixed\.training\.steps': expected an integer, got 20\.5"):
+        load_space(write(tmp_path, text))
+    with pytest.raises(SpaceError, match=r"--set fixed\.training\.steps: expected an integer"):
+        load_space(write(tmp_path, VALID_YAML), ["fixed.training.steps=abc"])
