@@ -90,6 +90,7 @@ def _worker_loop(payload: dict[str, Any]) -> None:
         report(dict(record, pid=os.getpid(), rank=comm.rank, workers=comm.world_size), state)
 
     result = train(config, comm=comm, on_epoch=on_epoch, resume_state=resume_state)
+    result["comm_backend"] = comm.dist.get_backend()  # gloo on CPUs, nccl on GPUs: which one ran
     # The full record travels as result.json inside rank 0's final checkpoint, not as metrics.
     report(
         {"final": True, "step": result["steps"], "epsilon": result["epsilon"]},
