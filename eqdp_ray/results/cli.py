@@ -17,7 +17,8 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
-DEFAULT_STORE = "./eqdp-results"  # = eqdp_ray.results.DEFAULT_URI, without importing pyarrow here
+from eqdp_ray.config.storage import DEFAULT_STORE_URI
+
 STATUS_CHOICES = ("completed", "stopped_early", "failed", "running")  # = eqdp_ray.results.STATUSES
 
 
@@ -127,8 +128,8 @@ def _positive_int(text: str) -> int:
 def _store_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--store",
-        default=DEFAULT_STORE,
-        help=f"results store: local path or s3://, gs:// URI (default {DEFAULT_STORE})",
+        default=DEFAULT_STORE_URI,
+        help=f"results store: local path or s3://, gs:// URI (default {DEFAULT_STORE_URI})",
     )
 
 

@@ -49,8 +49,6 @@ INT_COLUMNS: frozenset[str] = frozenset(
     {"rank", "steps", "num_params", "n_trials", "n_completed", "n_stopped_early", "n_failed", "n_running"}
 )
 
-_GROUP_LETTERS = {"dihedral": "D", "cyclic": "C"}
-
 
 class NoResults(LookupError):
     """The store (or the filtered part of it) holds nothing to show.
@@ -178,26 +176,25 @@ def model_name(row: Mapping[str, Any] | pd.Series) -> str | None:
 def group_label(row: Mapping[str, Any] | pd.Series) -> str | None:
     """Symmetry group of a trial's model, e.g. ``"D4"``, ``"C8"``, ``"D4->D2"``; None if not equivariant.
 
-    Prefers the ``group`` column that a trial writes from the model registry (it knows the
-    defaults the config left implicit); otherwise builds it from ``config.model.options``.
+    Prefers the ``group`` column that a trial writes from the model registry (``""`` for a
+    model without one). Rows written without it (older versions, foreign rows) get it from the
+    same registry, which knows the defaults the config left implicit (``restrict: halved``);
+    the registry, and escnn with it, is imported only then.
     """
     recorded = row.get("group") if hasattr(row, "get") else None
-    if isinstance(recorded, str) and recorded:
-        return recorded
+    if isinstance(recorded, str):
+        return recorded or None
     model = config_from_row(row).get("model")
-    options = model.get("options") if isinstance(model, Mapping) else None
-    if not isinstance(options, Mapping) or is_missing(options.get("group")):
+    if not isinstance(model, Mapping) or is_missing(model.get("name")):
         return None
-    group, order, restrict = str(options["group"]), options.get("order"), options.get("restrict")
-    letter = _GROUP_LETTERS.get(group.lower())
-    if letter is None:
-        return group if is_missing(order) else f"{group}/{order}"
-    if is_missing(order):
-        return group
-    label = f"{letter}{int(order)}"
-    if isinstance(restrict, (int, np.integer)) and not isinstance(restrict, bool):
-        label += f"->{letter}{int(restrict)}"
-    return label
+    options = model.get("options")
+    options = dict(options) if isinstance(options, Mapping) else {}
+    from eqdp_ray.models import describe_group
+
+    try:
+        return describe_group(str(model["name"]), **options)
+    except (ValueError, TypeError, KeyError):  # a foreign or invalid model: no label rather than a crash
+        return None
 
 
 def summary_view(df: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
@@ -364,25 +361,31 @@ def rankable(trials: pd.DataFrame, metric: str = "best_val_accuracy") -> pd.Data
     return trials[mask]
 
 
-def pareto_front(trials: pd.DataFrame, x: str = "num_params", y: str = "best_val_accuracy") -> pd.DataFrame:
-    """Rows not dominated in (max ``y``, min ``x``), sorted by ``x``: the accuracy/size trade-off.
+def pareto_front(
+    trials: pd.DataFrame,
+    objectives: Sequence[tuple[str, str]] = (("num_params", "min"), ("best_val_accuracy", "max")),
+) -> pd.DataFrame:
+    """Rows that no other row dominates (at least as good on every objective, better on one).
 
-    A row is on the front when no other row is at least as small and strictly more accurate
-    (or as accurate and strictly smaller). Rows missing either value are ignored.
+    ``objectives`` are ``(column, "max" | "min")`` pairs; the default is the accuracy/size
+    trade-off. Rows missing a value are ignored. Sorted best first on the first objective,
+    then on the next ones, so a front over (``num_params`` min, accuracy max) is a step line.
     """
-    if trials.empty or x not in trials.columns or y not in trials.columns:
+    if trials.empty or any(column not in trials.columns for column, _ in objectives):
         return trials.iloc[0:0]
-    xs = pd.to_numeric(trials[x], errors="coerce")
-    ys = pd.to_numeric(trials[y], errors="coerce")
-    valid = trials[np.isfinite(xs) & np.isfinite(ys)].copy()
-    valid["__x"], valid["__y"] = xs[valid.index], ys[valid.index]
-    valid = valid.sort_values(["__x", "__y"], ascending=[True, False], kind="mergesort")
-    keep, best_y = [], -math.inf
-    for index, value in zip(valid.index, valid["__y"]):
-        if value > best_y:
-            keep.append(index)
-            best_y = value
-    return valid.loc[keep].drop(columns=["__x", "__y"])
+    sign = {"max": 1.0, "min": -1.0}
+    scores = np.column_stack(
+        [
+            sign[mode] * pd.to_numeric(trials[column], errors="coerce").to_numpy(dtype=float)
+            for column, mode in objectives
+        ]
+    )
+    usable = np.isfinite(scores).all(axis=1)
+    rows, scores = trials[usable], scores[usable]
+    dominated = np.array([bool(((scores >= s).all(axis=1) & (scores > s).any(axis=1)).any()) for s in scores], bool)
+    rows, scores = rows[~dominated], scores[~dominated]
+    order = np.lexsort([-scores[:, i] for i in reversed(range(scores.shape[1]))])
+    return rows.iloc[order]
 
 
 def best_per_epsilon(trials: pd.DataFrame, metric: str = "best_val_accuracy") -> pd.DataFrame:

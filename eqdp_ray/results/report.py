@@ -303,7 +303,7 @@ def plot_pareto(trials: pd.DataFrame, path: Path) -> str:
     if ranked.empty:
         raise CannotPlot("no finished trial has both a validation accuracy and a parameter count")
     models = [model_name(r) or "unknown" for r in ranked.to_dict("records")]
-    front = pareto_front(ranked, "num_params", METRIC)
+    front = pareto_front(ranked, [("num_params", "min"), (METRIC, "max")])
     fig = _figure()
     ax = fig.add_subplot()
     names = sorted(set(models))

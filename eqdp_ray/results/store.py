@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import threading
 import time
 import uuid
@@ -59,6 +58,7 @@ import pyarrow.parquet as pq
 from pyarrow import fs as pafs
 
 from eqdp_ray import __version__
+from eqdp_ray.config.storage import DEFAULT_STORE_URI, open_location
 from eqdp_ray.results.errors import ResultsStoreError, SkippedFile, SkippedFileWarning
 from eqdp_ray.results.schema import (
     HISTORY_COLUMNS,
@@ -77,14 +77,13 @@ from eqdp_ray.results.schema import (
     unify_schemas,
 )
 
-DEFAULT_URI = "./eqdp-results"
+DEFAULT_URI = DEFAULT_STORE_URI
 TRIALS = "trials"
 HISTORY = "history"
 LEDGER = "ledger"
 #: ``best(epsilon=E)`` keeps trials with ``|target_epsilon - E| <= EPSILON_TOL * max(1, |E|)``.
 EPSILON_TOL = 1e-9
 
-_URI_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
 _FILENAME = "__filename"
 _RETRIES = 12
 _T = TypeVar("_T")
@@ -150,10 +149,8 @@ class ResultsStore:
         self.uri = os.fspath(uri)
         if filesystem is not None:
             self.fs, root = filesystem, self.uri
-        elif _URI_RE.match(self.uri):
-            self.fs, root = pafs.FileSystem.from_uri(self.uri)
         else:
-            self.fs, root = pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(self.uri))
+            self.fs, root = open_location(self.uri)
         self.root = root.rstrip("/") or "/"
         self._local = self.fs.type_name == "local"
         self._format = ds.ParquetFileFormat()

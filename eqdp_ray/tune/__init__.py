@@ -7,7 +7,7 @@ from eqdp_ray.config import SpaceError
 from eqdp_ray.config.space import SearchSpace, load_space, trial_config
 from eqdp_ray.privacy.selection import SearchPrivacy, search_privacy
 from eqdp_ray.tune.feasibility import SpaceCheck, check_space
-from eqdp_ray.tune.runner import SearchSummary, pareto_front, run_search, validate_space
+from eqdp_ray.tune.runner import SearchSummary, run_search, validate_space
 
 __all__ = [
     "SearchPrivacy",
@@ -17,7 +17,6 @@ __all__ = [
     "SpaceError",
     "check_space",
     "load_space",
-    "pareto_front",
     "run_search",
     "search_privacy",
     "trial_config",

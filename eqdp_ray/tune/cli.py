@@ -9,6 +9,8 @@ import argparse
 import math
 from typing import Any
 
+from eqdp_ray.config.storage import DEFAULT_STORE_URI
+
 
 def _fmt(value: Any) -> str:
     if value is None:
@@ -69,6 +71,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
         resume=args.resume,
         storage_path=args.storage,
         overrides=args.set,
+        oversubscribe=args.oversubscribe,
+        log=print,
     )
     counts = ", ".join(f"{n} {s}" for s, n in sorted(summary.status_counts.items())) or "none"
     print(
@@ -91,8 +95,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("space", help="search space YAML (see search_spaces/ and docs/SEARCH_SPACES.md)")
     p.add_argument(
         "--store",
-        default="./eqdp-results",
-        help="results store: local path or s3://, gs:// URI (default ./eqdp-results)",
+        default=DEFAULT_STORE_URI,
+        help=f"results store: local path or s3://, gs:// URI (default {DEFAULT_STORE_URI})",
     )
     p.add_argument("--address", default=None, help="Ray cluster address ('auto' or ray://...); default: a local Ray")
     p.add_argument(
@@ -110,4 +114,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="override a key of the space, e.g. num_samples=2, fixed.training.steps=50, search.training.lr.high=4",
     )
     p.add_argument("--check", action="store_true", help="validate the space (and its privacy) and exit")
+    p.add_argument(
+        "--oversubscribe",
+        action="store_true",
+        help="let a local Ray run trials that need more CPUs than this machine has (default: refuse)",
+    )
     p.set_defaults(handler=cmd_tune)

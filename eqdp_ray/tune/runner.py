@@ -10,8 +10,7 @@ of the search. `--resume` refuses to continue a study whose space or store has c
 from __future__ import annotations
 
 import json
-import math
-import os
+import logging
 import random
 import secrets
 from collections.abc import Callable, Iterable, Mapping
@@ -21,9 +20,20 @@ from typing import Any
 
 from eqdp_ray.config import SpaceError
 from eqdp_ray.config.space import CONDITION_DEFAULTS, SearchSpace, TrialCount, load_space
+from eqdp_ray.config.storage import DEFAULT_STORE_URI, canonical_location, open_location
 from eqdp_ray.privacy.selection import SearchPrivacy, count_distribution, search_privacy
-from eqdp_ray.train.cluster import ClusterError, check_writable, connect_ray
+from eqdp_ray.train.cluster import (
+    ClusterError,
+    check_local_cpus,
+    check_resources,
+    check_writable,
+    connect_ray,
+    local_cpus,
+    will_start_local_ray,
+)
 from eqdp_ray.tune.feasibility import SpaceCheck, check_space, privacy_candidates, train_size_of
+
+logger = logging.getLogger(__name__)
 
 STUDY_FILE = "eqdp-study.json"
 ADAPTIVE_NOTE = (
@@ -71,23 +81,13 @@ class SearchSummary:
 
 def default_storage(store: str) -> str:
     """Tune's experiment storage when --storage is not given: `<store>/experiments` (absolute if local)."""
-    if "://" in store:
-        return store.rstrip("/") + "/experiments"
-    return str(Path(store).expanduser().resolve() / "experiments")
-
-
-def _fs(path: str) -> tuple[Any, str]:
-    import pyarrow.fs as pafs
-
-    if "://" in path:
-        return pafs.FileSystem.from_uri(path)
-    return pafs.LocalFileSystem(), str(Path(path).expanduser().resolve())
+    return canonical_location(store).rstrip("/") + "/experiments"
 
 
 def _read_study_file(experiment: str) -> dict[str, Any] | None:
     import pyarrow.fs as pafs
 
-    fs, path = _fs(experiment)
+    fs, path = open_location(experiment)
     target = f"{path}/{STUDY_FILE}"
     if fs.get_file_info(target).type == pafs.FileType.NotFound:
         return None
@@ -96,7 +96,7 @@ def _read_study_file(experiment: str) -> dict[str, Any] | None:
 
 
 def _write_study_file(experiment: str, data: dict[str, Any]) -> None:
-    fs, path = _fs(experiment)
+    fs, path = open_location(experiment)
     fs.create_dir(path, recursive=True)
     with fs.open_output_stream(f"{path}/{STUDY_FILE}") as f:
         f.write(json.dumps(data, indent=2, default=str).encode())
@@ -196,65 +196,34 @@ def _draw_trials(space: SearchSpace) -> int:
     return dist.sample(rng)
 
 
-def _connect(address: str | None, space: SearchSpace) -> bool:
-    """Attach to a cluster (`address`) or start a local Ray; True if we started it (and must stop it)."""
-    r = space.resources
-    cpus = max(os.cpu_count() or 1, math.ceil(r.workers * r.cpus_per_worker))
-    try:
-        return connect_ray(address, num_cpus=cpus, include_dashboard=False)
-    except ClusterError as exc:
-        raise SpaceError(str(exc)) from None
+@dataclass
+class StudyPlan:
+    """Everything `run_search` decides before it reaches a cluster; deciding it writes nothing."""
+
+    space: SearchSpace
+    check: SpaceCheck
+    train_size: int
+    store_uri: str
+    storage: str
+    experiment: str
+    resume: bool
+    saved: dict[str, Any] | None
+    privacy: SearchPrivacy | None
+    num_trials: int
+    note: str
+
+    @property
+    def search_epsilon(self) -> float | None:
+        if self.resume and self.saved and self.saved.get("search_epsilon") is not None:
+            return float(self.saved["search_epsilon"])  # every row of a study carries the same number
+        return self.privacy.epsilon if self.privacy else None
 
 
-def _check_cluster(space: SearchSpace) -> None:
-    import ray
-
-    r = space.resources
-    have = ray.cluster_resources()
-    need_cpu, need_gpu = r.workers * r.cpus_per_worker, r.workers * r.gpus_per_worker
-    if have.get("CPU", 0) < need_cpu or have.get("GPU", 0) < need_gpu:
-        raise SpaceError(
-            f"one trial needs {need_cpu:g} CPUs and {need_gpu:g} GPUs (resources: {r.workers} workers x "
-            f"{r.cpus_per_worker:g} CPU, {r.gpus_per_worker:g} GPU) but the cluster has "
-            f"{have.get('CPU', 0):g} CPUs and {have.get('GPU', 0):g} GPUs; lower the resources block or "
-            "add nodes"
-        )
-
-
-def run_search(
-    space: str | Path | Mapping[str, Any] | SearchSpace,
-    *,
-    store: str = "./eqdp-results",
-    address: str | None = None,
-    resume: bool = False,
-    storage_path: str | None = None,
-    overrides: Iterable[str] = (),
-    log: Callable[[str], None] = print,
-    checkpoint_every_s: float = 30.0,
-) -> SearchSummary:
-    """Validate the space, then run (or resume) its study; every trial lands in the results store.
-
-    `checkpoint_every_s`: least wall time between a trial's checkpoints (what `--resume` restarts from).
-    """
+def _check_study_state(
+    space: SearchSpace, experiment: str, store_uri: str, saved: dict[str, Any] | None, resume: bool
+) -> None:
+    """A new study must not exist yet; a resumed one must exist with the same space and store."""
     from ray import tune
-
-    from eqdp_ray.results import ResultsStore
-    from eqdp_ray.tune.trial import StoreCallback, StudyContext, run_trial
-
-    space = load_space(space, overrides)
-    train_size = train_size_of(space)
-    check = check_space(space, train_size)
-    for warning in check.warnings:
-        log(f"[eqdp-ray] warning: {warning}")
-    storage = storage_path or default_storage(store)
-    experiment = f"{storage.rstrip('/')}/{space.study}"
-    store_uri = store if "://" in store else str(Path(store).expanduser().resolve())
-    for uri, what, flag in ((store_uri, "results store", "--store"), (storage, "experiment storage", "--storage")):
-        try:
-            check_writable(uri, what=what, flag=flag)
-        except ClusterError as exc:
-            raise SpaceError(str(exc)) from None
-    saved = _read_study_file(experiment)
 
     if resume:
         if saved is None or not tune.Tuner.can_restore(experiment):
@@ -278,10 +247,14 @@ def run_search(
             "continue it, or choose another study name (e.g. --set study=NEW)"
         )
 
-    privacy: SearchPrivacy | None = None
+
+def _trial_budget(
+    space: SearchSpace, train_size: int, saved: dict[str, Any] | None, resume: bool
+) -> tuple[SearchPrivacy | None, int, str]:
+    """The search's privacy, its number of trials (drawn in secret for a random-count search) and what to tell."""
     if space.private_selection:
         privacy = plan_search_privacy(space, train_size)
-        num_trials = int(saved["num_trials"]) if resume else _draw_trials(space)
+        num_trials = int(saved["num_trials"]) if resume and saved else _draw_trials(space)
         seeded = space.sampler.seed is not None
         note = privacy.describe() + (
             " The sampler seed is fixed: the number of trials and the candidates are "
@@ -289,83 +262,178 @@ def run_search(
             if seeded
             else ""
         )
-    else:
-        num_trials = int(space.num_samples)  # type: ignore[arg-type]
-        how = ["adaptive TPE sampler" if space.sampler.type == "tpe" else "a fixed number of random trials"]
-        if space.scheduler.type == "asha":
-            how.append("adaptive ASHA early stopping")
-        note = ADAPTIVE_NOTE.format(
-            how=", ".join(how), eps=space.privacy["target_epsilon"], delta=space.privacy["delta"]
-        )
-    if not resume:
-        _write_study_file(
-            experiment,
-            {
-                "space": space.to_dict(),
-                "store": store_uri,
-                "num_trials": num_trials,
-                "search_epsilon": privacy.epsilon if privacy else None,
-                "search_delta": privacy.delta if privacy else None,
-            },
-        )
-    log(
-        f"[eqdp-ray] study '{space.study}': {len(space.search)} searched keys, {check.points_checked} sampled "
-        f"configs checked, {train_size} training examples; experiment at {experiment}"
-    )
-    log(f"[eqdp-ray] {note}")
+        return privacy, num_trials, note
+    how = ["adaptive TPE sampler" if space.sampler.type == "tpe" else "a fixed number of random trials"]
+    if space.scheduler.type == "asha":
+        how.append("adaptive ASHA early stopping")
+    note = ADAPTIVE_NOTE.format(how=", ".join(how), eps=space.privacy["target_epsilon"], delta=space.privacy["delta"])
+    return None, int(space.num_samples), note  # type: ignore[arg-type]
 
-    search_epsilon = privacy.epsilon if privacy else None
-    if resume and saved.get("search_epsilon") is not None:
-        search_epsilon = float(saved["search_epsilon"])  # every row of a study carries the same number
+
+def plan_study(
+    space: SearchSpace, *, store: str, storage_path: str | None, resume: bool, log: Callable[[str], None]
+) -> StudyPlan:
+    """Check the space, where the study lives and whether it may start or resume; reads, never writes."""
+    train_size = train_size_of(space)
+    check = check_space(space, train_size)
+    for warning in check.warnings:
+        log(f"[eqdp-ray] warning: {warning}")
+    storage = storage_path or default_storage(store)
+    experiment = f"{storage.rstrip('/')}/{space.study}"
+    store_uri = canonical_location(store)
+    saved = _read_study_file(experiment)
+    _check_study_state(space, experiment, store_uri, saved, resume)
+    privacy, num_trials, note = _trial_budget(space, train_size, saved, resume)
+    return StudyPlan(space, check, train_size, store_uri, storage, experiment, resume, saved, privacy, num_trials, note)
+
+
+def _check_locations_writable(plan: StudyPlan) -> None:
+    """Probe the store and the experiment storage; the probe leaves nothing behind (see check_writable)."""
+    for uri, what, flag in (
+        (plan.store_uri, "results store", "--store"),
+        (plan.storage, "experiment storage", "--storage"),
+    ):
+        try:
+            check_writable(uri, what=what, flag=flag)
+        except ClusterError as exc:
+            raise SpaceError(str(exc)) from None
+
+
+def _record_study(plan: StudyPlan) -> None:
+    """eqdp-study.json: what `--resume` compares against, and the secret trial count it must reuse."""
+    if plan.resume:
+        return
+    _write_study_file(
+        plan.experiment,
+        {
+            "space": plan.space.to_dict(),
+            "store": plan.store_uri,
+            "num_trials": plan.num_trials,
+            "search_epsilon": plan.privacy.epsilon if plan.privacy else None,
+            "search_delta": plan.privacy.delta if plan.privacy else None,
+        },
+    )
+
+
+def _connect(address: str | None, space: SearchSpace, *, oversubscribe: bool) -> bool:
+    """Attach to a cluster (`address`) or start a local Ray; True if we started it (and must stop it).
+
+    A local Ray advertises this machine's cores, so a trial that needs more fails here, before
+    anything is written, unless oversubscribing was asked for.
+    """
+    r = space.resources
+    local = will_start_local_ray(address)
+    try:
+        if local and not oversubscribe:
+            check_local_cpus(r.workers, r.cpus_per_worker, fix="lower the resources block")
+        started = connect_ray(
+            address,
+            num_cpus=local_cpus(r.workers, r.cpus_per_worker, oversubscribe=oversubscribe),
+            include_dashboard=False,
+        )
+    except ClusterError as exc:
+        raise SpaceError(str(exc)) from None
+    if local:  # a cluster may autoscale: only a local Ray is known to be final
+        try:
+            check_resources(r.workers, r.cpus_per_worker, r.gpus_per_worker, fix="lower the resources block")
+        except ClusterError as exc:
+            if started:
+                _shutdown_ray()
+            raise SpaceError(str(exc)) from None
+    return started
+
+
+def _make_tuner(plan: StudyPlan, ctx: Any) -> Any:
+    """A new Tuner for the study, or the interrupted one restored from its experiment directory."""
+    from ray import tune
+
+    from eqdp_ray.tune.trial import StoreCallback, run_trial
+
+    space = plan.space
+    trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), trial_resources(space))
+    if plan.resume:
+        return tune.Tuner.restore(plan.experiment, trainable=trainable, resume_errored=True)
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=make_searcher(space),
+            scheduler=make_scheduler(space),
+            num_samples=plan.num_trials,
+            max_concurrent_trials=space.max_concurrent,
+            trial_dirname_creator=trial_dirname,
+        ),
+        run_config=tune.RunConfig(
+            name=space.study,
+            storage_path=plan.storage,
+            callbacks=[StoreCallback(ctx)],
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            failure_config=tune.FailureConfig(max_failures=0),
+        ),
+    )
+
+
+def run_search(
+    space: str | Path | Mapping[str, Any] | SearchSpace,
+    *,
+    store: str = DEFAULT_STORE_URI,
+    address: str | None = None,
+    resume: bool = False,
+    storage_path: str | None = None,
+    overrides: Iterable[str] = (),
+    log: Callable[[str], None] = logger.info,
+    checkpoint_every_s: float = 30.0,
+    oversubscribe: bool = False,
+) -> SearchSummary:
+    """Validate the space, then run (or resume) its study; every trial lands in the results store.
+
+    Nothing is written (store, experiment directory, eqdp-study.json) until the cluster is reached,
+    so a failed start can simply be run again.
+    `checkpoint_every_s`: least wall time between a trial's checkpoints (what `--resume` restarts from).
+    `oversubscribe`: let a local Ray run a trial that needs more CPUs than this machine has.
+    """
+    from eqdp_ray.results import ResultsStore
+    from eqdp_ray.tune.trial import StudyContext
+
+    space = load_space(space, overrides)
+    plan = plan_study(space, store=store, storage_path=storage_path, resume=resume, log=log)
+    log(
+        f"[eqdp-ray] study '{space.study}': {len(space.search)} searched keys, {plan.check.points_checked} sampled "
+        f"configs checked, {plan.train_size} training examples; experiment at {plan.experiment}"
+    )
+    log(f"[eqdp-ray] {plan.note}")
     ctx = StudyContext(
         space=space,
-        store_uri=store_uri,
-        train_size=train_size,
-        storage_path=storage,
-        search_epsilon=search_epsilon,
-        search_delta=privacy.delta if privacy else None,
+        store_uri=plan.store_uri,
+        train_size=plan.train_size,
+        storage_path=plan.storage,
+        search_epsilon=plan.search_epsilon,
+        search_delta=plan.privacy.delta if plan.privacy else None,
         checkpoint_every_s=checkpoint_every_s,
     )
-    if num_trials == 0:
+    _check_locations_writable(plan)
+    if plan.num_trials == 0:
+        _record_study(plan)  # the draw is spent: running the space again is a second search
         log(
             "[eqdp-ray] the secret draw gave K=0 trials: the search ends without output, as the bound assumes. "
             "Running it again is a second search whose privacy adds up."
         )
-        return _summarize(space, ctx, experiment, privacy, note, check)
+        return _summarize(plan, ctx)
 
-    started_ray = _connect(address, space)
+    started_ray = _connect(address, space, oversubscribe=oversubscribe)
     try:
-        if started_ray and not address:
-            _check_cluster(space)  # a cluster may autoscale: only a local Ray is known to be final
-        trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), trial_resources(space))
-        if resume:
-            tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_errored=True)
-        else:
-            tuner = tune.Tuner(
-                trainable,
-                tune_config=tune.TuneConfig(
-                    search_alg=make_searcher(space),
-                    scheduler=make_scheduler(space),
-                    num_samples=num_trials,
-                    max_concurrent_trials=space.max_concurrent,
-                    trial_dirname_creator=trial_dirname,
-                ),
-                run_config=tune.RunConfig(
-                    name=space.study,
-                    storage_path=storage,
-                    callbacks=[StoreCallback(ctx)],
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-                    failure_config=tune.FailureConfig(max_failures=0),
-                ),
-            )
-        tuner.fit()
+        _record_study(plan)  # only now: a study that never reached its cluster leaves nothing to resume
+        _make_tuner(plan, ctx).fit()
     finally:
         if started_ray:
-            import ray
+            _shutdown_ray()
+    ResultsStore(plan.store_uri).compact(space.study)
+    return _summarize(plan, ctx)
 
-            ray.shutdown()
-    ResultsStore(store_uri).compact(space.study)
-    return _summarize(space, ctx, experiment, privacy, note, check)
+
+def _shutdown_ray() -> None:
+    import ray
+
+    ray.shutdown()
 
 
 def _comparable(space: Any) -> Any:
@@ -376,40 +444,11 @@ def _comparable(space: Any) -> Any:
     return data
 
 
-def pareto_front(rows: list[dict[str, Any]], objectives: list[tuple[str, str]]) -> list[dict[str, Any]]:
-    """Rows not dominated by any other (at least as good on every objective, better on one)."""
-
-    def better_or_equal(a: dict[str, Any], b: dict[str, Any]) -> tuple[bool, bool]:
-        ge, gt = True, False
-        for metric, mode in objectives:
-            x, y = float(a[metric]), float(b[metric])
-            if mode == "min":
-                x, y = -x, -y
-            ge &= x >= y
-            gt |= x > y
-        return ge, gt
-
-    usable = [r for r in rows if all(r.get(m) is not None and not _isnan(r[m]) for m, _ in objectives)]
-    front = []
-    for r in usable:
-        if not any(all(better_or_equal(o, r)) for o in usable if o is not r):
-            front.append(r)
-    return sorted(
-        front, key=lambda r: -float(r[objectives[0][0]]) if objectives[0][1] == "max" else float(r[objectives[0][0]])
-    )
-
-
-def _isnan(x: Any) -> bool:
-    try:
-        return math.isnan(float(x))
-    except (TypeError, ValueError):
-        return True
-
-
-def _summarize(
-    space: SearchSpace, ctx: Any, experiment: str, privacy: SearchPrivacy | None, note: str, check: SpaceCheck
-) -> SearchSummary:
+def _summarize(plan: StudyPlan, ctx: Any) -> SearchSummary:
     from eqdp_ray.results import ResultsStore, ResultsStoreError
+    from eqdp_ray.results.query import pareto_front
+
+    space, experiment, privacy, note, check = plan.space, plan.experiment, plan.privacy, plan.note, plan.check
 
     store = ResultsStore(ctx.store_uri)
     try:
@@ -446,8 +485,8 @@ def _summarize(
     if space.multi_objective:
         names = {"val_accuracy": "best_val_accuracy"}
         objectives = [(names.get(o.metric, o.metric), o.mode) for o in space.objectives]
-        pareto = pareto_front(rankable.to_dict("records"), objectives)
-        pareto = [{k: r.get(k) for k in columns} for r in pareto]
+        front = pareto_front(rankable, objectives).to_dict("records")
+        pareto = [{k: r.get(k) for k in columns} for r in front]
     return SearchSummary(
         space.study, ctx.store_uri, experiment, len(trials), counts, top_rows, pareto, privacy, note, check
     )

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import logging
 import math
 import tempfile
 import time
@@ -29,6 +30,8 @@ from ray import tune
 from eqdp_ray import __version__
 from eqdp_ray.config import RunConfig, config_to_dict
 from eqdp_ray.config.space import SearchSpace, resolve_params, trial_config
+
+logger = logging.getLogger(__name__)
 
 FINAL = "eqdp_final"  # set on a trial's last report: it wrote its own row
 CHECKPOINT_FILE = "state.pt"
@@ -125,29 +128,11 @@ def _load_checkpoint() -> tuple[dict[str, Any] | None, dict[str, Any]]:
     return state, meta
 
 
-def run_trial(params: dict[str, Any], ctx: StudyContext) -> None:
-    """The Tune function trainable: one DP-SGD training run at the sampled hyperparameters."""
-    import torch
-
+def _load_trial_data(config: RunConfig) -> Any:
     from eqdp_ray.data import load_dataset
-    from eqdp_ray.models import count_parameters
-    from eqdp_ray.privacy import PrivacyBudgetError, plan_privacy
-    from eqdp_ray.train import steps_and_rate
-
-    space = ctx.space
-    trial_id = tune.get_context().get_trial_id()
-    torch.set_num_threads(max(1, int(space.resources.cpus_per_worker)))
-    config = trial_config(space, params, ctx.train_size, name=f"{space.study}-{trial_id}")
-    store = _store(ctx)
-    started_at = _now()
-    resume_state, meta = _load_checkpoint()
-    elapsed_before = float(meta.get("elapsed_s", 0.0))
-    started_at = _dt.datetime.fromisoformat(meta["started_at"]) if "started_at" in meta else started_at
-    clock = time.time()
-    devices = devices_per_trial(space)
 
     d = config.data
-    data = load_dataset(
+    return load_dataset(
         d.name,
         d.root,
         download=d.download,
@@ -156,118 +141,172 @@ def run_trial(params: dict[str, Any], ctx: StudyContext) -> None:
         train_subset=d.train_subset,
         test_subset=d.test_subset,
     )
-    steps, sample_rate = steps_and_rate(config, len(data.train_y))
-    p = config.privacy
-    base = {
-        "sample_rate": sample_rate,
-        "planned_steps": steps,
-        "started_at": started_at,
-        "params_json": json.dumps(resolve_params(space, params), default=str),
-    }
-    try:
-        plan = plan_privacy(p.target_epsilon, p.delta, sample_rate, steps, p.accountant)
-    except PrivacyBudgetError as exc:
-        store.write_trial(
-            trial_row(
-                ctx,
-                trial_id,
-                "failed",
-                config,
-                **base,
-                steps=0,
-                epsilon=0.0,
-                finished_at=_now(),
-                error=f"infeasible: {exc}",
-                wall_time_s=0.0,
-                device_seconds=0.0,
-            )
-        )
-        tune.report({**_penalty(space), "step": 0, "total_steps": steps, "infeasible": True, FINAL: True})
-        return
-    base["sigma"] = plan.noise_multiplier
-    store.write_trial(trial_row(ctx, trial_id, "running", config, **base, steps=0, epsilon=0.0))
 
-    earlier = [float(h["val_accuracy"]) for h in (resume_state or {}).get("history", [])]
-    best_val = max(earlier, default=-1.0)
-    last: dict[str, Any] = {}
 
-    def metrics(record: Mapping[str, Any], num_params: int) -> dict[str, Any]:
-        nonlocal best_val
-        best_val = max(best_val, float(record["val_accuracy"]))
-        wall = elapsed_before + time.time() - clock
+class TrialReporter:
+    """Turns the loop's evaluation records into Tune reports, and checkpoints every so often.
+
+    Keeps the best validation accuracy across a restore (from the checkpoint's history) and the
+    wall time across a restore (from its meta file), so the reported numbers cover the whole trial.
+    """
+
+    def __init__(
+        self,
+        ctx: StudyContext,
+        *,
+        steps: int,
+        sample_rate: float,
+        sigma: float,
+        resume_state: dict[str, Any] | None,
+        meta: Mapping[str, Any],
+    ) -> None:
+        self.ctx, self.steps, self.sample_rate, self.sigma = ctx, steps, sample_rate, sigma
+        self.devices = devices_per_trial(ctx.space)
+        self.elapsed_before = float(meta.get("elapsed_s", 0.0))
+        self.started_at = _dt.datetime.fromisoformat(meta["started_at"]) if "started_at" in meta else _now()
+        self.clock = self.last_checkpoint = time.time()
+        earlier = [float(h["val_accuracy"]) for h in (resume_state or {}).get("history", [])]
+        self.best_val = max(earlier, default=-1.0)
+        self.last: dict[str, Any] = {}
+
+    def wall_time(self) -> float:
+        return self.elapsed_before + time.time() - self.clock
+
+    def metrics(self, record: Mapping[str, Any], num_params: int) -> dict[str, Any]:
+        self.best_val = max(self.best_val, float(record["val_accuracy"]))
+        wall = self.wall_time()
         return {
             "val_accuracy": float(record["val_accuracy"]),
-            "best_val_accuracy": best_val,
+            "best_val_accuracy": self.best_val,
             "epsilon": float(record["epsilon"]),
             "step": int(record["step"]),
-            "total_steps": steps,
+            "total_steps": self.steps,
             "epoch": float(record["epoch"]),
             "train_loss": float(record["train_loss"]),
             "train_accuracy": float(record["train_accuracy"]),
             "samples_per_s": float(record["samples_per_s"]),
-            "sigma": plan.noise_multiplier,
-            "sample_rate": sample_rate,
+            "sigma": self.sigma,
+            "sample_rate": self.sample_rate,
             "num_params": num_params,
             "wall_time_s": wall,
-            "device_seconds": wall * devices,
+            "device_seconds": wall * self.devices,
             "timestamp": time.time(),
         }
 
-    last_checkpoint = [clock]
+    def on_evaluation(self, record: dict[str, Any], state: Any) -> None:
+        """The loop's callback (single-worker trials): report each validation pass, checkpoint at times."""
+        import torch
 
-    def on_epoch(record: dict[str, Any], state: Any) -> None:
+        from eqdp_ray.models import count_parameters
+
         record["timestamp"] = time.time()  # lands in state.history too, and so in the history rows
-        m = metrics(record, count_parameters(state.model))
-        last.update(m)
-        if record["step"] >= steps:
+        m = self.metrics(record, count_parameters(state.model))
+        self.last.update(m)
+        if record["step"] >= self.steps:
             return  # the last pass is reported after the trial has written its own row
-        if time.time() - last_checkpoint[0] < ctx.checkpoint_every_s:
+        if time.time() - self.last_checkpoint < self.ctx.checkpoint_every_s:
             tune.report(m)
             return
         with tempfile.TemporaryDirectory() as directory:
             torch.save(state.state_dict(), Path(directory) / CHECKPOINT_FILE)
             Path(directory, META_FILE).write_text(
-                json.dumps({"elapsed_s": m["wall_time_s"], "started_at": started_at.isoformat()})
+                json.dumps({"elapsed_s": m["wall_time_s"], "started_at": self.started_at.isoformat()})
             )
             tune.report(m, checkpoint=tune.Checkpoint.from_directory(directory))
-        last_checkpoint[0] = time.time()
+        self.last_checkpoint = time.time()
 
-    if space.resources.workers == 1:
+
+def _run_training(
+    ctx: StudyContext,
+    config: RunConfig,
+    trial_id: str,
+    data: Any,
+    reporter: TrialReporter,
+    resume_state: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """One worker trains in this process; several launch their own TorchTrainer."""
+    if ctx.space.resources.workers == 1:
         from eqdp_ray.train import train
 
-        result = train(config, on_epoch=on_epoch, resume_state=resume_state, data=data, log=print)
-    else:
-        from eqdp_ray.models import model_summary
+        return train(
+            config, on_evaluation=reporter.on_evaluation, resume_state=resume_state, data=data, log=logger.info
+        )
+    from eqdp_ray.models import model_summary
 
-        options = {"in_channels": data.in_channels, "num_classes": data.num_classes, **config.model.options}
-        num_params = int(model_summary(config.model.name, **options)["params"])
-        result = _train_distributed(ctx, config, trial_id, metrics_of=lambda record: metrics(record, num_params))
+    options = {"in_channels": data.in_channels, "num_classes": data.num_classes, **config.model.options}
+    num_params = int(model_summary(config.model.name, **options)["params"])
+    return _train_distributed(ctx, config, trial_id, metrics_of=lambda record: reporter.metrics(record, num_params))
 
-    wall = elapsed_before + time.time() - clock
+
+def _final_metrics(result: Mapping[str, Any], reporter: TrialReporter) -> dict[str, Any]:
+    """The trial's last report: the run's result, with the best validation accuracy over the whole trial."""
     history = result.get("history") or []
-    final = dict(last) if last else (metrics(history[-1], int(result["num_params"])) if history else {})
+    if reporter.last:
+        final = dict(reporter.last)
+    else:
+        final = reporter.metrics(history[-1], int(result["num_params"])) if history else {}
+    wall = reporter.wall_time()
     final.update(
         {
             "val_accuracy": float(result["val_accuracy"]),
             "step": int(result["steps"]),
             "epsilon": float(result["epsilon"]),
             "num_params": int(result["num_params"]),
-            "sigma": plan.noise_multiplier,
-            "sample_rate": sample_rate,
-            "total_steps": steps,
+            "sigma": reporter.sigma,
+            "sample_rate": reporter.sample_rate,
+            "total_steps": reporter.steps,
             "wall_time_s": wall,
-            "device_seconds": wall * devices,
+            "device_seconds": wall * reporter.devices,
         }
     )
     seen = [float(h["val_accuracy"]) for h in history]
     final["best_val_accuracy"] = max([float(result["best_val_accuracy"]), final["val_accuracy"], *seen])
-    status = "completed" if final["step"] >= steps else "stopped_early"
+    return final
+
+
+def run_trial(params: dict[str, Any], ctx: StudyContext) -> None:
+    """The Tune function trainable: one DP-SGD training run at the sampled hyperparameters."""
+    import torch
+
+    from eqdp_ray.privacy import PrivacyBudgetError, plan_privacy
+    from eqdp_ray.train import steps_and_rate
+
+    _show_progress_in_trial_log()
+    space = ctx.space
+    trial_id = tune.get_context().get_trial_id()
+    torch.set_num_threads(max(1, int(space.resources.cpus_per_worker)))
+    config = trial_config(space, params, ctx.train_size, name=f"{space.study}-{trial_id}")
+    store = _store(ctx)
+    resume_state, meta = _load_checkpoint()
+    data = _load_trial_data(config)
+    steps, sample_rate = steps_and_rate(config, len(data.train_y))
+    p = config.privacy
+    base: dict[str, Any] = {
+        "sample_rate": sample_rate,
+        "planned_steps": steps,
+        "params_json": json.dumps(resolve_params(space, params), default=str),
+        "group": group_of(config),
+    }
+    try:
+        plan = plan_privacy(p.target_epsilon, p.delta, sample_rate, steps, p.accountant)
+    except PrivacyBudgetError as exc:
+        _report_infeasible(ctx, store, trial_id, config, base, steps, exc)
+        return
+    reporter = TrialReporter(
+        ctx, steps=steps, sample_rate=sample_rate, sigma=plan.noise_multiplier, resume_state=resume_state, meta=meta
+    )
+    base.update(sigma=plan.noise_multiplier, started_at=reporter.started_at)
+    store.write_trial(trial_row(ctx, trial_id, "running", config, **base, steps=0, epsilon=0.0))
+
+    result = _run_training(ctx, config, trial_id, data, reporter, resume_state)
+
+    final = _final_metrics(result, reporter)
     store.write_history(history_rows(ctx, trial_id, result.get("history", [])))
     store.write_trial(
         trial_row(
             ctx,
             trial_id,
-            status,
+            "completed" if final["step"] >= steps else "stopped_early",
             config,
             **base,
             steps=final["step"],
@@ -276,10 +315,9 @@ def run_trial(params: dict[str, Any], ctx: StudyContext) -> None:
             final_val_accuracy=final["val_accuracy"],
             test_accuracy=result.get("test_accuracy"),
             num_params=final["num_params"],
-            wall_time_s=wall,
+            wall_time_s=final["wall_time_s"],
             device_seconds=final["device_seconds"],
             finished_at=_now(),
-            group=result.get("group"),
             noise_source=result.get("noise_source"),
             workers=space.resources.workers,
         )
@@ -287,6 +325,61 @@ def run_trial(params: dict[str, Any], ctx: StudyContext) -> None:
     final[FINAL] = True
     final.pop("test_accuracy", None)  # never shown to the searcher
     tune.report(final)
+
+
+def _report_infeasible(
+    ctx: StudyContext,
+    store: Any,
+    trial_id: str,
+    config: RunConfig,
+    base: Mapping[str, Any],
+    steps: int,
+    error: Exception,
+) -> None:
+    """A trial whose budget cannot be met stops before touching the data: a failed row, the worst score."""
+    store.write_trial(
+        trial_row(
+            ctx,
+            trial_id,
+            "failed",
+            config,
+            **base,
+            started_at=_now(),
+            steps=0,
+            epsilon=0.0,
+            finished_at=_now(),
+            error=f"infeasible: {error}",
+            wall_time_s=0.0,
+            device_seconds=0.0,
+        )
+    )
+    tune.report({**_penalty(ctx.space), "step": 0, "total_steps": steps, "infeasible": True, FINAL: True})
+
+
+def group_of(config: RunConfig | None) -> str | None:
+    """The row's ``group``: the model's symmetry group from the registry (e.g. "D4->D2"), "" for a model
+    without one (so that readers need not rebuild the model to know), None if the config is unusable."""
+    if config is None:
+        return None
+    from eqdp_ray.models import describe_group
+
+    try:
+        return describe_group(config.model.name, **config.model.options) or ""
+    except (ValueError, TypeError, KeyError):  # an invalid model must not cost the trial its row
+        return None
+
+
+def _show_progress_in_trial_log() -> None:
+    """Trials run in Ray's worker processes, which configure no logging: show our progress lines
+    in the trial's log, as a direct run prints them."""
+    import logging
+
+    package = logging.getLogger("eqdp_ray")
+    if not package.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        package.addHandler(handler)
+        package.setLevel(logging.INFO)
 
 
 def _train_distributed(ctx: StudyContext, config: RunConfig, trial_id: str, *, metrics_of: Any) -> dict[str, Any]:
@@ -319,7 +412,7 @@ def _train_distributed(ctx: StudyContext, config: RunConfig, trial_id: str, *, m
             output_dir=output,
             callbacks=[EpochsToTune()],
             run_name=f"{ctx.space.study}-{trial_id}",
-            log=print,
+            log=logger.info,
         )
 
 
@@ -406,6 +499,7 @@ class StoreCallback(tune.Callback):
                 device_seconds=last.get("device_seconds"),
                 finished_at=_now(),
                 error=error,
+                group=group_of(config),
                 params_json=json.dumps(resolve_params(ctx.space, trial.config), default=str),
             )
         )

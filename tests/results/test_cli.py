@@ -175,10 +175,10 @@ def test_best_table_ranks_finished_trials_with_readable_columns(store, capsys):
     assert [r[0] for r in rows] == ["1", "2", "3", "4", "5"]
     first = dict(zip(header, rows[0]))
     assert first["study"] == "digits8" and first["status"] == "completed"
-    assert first["model"] == "eq_resnet9" and first["group"] == "C8"
+    assert first["model"] == "eq_resnet9" and first["group"] == "C8->C4"  # the model default restrict: halved
     assert first["best_val_accuracy"] == "0.9300" and first["test_accuracy"] == "0.9100"
     assert first["num_params"] == "45000" and first["steps"] == "150"
-    assert dict(zip(header, rows[1]))["group"] == "D4"
+    assert dict(zip(header, rows[1]))["group"] == "D4->D2"
     assert "config_json" not in out  # the table keeps to readable columns
     assert err == ""
 
@@ -435,9 +435,8 @@ def test_module_entry_point_in_a_subprocess(store):
 
 
 def test_cli_constants_mirror_the_store():
-    """The CLI module avoids importing pyarrow at start-up, so it repeats two constants: keep them equal."""
-    from eqdp_ray.results import DEFAULT_URI, STATUSES
+    """The CLI module avoids importing pyarrow at start-up, so it repeats the statuses: keep them equal."""
+    from eqdp_ray.results import STATUSES
     from eqdp_ray.results import cli as results_cli
 
-    assert results_cli.DEFAULT_STORE == DEFAULT_URI
     assert results_cli.STATUS_CHOICES == STATUSES

@@ -67,7 +67,7 @@ def test_report_writes_four_plots_and_a_page(tmp_path, capsys):
     # the top-5 table, best first, with the per-trial epsilon
     top_lines = [line for line in md.splitlines() if line.startswith("| ") and "digits" in line]
     assert [line.split("|")[3].strip() for line in top_lines] == ["t01", "t05", "t00", "p1", "p2"]
-    assert "| 1 | digits8 | t01 | completed | eq_resnet9 | C8 | 0.9300 |" in md
+    assert "| 1 | digits8 | t01 | completed | eq_resnet9 | C8->C4 | 0.9300 |" in md
     assert "<td>t01</td>" in page
     # privacy: per-trial targets, the recorded search-level bound, and the adaptive caveat
     assert "Study digits8: each trial is differentially private on its own with target epsilon 8" in md

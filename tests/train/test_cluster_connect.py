@@ -39,3 +39,14 @@ def test_cli_with_unreachable_address_is_one_line(tmp_path, capsys):
     code = main(["train", config, "--workers", "2", "--address", f"127.0.0.1:{free_port()}", "--output", str(tmp_path)])
     err = capsys.readouterr().err
     assert code == 2 and "cannot reach the Ray cluster" in err and "Traceback" not in err
+
+
+def test_writable_probe_leaves_no_directory_behind(tmp_path):
+    from eqdp_ray.train.cluster import check_writable
+
+    check_writable(str(tmp_path / "a" / "b" / "store"), what="results store", flag="--store")
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ClusterError, match="not writable"):
+        (tmp_path / "file").write_text("x")
+        check_writable(str(tmp_path / "file" / "store"), what="results store", flag="--store")
+    assert [p.name for p in tmp_path.iterdir()] == ["file"]

@@ -80,6 +80,7 @@ def test_search_writes_rows_asha_stops_and_resume_does_not_duplicate(tmp_path, l
     assert stopped["test_accuracy"].isna().all()  # stopped trials are never tested
     assert (trials["config.training.steps"] == [{4: 4, 12: 12}[s] for s in trials["config.training.steps"]]).all()
     assert set(trials["config.model.name"]) == {"resnet9"}
+    assert (trials["group"] == "").all()  # every row, stopped ones too, says the model has no group
 
     history = store.read_history("e2e")
     assert set(history["trial_id"]) == set(trials["trial_id"])

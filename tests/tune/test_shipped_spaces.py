@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from eqdp_ray.tune import check_space, load_space, pareto_front
+from eqdp_ray.tune import check_space, load_space
 from eqdp_ray.tune.feasibility import train_size_of
 from eqdp_ray.tune.runner import plan_search_privacy
 
@@ -36,15 +36,3 @@ def test_quickstart_is_offline_cpu_and_compares_both_models():
     assert space.data["name"] == "digits" and space.resources.gpus_per_worker == 0
     assert set(space.search["model.name"].choices) == {"eq_resnet9", "resnet9"}
     assert train_size_of(space) == 1302  # 1438 training digits minus a 10% validation split by hash
-
-
-def test_pareto_front():
-    rows = [
-        {"id": 1, "acc": 0.9, "params": 100},
-        {"id": 2, "acc": 0.8, "params": 10},
-        {"id": 3, "acc": 0.7, "params": 50},
-        {"id": 4, "acc": 0.9, "params": 200},
-        {"id": 5, "acc": float("nan"), "params": 1},
-    ]
-    front = pareto_front(rows, [("acc", "max"), ("params", "min")])
-    assert [r["id"] for r in front] == [1, 2]
