@@ -23,9 +23,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 def cmd_train(args: argparse.Namespace) -> int:
     from eqdp_ray.config import load_config
     from eqdp_ray.train import train, write_result
+    from eqdp_ray.train.output import check_output_dir
 
     config = load_config(args.config, args.set)
     output = Path(args.output or Path("runs") / config.name)
+    check_output_dir(output)
     if args.workers is not None and args.workers < 1:
         raise UserError(f"--workers must be at least 1, got {args.workers}")
     if (args.workers or 1) > 1 or args.address or args.gpus_per_worker:
@@ -38,9 +40,11 @@ def cmd_train(args: argparse.Namespace) -> int:
             address=args.address,
             storage=args.storage,
             output_dir=output,
+            oversubscribe=args.oversubscribe,
+            log=print,
         )
     else:
-        result = train(config)
+        result = train(config, log=print)
     path = write_result(result, output)
     print(f"[eqdp-ray] result written to {path}")
     return 0
@@ -79,6 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", default=None, help="Ray cluster address ('auto' or ray://...); default: a local Ray")
     p.add_argument(
         "--storage", default=None, help="checkpoint storage (local path, s3://, gs://); default under --output"
+    )
+    p.add_argument(
+        "--oversubscribe",
+        action="store_true",
+        help="let a local Ray run more worker CPUs than this machine has (default: refuse)",
     )
     p.set_defaults(handler=cmd_train)
 

@@ -11,6 +11,7 @@ secret: a restart draws a fresh one.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 import time
@@ -22,7 +23,17 @@ from typing import Any
 import torch
 
 from eqdp_ray.config import RunConfig, config_to_dict, parse_config
-from eqdp_ray.train.cluster import ClusterError, check_writable, connect_ray
+from eqdp_ray.train.cluster import (
+    ClusterError,
+    check_local_cpus,
+    check_resources,
+    check_writable,
+    connect_ray,
+    local_cpus,
+    will_start_local_ray,
+)
+
+logger = logging.getLogger(__name__)
 
 
 def _last_line(error: BaseException) -> str:
@@ -85,11 +96,11 @@ def _worker_loop(payload: dict[str, Any]) -> None:
                 (Path(directory) / "result.json").write_text(json.dumps(result))
             ray.train.report(metrics, checkpoint=Checkpoint.from_directory(directory))
 
-    def on_epoch(record: dict[str, Any], state: Any) -> None:
+    def on_evaluation(record: dict[str, Any], state: Any) -> None:
         last_state["state"] = state
         report(dict(record, pid=os.getpid(), rank=comm.rank, workers=comm.world_size), state)
 
-    result = train(config, comm=comm, on_epoch=on_epoch, resume_state=resume_state)
+    result = train(config, comm=comm, on_evaluation=on_evaluation, resume_state=resume_state)
     result["comm_backend"] = comm.dist.get_backend()  # gloo on CPUs, nccl on GPUs: which one ran
     # The full record travels as result.json inside rank 0's final checkpoint, not as metrics.
     report(
@@ -97,23 +108,6 @@ def _worker_loop(payload: dict[str, Any]) -> None:
         last_state["state"],
         result if comm.rank == 0 else None,
     )
-
-
-def _check_resources(workers: int, cpus_per_worker: float, gpus_per_worker: float) -> None:
-    import ray
-
-    available = ray.cluster_resources()
-    cpus, gpus = available.get("CPU", 0.0), available.get("GPU", 0.0)
-    if gpus_per_worker and gpus < workers * gpus_per_worker:
-        raise ClusterError(
-            f"requested {workers} workers x {gpus_per_worker} GPU but the cluster has {gpus:g} GPUs; "
-            "lower --workers/--gpus-per-worker, or add GPU nodes (omit --gpus-per-worker to train on CPUs)"
-        )
-    if cpus < workers * cpus_per_worker:
-        raise ClusterError(
-            f"requested {workers} workers x {cpus_per_worker:g} CPU but the cluster has {cpus:g} CPUs; "
-            "lower --workers or add nodes"
-        )
 
 
 def train_distributed(
@@ -128,13 +122,15 @@ def train_distributed(
     max_failures: int = 3,
     callbacks: list[Any] | None = None,
     run_name: str | None = None,
-    log: Callable[[str], None] | None = print,
+    log: Callable[[str], None] | None = logger.info,
+    oversubscribe: bool = False,
 ) -> dict[str, Any]:
     """Train `config` on `workers` Ray Train workers and return the same result record as `train`.
 
     `run_name`: by default every call is a new run. With a fixed name, a call whose `storage`
     already holds a run of that name continues from its latest checkpoint (Ray Train restores a
     run by name): this is how an interrupted multi-worker tune trial resumes instead of restarting.
+    `oversubscribe`: let a local Ray run more worker CPUs than this machine has (else an error).
     """
     import ray
     from ray.train import (
@@ -157,9 +153,12 @@ def train_distributed(
         )
     output_dir = Path(output_dir or Path("runs") / config.name)
     storage = storage or str((output_dir / "ray").resolve())
+    fix = "lower --workers, or pass --address of a cluster with more nodes"
+    if will_start_local_ray(address) and not oversubscribe:
+        check_local_cpus(workers, cpus_per_worker, fix=fix)
     check_writable(storage, what="checkpoint storage", flag="--storage")
-    connect_ray(address, num_cpus=max(os.cpu_count() or 1, int(workers * cpus_per_worker)))
-    _check_resources(workers, cpus_per_worker, gpus_per_worker)
+    connect_ray(address, num_cpus=local_cpus(workers, cpus_per_worker, oversubscribe=oversubscribe))
+    check_resources(workers, cpus_per_worker, gpus_per_worker, fix=fix)
 
     use_gpu = bool(gpus_per_worker)
     resources = {"CPU": cpus_per_worker} | ({"GPU": gpus_per_worker} if use_gpu else {})

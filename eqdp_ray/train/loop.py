@@ -37,7 +37,7 @@ from eqdp_ray.privacy import (
 )
 from eqdp_ray.train.comm import LocalComm
 
-EpochCallback = Callable[[dict[str, Any], "TrainState"], None]
+EvaluationCallback = Callable[[dict[str, Any], "TrainState"], None]  # after each validation pass
 
 
 def resolve_device(name: str) -> torch.device:
@@ -124,19 +124,21 @@ def evaluate(
     return correct / len(y)
 
 
-def ranks_in_sync(model: nn.Module, comm: Any) -> bool:
-    """Whether every rank holds bit-identical parameters (all-reduced min and max of a checksum)."""
+def synced_parameter_checksum(model: nn.Module, comm: Any) -> float:
+    """The sum of all parameters, checked equal on every rank; raises if the ranks diverged.
+
+    Recorded in the history, so that a distributed run can be compared with its single-process twin.
+    """
     checksum = torch.stack([p.detach().double().sum() for p in model.parameters()]).sum().cpu()
     values = torch.zeros(comm.world_size, dtype=torch.float64)
     values[comm.rank] = checksum
     values = comm.all_reduce_sum([values])[0]
-    in_sync = bool((values == values[0]).all())
-    if not in_sync:
+    if not bool((values == values[0]).all()):
         raise RuntimeError(
             f"ranks diverged: parameter checksums {values.tolist()}; the noise or the reduction "
             "is not shared, which would break the privacy analysis"
         )
-    return in_sync
+    return float(values[0])
 
 
 def _augmented_micro_batches(rows: torch.Tensor, params: torch.Tensor, examples_per_micro: int):
@@ -148,12 +150,16 @@ def train(
     config: RunConfig,
     *,
     comm: Any = None,
-    on_epoch: EpochCallback | None = None,
+    on_evaluation: EvaluationCallback | None = None,
     resume_state: dict[str, Any] | None = None,
     log: Callable[[str], None] | None = print,
     data: ImageDataset | None = None,
 ) -> dict[str, Any]:
-    """Train one model with DP-SGD and return the result record (what result.json holds)."""
+    """Train one model with DP-SGD and return the result record (what result.json holds).
+
+    `on_evaluation(record, state)` runs after every validation pass (each `eval_every` steps and
+    after the last step), e.g. to report and checkpoint.
+    """
     comm = comm or LocalComm()
     log = log if (log is not None and comm.rank == 0) else (lambda _msg: None)
     started = time.time()
@@ -271,7 +277,7 @@ def train(
                 "samples_per_s_per_worker": window["examples"] / max(window["time"], 1e-9) / comm.world_size,
             }
             if comm.world_size > 1:
-                record["ranks_in_sync"] = ranks_in_sync(model, comm)
+                record["parameter_checksum"] = synced_parameter_checksum(model, comm)
             state.history.append(record)
             log(
                 f"[eqdp-ray] epoch {record['epoch']:.2f} step {state.step}/{steps}: loss {record['train_loss']:.4f} "
@@ -279,8 +285,8 @@ def train(
                 f"{record['samples_per_s']:.1f} samples/s"
             )
             window = dict.fromkeys(window, 0.0)
-            if on_epoch is not None:
-                on_epoch(record, state)
+            if on_evaluation is not None:
+                on_evaluation(record, state)
 
     val_acc = evaluate(state.ema.shadow, data.val_x, data.val_y, data, device, t.eval_batch_size)
     test_acc = evaluate(state.ema.shadow, data.test_x, data.test_y, data, device, t.eval_batch_size)

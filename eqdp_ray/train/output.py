@@ -8,6 +8,24 @@ import os
 from pathlib import Path
 from typing import Any
 
+from eqdp_ray.config import ConfigError
+
+
+class OutputError(ConfigError):
+    """The output directory cannot take the result: checked before training, so no run is lost."""
+
+
+def check_output_dir(output_dir: str | Path) -> None:
+    """Fail now, not after training, when `output_dir` cannot hold result.json."""
+    output_dir = Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise OutputError(f"--output {output_dir} is an existing file, not a directory; pass a directory")
+    existing = next((p for p in [output_dir, *output_dir.parents] if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise OutputError(f"--output {output_dir}: {existing} is a file, not a directory; pass another path")
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputError(f"--output {output_dir}: {existing} is not writable; pass a writable directory")
+
 
 def _jsonable(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
@@ -20,6 +38,7 @@ def _jsonable(value: Any) -> Any:
 
 
 def write_result(result: dict[str, Any], output_dir: str | Path) -> Path:
+    """Write result.json atomically (a temporary file, then a rename)."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     path = output_dir / "result.json"

@@ -75,3 +75,27 @@ def test_models_lists_parameter_counts(capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out
     assert "eq_resnet9" in out and "resnet9" in out and "wrn16_4" in out
+
+
+def test_more_workers_than_cores_is_refused_before_anything_runs(tmp_path, capsys, monkeypatch):
+    """A local Ray used to advertise max(cores, workers) CPUs, so 16 workers ran on 2 cores."""
+    import os
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    workers = (os.cpu_count() or 1) + 1
+    code = main(["train", QUICKSTART, "--workers", str(workers), "--output", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and f"need {workers} CPUs" in err and "--oversubscribe" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("where", ["file", "file/below"])
+def test_output_that_cannot_be_a_directory_fails_before_training(tmp_path, capsys, where):
+    """It used to train for minutes, then lose the result in a FileExistsError traceback."""
+    (tmp_path / "file").write_text("keep me")
+    code = main(["train", QUICKSTART, *TINY, "--output", str(tmp_path / where)])
+    captured = capsys.readouterr()
+    assert code == 2 and ("is a file, not a directory" in captured.err or "is an existing file" in captured.err)
+    assert captured.err.startswith("eqdp-ray: error:") and "Traceback" not in captured.err
+    assert "step" not in captured.out  # not one training step ran
+    assert (tmp_path / "file").read_text() == "keep me" and [p.name for p in tmp_path.iterdir()] == ["file"]

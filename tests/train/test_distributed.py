@@ -59,14 +59,17 @@ def test_two_workers_equal_one_process(local_ray, tmp_path):
     from eqdp_ray.train.distributed import train_distributed
 
     captured = {}
-    single = train(
-        config(), on_epoch=lambda r, s: captured.update(p=[v.clone() for v in s.model.state_dict().values()]), log=None
-    )
+
+    def capture(record, state):
+        captured["p"] = [v.clone() for v in state.model.state_dict().values()]
+        captured["checksum"] = float(sum(q.detach().double().sum() for q in state.model.parameters()))
+
+    single = train(config(), on_evaluation=capture, log=None)
     double = train_distributed(config(), workers=2, output_dir=tmp_path, log=None)
     assert double["steps"] == single["steps"] == 4
     assert double["epsilon"] == pytest.approx(single["epsilon"]) and double["epsilon"] <= 4.0
     assert double["noise_multiplier"] == single["noise_multiplier"]
-    assert all(h["ranks_in_sync"] for h in double["history"])
+    assert double["history"][-1]["parameter_checksum"] == pytest.approx(captured["checksum"], rel=1e-4)
     for a, b in zip(checkpoint_parameters(double), captured["p"]):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     assert double["workers"] == 2 and "storage_path" in double

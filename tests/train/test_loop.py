@@ -38,11 +38,11 @@ def tiny_config(**training):
 def final_parameters(config):
     captured = {}
 
-    def on_epoch(record, state):
+    def on_evaluation(record, state):
         captured["params"] = [p.detach().clone() for p in state.model.parameters()]
         captured["ema"] = state.ema.shadow
 
-    result = train(config, on_epoch=on_epoch, log=None)
+    result = train(config, on_evaluation=on_evaluation, log=None)
     return result, captured
 
 
