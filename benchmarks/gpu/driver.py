@@ -278,7 +278,7 @@ def step_ray(args: argparse.Namespace) -> dict:
         captured: dict = {}
         train(
             _ray_config(4, secret, args.device),
-            on_epoch=lambda record, state: captured.update(
+            on_evaluation=lambda record, state: captured.update(
                 p=[v.detach().cpu() for v in state.model.state_dict().values()]
             ),
             log=None,
