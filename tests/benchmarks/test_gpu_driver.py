@@ -41,8 +41,9 @@ def test_tiny_cifar_step_runs_the_recipe_at_its_sample_rate(driver, datapack, tm
     out = tmp_path / "out"
     assert driver.main(["--device", "cpu", "--tiny", "--out", str(out), "--data", str(pack), "--steps", "cifar"]) == 0
     figures = json.loads((out / "summary.json").read_text())["cifar"]["figures"]
-    assert figures["train_size"] == 180 and figures["val_size"] == 20 and figures["test_size"] == 40
-    assert figures["expected_batch"] == round(8192 * 180 / 45000)  # the recipe's q = 8192 / 45,000 kept
+    assert figures["train_size"] + figures["val_size"] == 200 and 10 <= figures["val_size"] <= 30  # a tenth, by hash
+    assert figures["test_size"] == 40
+    assert figures["expected_batch"] == round(8192 * figures["train_size"] / 45000)  # the recipe's q kept
     assert figures["sample_rate"] == pytest.approx(8192 / 45000, rel=0.01)
     assert 1 <= figures["steps"] <= 2 and 0 < figures["epsilon"] <= 8.0 and figures["noise_source"] == "secure"
     assert figures["samples_per_s"] > 0 and 0 <= figures["test_accuracy"] <= 1
