@@ -1,22 +1,28 @@
-"""Per-example gradient rules for the layers Opacus does not know.
+"""Per-example gradient rules that sum an example's K augmentations inside the contraction.
 
-Opacus ships rules for ``nn.Conv2d``, ``nn.Linear`` and ``nn.GroupNorm``; the two rules here
-are written by hand because those layers are ours:
+One rule per layer type the models use:
 
-* ``SteerableConv2d``: per-example *filter* gradients come from one grouped weight-gradient
-  convolution (large feature maps) or the unfold-and-contract rule (small ones), then are mapped
-  back to basis coefficients through the transpose of escnn's (linear) basis expansion, batched
-  with ``torch.func.vmap``.
-* ``FieldGroupNorm``: scale and shift are shared across the channels of a field, so their
-  per-example gradients are sums over each field's channels and positions.
+* ``SteerableConv2d``: per-example *filter* gradients, then the transpose of escnn's (linear)
+  basis expansion maps them back to basis coefficients, batched with ``torch.func.vmap``.
+* ``nn.Conv2d``: the same per-example filter gradients; they are the parameter's gradient.
+* ``FieldGroupNorm`` and ``nn.GroupNorm``: sums over each channel's (or field's) positions of
+  the normalised input times the output gradient.
+* ``nn.Linear``: one batched matrix product per layer.
 
-Both rules take the augmentation multiplicity K and return the per-*example* gradient (the mean
-over each example's K augmented inputs) directly: the contraction over K happens before the
-large per-example tensors are formed, which is what keeps a K=4 step cheap. Importing this
-module also registers both rules (with K=1) in Opacus's registry.
+Per-example filter gradients come from one grouped weight-gradient convolution with the
+examples as groups (large feature maps) or from unfold and a batched matrix product (small
+ones). Every rule takes the augmentation multiplicity K and returns the per-*example* gradient
+(the mean over each example's K augmented inputs): the contraction over K happens before the
+large per-example tensors are formed, which is what keeps a K=4 step cheap. Opacus has rules
+for nn.Conv2d, nn.Linear and nn.GroupNorm too; ours replace them in ``PerExampleGradients``
+(they are faster and K-aware) but are not registered with Opacus, whose own hooks stay Opacus's
+(the benchmark compares against them). Importing this module registers the two rules for our
+layers (with K=1) in Opacus's registry, which is what marks those layers as supported.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -31,78 +37,176 @@ from eqdp_ray.models.layers import FieldGroupNorm, SteerableConv2d
 # docs/BENCHMARKS.md). Both compute the same sum, so the choice only moves time.
 GROUPED_CONV_MIN_POSITIONS = 256
 
+# The unfold route forms a patch tensor (in x kernel area times the input); it is formed this
+# many bytes at a time, and each chunk's product is written straight into the result.
+PATCH_CHUNK_BYTES = 8 * 2**20
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """What a 2-D convolution's weight gradient depends on besides its inputs and output gradients."""
+
+    kernel: tuple[int, int]
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)
+    dilation: tuple[int, int] = (1, 1)
+    groups: int = 1
+
+    @staticmethod
+    def of_steerable(layer: SteerableConv2d) -> ConvGeometry:
+        k, s, p = layer.kernel_size, layer.stride, layer.padding
+        return ConvGeometry((k, k), (s, s), (p, p))
+
+
+def _conv2d_inputs(layer: nn.Conv2d, x: torch.Tensor) -> tuple[torch.Tensor, ConvGeometry]:
+    """The input as the convolution saw it, and its geometry.
+
+    Padding that is not symmetric zero padding ('same' with an even kernel, reflect, circular)
+    is applied to the input here, as ``nn.Conv2d`` does, so the contraction needs no padding.
+    """
+    padding = layer.padding
+    left, right, top, bottom = layer._reversed_padding_repeated_twice
+    if layer.padding_mode != "zeros" or left != right or top != bottom:
+        mode = "constant" if layer.padding_mode == "zeros" else layer.padding_mode
+        x, padding = F.pad(x, layer._reversed_padding_repeated_twice, mode=mode), (0, 0)
+    elif isinstance(padding, str):
+        padding = (top, left)
+    geometry = ConvGeometry(
+        tuple(layer.kernel_size), tuple(layer.stride), tuple(padding), tuple(layer.dilation), layer.groups
+    )
+    return x, geometry
+
 
 def per_example_filter_gradients(
-    layer: SteerableConv2d, activations: torch.Tensor, backprops: torch.Tensor, multiplicity: int = 1
+    geometry: ConvGeometry, activations: torch.Tensor, backprops: torch.Tensor, multiplicity: int = 1
 ) -> torch.Tensor:
-    """Mean over each example's K inputs of the gradient w.r.t. the dense filter: (N/K, out, in, k*k)."""
+    """Sum over each example's K inputs of the gradient w.r.t. the filter: (N/K, out, in/groups, kh, kw)."""
     positions = multiplicity * backprops.shape[2] * backprops.shape[3]
     if positions >= GROUPED_CONV_MIN_POSITIONS:
-        filters = _filter_gradients_by_grouped_conv(layer, activations, backprops, multiplicity)
-    else:
-        filters = _filter_gradients_by_unfold(layer, activations, backprops, multiplicity)
-    if multiplicity > 1:
-        filters = filters / multiplicity
-    n = activations.shape[0] // multiplicity
-    return filters.reshape(n, layer.out_type.size, layer.in_type.size, layer.kernel_size**2)
+        return _filter_gradients_by_grouped_conv(geometry, activations, backprops, multiplicity)
+    return _filter_gradients_by_unfold(geometry, activations, backprops, multiplicity)
 
 
 def _filter_gradients_by_unfold(
-    layer: SteerableConv2d, activations: torch.Tensor, backprops: torch.Tensor, multiplicity: int
+    geometry: ConvGeometry, activations: torch.Tensor, backprops: torch.Tensor, multiplicity: int
 ) -> torch.Tensor:
-    """Sum over K: unfold the input into patches, one batched matmul per example."""
-    k = layer.kernel_size
-    n = activations.shape[0] // multiplicity
-    patches = F.unfold(activations, k, padding=layer.padding, stride=layer.stride)  # NK, in*k*k, L
-    grads = backprops.reshape(backprops.shape[0], backprops.shape[1], -1)  # NK, out, L
-    if multiplicity > 1:  # fold the K inputs of an example into its positions: one contraction
-        patches = patches.reshape(n, multiplicity, *patches.shape[1:]).transpose(1, 2).flatten(2)
-        grads = grads.reshape(n, multiplicity, *grads.shape[1:]).transpose(1, 2).flatten(2)
-    return torch.bmm(grads, patches.transpose(1, 2))  # N, out, in*k*k
+    """Sum over K: unfold the input into patches, one batched matmul per example and group.
+
+    Formed a few examples at a time (PATCH_CHUNK_BYTES of patches), each product written
+    straight into its rows of the result.
+    """
+    kh, kw = geometry.kernel
+    g, k = geometry.groups, multiplicity
+    n = activations.shape[0] // k
+    channels_in, channels_out = activations.shape[1], backprops.shape[1]
+    positions = backprops.shape[2] * backprops.shape[3]
+    out = torch.empty(
+        n, g, channels_out // g, channels_in // g * kh * kw, dtype=backprops.dtype, device=backprops.device
+    )
+    patch_bytes = k * channels_in * kh * kw * positions * backprops.element_size()
+    chunk = max(1, PATCH_CHUNK_BYTES // patch_bytes) if backprops.device.type == "cpu" else n
+    for start in range(0, n, chunk):
+        stop = min(n, start + chunk)
+        rows = slice(start * k, stop * k)
+        patches = F.unfold(
+            activations[rows], (kh, kw), dilation=geometry.dilation, padding=geometry.padding, stride=geometry.stride
+        )  # mK, in*kh*kw, L
+        patches = patches.reshape(stop - start, k, g, -1, positions)
+        grads = backprops[rows].reshape(stop - start, k, g, channels_out // g, positions)
+        if k > 1:  # fold the K inputs of an example into its positions: one contraction
+            patches = patches.permute(0, 2, 3, 1, 4)
+            grads = grads.permute(0, 2, 3, 1, 4)
+        else:
+            patches, grads = patches[:, 0], grads[:, 0]
+        patches = patches.reshape((stop - start) * g, -1, k * positions)
+        grads = grads.reshape((stop - start) * g, -1, k * positions)
+        torch.bmm(grads, patches.transpose(1, 2), out=out[start:stop].view((stop - start) * g, *out.shape[2:]))
+    return out.view(n, channels_out, channels_in // g, kh, kw)
 
 
 def _filter_gradients_by_grouped_conv(
-    layer: SteerableConv2d, activations: torch.Tensor, backprops: torch.Tensor, multiplicity: int
+    geometry: ConvGeometry, activations: torch.Tensor, backprops: torch.Tensor, multiplicity: int
 ) -> torch.Tensor:
-    """Sum over K: one weight-gradient convolution with the N examples as groups.
+    """Sum over K: one weight-gradient convolution with the N examples (times the layer's groups) as groups.
 
     Laid out as a batch of K images with N x channels each, a grouped convolution's weight
     gradient (which sums over the batch and the positions) is exactly each example's filter
-    gradient summed over its K inputs; no patch tensor (in*k*k times larger than the input) is
-    ever formed.
+    gradient summed over its K inputs; no patch tensor (kernel area times larger than the
+    input) is ever formed.
     """
     n = activations.shape[0] // multiplicity
     channels_in, channels_out = activations.shape[1], backprops.shape[1]
-    inputs = activations.reshape(n, multiplicity, channels_in, *activations.shape[2:]).transpose(0, 1)
-    outputs = backprops.reshape(n, multiplicity, channels_out, *backprops.shape[2:]).transpose(0, 1)
+    if multiplicity > 1:
+        inputs = activations.reshape(n, multiplicity, channels_in, *activations.shape[2:]).transpose(0, 1)
+        outputs = backprops.reshape(n, multiplicity, channels_out, *backprops.shape[2:]).transpose(0, 1)
+    else:
+        inputs, outputs = activations[None], backprops[None]
     inputs = inputs.reshape(multiplicity, n * channels_in, *activations.shape[2:])
     outputs = outputs.reshape(multiplicity, n * channels_out, *backprops.shape[2:])
-    k = layer.kernel_size
-    weight_shape = torch.empty(n * channels_out, channels_in, k, k, dtype=backprops.dtype, device=backprops.device)
+    g = geometry.groups
+    weight_shape = torch.empty(
+        n * channels_out, channels_in // g, *geometry.kernel, dtype=backprops.dtype, device=backprops.device
+    )
     _, filters, _ = torch.ops.aten.convolution_backward(
         outputs,
         inputs,
         weight_shape,
         None,
-        [layer.stride] * 2,
-        [layer.padding] * 2,
-        [1, 1],
+        list(geometry.stride),
+        list(geometry.padding),
+        list(geometry.dilation),
         False,
         [0, 0],
-        n,
+        n * g,
         [False, True, False],
     )
-    return filters
+    return filters.view(n, channels_out, channels_in // g, *geometry.kernel)
 
 
-# Per-example dense filter gradients are formed, and mapped to coefficients, this many bytes at
-# a time. On CPU small chunks are still in cache when the transpose reads them, and are recycled
-# from the heap instead of being mmapped, page-faulted and zeroed afresh every step. Measured on
-# the dp_step benchmark's layers (2 cores): 2 MiB chunks made the rules 1.3x faster than 16 MiB
-# chunks at K=4 and ~1.6x faster than no chunking (docs/BENCHMARKS.md). On accelerators large
-# chunks keep the kernels large.
-FILTER_GRADIENT_CHUNK_BYTES = {"cpu": 2 * 2**20}
+# Per-example dense filter gradients of a steerable layer are formed, and mapped to coefficients,
+# this many bytes at a time, so that the dense gradients (much larger than the coefficients) never
+# exist for the whole batch. With freed memory reused (``per_example.reuse_freed_memory``) a chunk
+# costs no page faults, and 32 MiB chunks measured faster than 2 or 8 MiB on the benchmark's
+# layers (rules alone, 1 thread: 2.60 s against 2.92 s for 2 MiB, at K=1; docs/BENCHMARKS.md).
+# On accelerators large chunks keep the kernels large.
+FILTER_GRADIENT_CHUNK_BYTES = {"cpu": 32 * 2**20}
 ACCELERATOR_CHUNK_BYTES = 1 * 2**30
+
+
+def _single_block_basis(layer: SteerableConv2d) -> torch.Tensor | None:
+    """The sampled basis (b, o, i, S) when one basis block, tiled over all field pairs, is the whole expansion.
+
+    That is the case for every layer of the equivariant ResNet (one field type in, one out); then the
+    transpose of the expansion is one matrix product (``_coefficient_gradients``). None otherwise.
+    """
+    expansion = layer.expansion
+    if getattr(expansion, "_n_pairs", None) != 1 or len(expansion._representations_pairs) != 1:
+        return None
+    pair = expansion._representations_pairs[0]
+    block = getattr(expansion, f"block_expansion_{expansion._escape_pair(pair)}")
+    if not expansion._contiguous[pair] or expansion._weights_ranges[pair] != (0, layer.weight.numel()):
+        return None
+    return block.sampled_basis
+
+
+def _coefficient_gradients(
+    layer: SteerableConv2d, basis: torch.Tensor, filter_grads: torch.Tensor, out: torch.Tensor
+) -> None:
+    """Per-example coefficient gradients from dense filter gradients (m, out, in, kh, kw), into `out` (m, coeffs).
+
+    escnn's expansion of one block writes filter[(fo, o), (fi, i), s] = sum_b w[fo, fi, b] basis[b, o, i, s],
+    so its transpose contracts each example's (o, i, s) entries of every field pair with the basis:
+    one matrix product of (m x fields_out x fields_in, o*i*s) by (o*i*s, b), no per-example calls.
+    """
+    b, o, i, s = basis.shape
+    m = filter_grads.shape[0]
+    fields_out, fields_in = filter_grads.shape[1] // o, filter_grads.shape[2] // i
+    blocks = filter_grads.reshape(m, fields_out, o, fields_in, i * s).transpose(2, 3)
+    torch.mm(
+        blocks.reshape(m * fields_out * fields_in, o * i * s),
+        basis.to(filter_grads.dtype).reshape(b, o * i * s).t(),
+        out=out.view(m * fields_out * fields_in, b),
+    )
 
 
 def steerable_conv_rule(
@@ -112,35 +216,96 @@ def steerable_conv_rule(
         return {}
     x = activations[0].to(backprops.dtype)
     n = x.shape[0] // multiplicity
-    # The expansion is linear, so its vector-Jacobian product is the same at every point.
-    _, transpose = vjp(layer.expansion, layer.weight.detach().to(backprops.dtype))
+    geometry = ConvGeometry.of_steerable(layer)
+    basis = _single_block_basis(layer)
+    if basis is None:  # the general expansion: its vector-Jacobian product (linear, so the same at every point)
+        _, transpose = vjp(layer.expansion, layer.weight.detach().to(backprops.dtype))
     filter_bytes = layer.out_type.size * layer.in_type.size * layer.kernel_size**2 * backprops.element_size()
     budget = FILTER_GRADIENT_CHUNK_BYTES.get(backprops.device.type, ACCELERATOR_CHUNK_BYTES)
     chunk = max(1, budget // filter_bytes)
     coefficient_grads = torch.empty(n, *layer.weight.shape, dtype=backprops.dtype, device=backprops.device)
     for start in range(0, n, chunk):
         rows = slice(start * multiplicity, min(n, start + chunk) * multiplicity)
-        filter_grads = per_example_filter_gradients(layer, x[rows], backprops[rows], multiplicity)
-        (coefficient_grads[start : start + chunk],) = vmap(transpose)(filter_grads)
+        filter_grads = per_example_filter_gradients(geometry, x[rows], backprops[rows], multiplicity)
+        if basis is not None:
+            _coefficient_gradients(layer, basis, filter_grads, coefficient_grads[start : start + chunk])
+        else:
+            (coefficient_grads[start : start + chunk],) = vmap(transpose)(filter_grads.flatten(3))
+    if multiplicity > 1:  # the transpose is linear: divide the (fewer) coefficients, not the filters
+        coefficient_grads /= multiplicity
     return {layer.weight: coefficient_grads}
+
+
+def conv2d_rule(
+    layer: nn.Conv2d, activations: list[torch.Tensor], backprops: torch.Tensor, multiplicity: int = 1
+) -> dict[nn.Parameter, torch.Tensor]:
+    x, geometry = _conv2d_inputs(layer, activations[0].to(backprops.dtype))
+    grads: dict[nn.Parameter, torch.Tensor] = {}
+    if layer.weight.requires_grad:
+        grads[layer.weight] = per_example_filter_gradients(geometry, x, backprops, multiplicity)
+        if multiplicity > 1:
+            grads[layer.weight] /= multiplicity
+    if layer.bias is not None and layer.bias.requires_grad:
+        grads[layer.bias] = _per_example_channel_sums(backprops, multiplicity)
+    return grads
+
+
+def _per_example_channel_sums(values: torch.Tensor, multiplicity: int, channels_per_sum: int = 1) -> torch.Tensor:
+    """Mean over each example's K rows of the sum over positions (and over groups of channels_per_sum channels)."""
+    n = values.shape[0] // multiplicity
+    sums = values.reshape(n, multiplicity, values.shape[1] // channels_per_sum, -1).sum((1, 3))
+    return sums / multiplicity if multiplicity > 1 else sums
 
 
 def field_group_norm_rule(
     layer: FieldGroupNorm, activations: list[torch.Tensor], backprops: torch.Tensor, multiplicity: int = 1
 ) -> dict[nn.Parameter, torch.Tensor]:
     x = activations[0].to(backprops.dtype)
-    n, c, h, w = x.shape
-    # rows of one example's K inputs summed together, then divided by K
-    shape = (n // multiplicity, multiplicity, layer.num_fields, layer.field_size * h * w)
     grads: dict[nn.Parameter, torch.Tensor] = {}
     if layer.weight.requires_grad:
-        grads[layer.weight] = (layer.normalized(x) * backprops).reshape(shape).sum((1, 3)) / multiplicity
+        grads[layer.weight] = _per_example_channel_sums(layer.normalized(x) * backprops, multiplicity, layer.field_size)
     if layer.bias.requires_grad:
-        grads[layer.bias] = backprops.reshape(shape).sum((1, 3)) / multiplicity
+        grads[layer.bias] = _per_example_channel_sums(backprops, multiplicity, layer.field_size)
     return grads
 
 
-AUGMENTATION_AWARE_RULES = {SteerableConv2d: steerable_conv_rule, FieldGroupNorm: field_group_norm_rule}
+def group_norm_rule(
+    layer: nn.GroupNorm, activations: list[torch.Tensor], backprops: torch.Tensor, multiplicity: int = 1
+) -> dict[nn.Parameter, torch.Tensor]:
+    x = activations[0].to(backprops.dtype)
+    grads: dict[nn.Parameter, torch.Tensor] = {}
+    if layer.affine and layer.weight.requires_grad:
+        normalized = F.group_norm(x, layer.num_groups, eps=layer.eps)
+        grads[layer.weight] = _per_example_channel_sums(normalized * backprops, multiplicity)
+    if layer.affine and layer.bias.requires_grad:
+        grads[layer.bias] = _per_example_channel_sums(backprops, multiplicity)
+    return grads
+
+
+def linear_rule(
+    layer: nn.Linear, activations: list[torch.Tensor], backprops: torch.Tensor, multiplicity: int = 1
+) -> dict[nn.Parameter, torch.Tensor]:
+    x = activations[0].to(backprops.dtype)
+    n = x.shape[0] // multiplicity
+    inputs = x.reshape(n, -1, x.shape[-1])  # an example's K rows (and any inner dimensions) together
+    outputs = backprops.reshape(n, -1, backprops.shape[-1])
+    grads: dict[nn.Parameter, torch.Tensor] = {}
+    if layer.weight.requires_grad:
+        grads[layer.weight] = torch.bmm(outputs.transpose(1, 2), inputs)
+        if multiplicity > 1:
+            grads[layer.weight] /= multiplicity
+    if layer.bias is not None and layer.bias.requires_grad:
+        grads[layer.bias] = outputs.sum(1) / multiplicity if multiplicity > 1 else outputs.sum(1)
+    return grads
+
+
+AUGMENTATION_AWARE_RULES = {
+    SteerableConv2d: steerable_conv_rule,
+    FieldGroupNorm: field_group_norm_rule,
+    nn.Conv2d: conv2d_rule,
+    nn.GroupNorm: group_norm_rule,
+    nn.Linear: linear_rule,
+}
 
 
 @register_grad_sampler(SteerableConv2d)

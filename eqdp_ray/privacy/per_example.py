@@ -8,6 +8,9 @@ trainable layer without a registered per-example rule.
 
 from __future__ import annotations
 
+import ctypes
+import logging
+import sys
 import warnings
 from typing import Any
 
@@ -19,6 +22,8 @@ from torch import nn
 
 from eqdp_ray.privacy.errors import UnsupportedModelError
 from eqdp_ray.privacy.grad_samplers import AUGMENTATION_AWARE_RULES  # also registers our rules with Opacus
+
+logger = logging.getLogger(__name__)
 
 _MIXING_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm, nn.LocalResponseNorm)
 
@@ -41,6 +46,35 @@ def check_model_supports_dp(model: nn.Module) -> None:
             )
 
 
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)
+_heap_reuse_enabled = False
+
+
+def reuse_freed_memory() -> bool:
+    """Serve large CPU tensors from glibc's heap and keep freed memory there; True if now in effect.
+
+    glibc hands every allocation above 32 MiB to a fresh mmap and unmaps it on free, so each
+    step's per-example gradients (hundreds of MiB for a conventional CNN), and the temporaries
+    of clipping them, are page-faulted and zeroed by the kernel afresh: on the 2-core benchmark
+    machine ~1 ms per MiB, as much as the contractions that fill them (docs/BENCHMARKS.md). With
+    mmap off and trimming off, freed blocks are reused by the next step. Process-wide, and the
+    process keeps its peak heap until it exits, which a training process does anyway; a no-op
+    off glibc (macOS, musl).
+    """
+    global _heap_reuse_enabled
+    if _heap_reuse_enabled:
+        return True
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    _heap_reuse_enabled = bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, -1))
+    logger.debug("glibc heap reuse for large allocations: %s", _heap_reuse_enabled)
+    return _heap_reuse_enabled
+
+
 class PerExampleGradients:
     """Per-example gradients of every trainable parameter, averaged over each example's K inputs.
 
@@ -49,11 +83,14 @@ class PerExampleGradients:
     (they average over K inside the contraction), Opacus's registry for nn.Conv2d, nn.Linear and
     nn.GroupNorm (averaged after). Backward asks autograd for the gradient of the *input* only,
     so the summed parameter gradients of ordinary training, which DP-SGD would discard, are
-    never computed: that is what keeps a DP step close to a non-private one.
+    never computed: that is what keeps a DP step close to a non-private one. A model with
+    parameters on the CPU switches the process to ``reuse_freed_memory``.
     """
 
     def __init__(self, model: nn.Module) -> None:
         check_model_supports_dp(model)
+        if any(p.device.type == "cpu" for p in model.parameters()):
+            reuse_freed_memory()
         self.model = model
         self.parameters = [p for p in model.parameters() if p.requires_grad]
         self._active = False

@@ -134,9 +134,9 @@ def test_parameters_get_no_summed_gradient_and_hooks_can_be_removed():
 
 
 @pytest.mark.parametrize("kernel,stride,padding,k", [(3, 1, 1, 1), (5, 2, 2, 3), (3, 2, 0, 2)])
-def test_both_filter_gradient_routes_equal_the_loop(kernel, stride, padding, k):
+def test_both_filter_gradient_routes_equal_the_loop(kernel, stride, padding, k, monkeypatch):
     """The unfold route and the grouped-convolution route must each give every example's
-    dense-filter gradient, averaged over its K inputs, whichever one the size selects."""
+    dense-filter gradient, summed over its K inputs, whichever one the size selects."""
     torch.manual_seed(3)
     gspace = make_gspace("dihedral", 2)
     layer = SteerableConv2d(
@@ -153,12 +153,115 @@ def test_both_filter_gradient_routes_equal_the_loop(kernel, stride, padding, k):
     for i in range(n):
         dense = layer.expand().detach().requires_grad_(True)
         out = F.conv2d(x[i * k : (i + 1) * k], dense, stride=stride, padding=padding)
-        ((out * weights[i * k : (i + 1) * k]).sum() / k).backward()
-        expected.append(dense.grad.reshape(layer.out_type.size, layer.in_type.size, -1))
+        (out * weights[i * k : (i + 1) * k]).sum().backward()
+        expected.append(dense.grad)
     expected = torch.stack(expected)
+    geometry = grad_samplers.ConvGeometry.of_steerable(layer)
     for route in (grad_samplers._filter_gradients_by_unfold, grad_samplers._filter_gradients_by_grouped_conv):
-        got = route(layer, x, weights, k).reshape(expected.shape) / k
-        torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-11)
+        torch.testing.assert_close(route(geometry, x, weights, k), expected, rtol=1e-9, atol=1e-11)
+    monkeypatch.setattr(grad_samplers, "PATCH_CHUNK_BYTES", 1)  # patches formed one example at a time
+    got = grad_samplers._filter_gradients_by_unfold(geometry, x, weights, k)
+    torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-11)
     torch.testing.assert_close(
-        grad_samplers.per_example_filter_gradients(layer, x, weights, k), expected, rtol=1e-9, atol=1e-11
+        grad_samplers.per_example_filter_gradients(geometry, x, weights, k), expected, rtol=1e-9, atol=1e-11
     )
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_steerable_rule_with_mixed_field_types_equals_the_loop(k):
+    """Several field types give several basis blocks: the general route (the expansion's vector-Jacobian
+    product) must match the loop, as the one-block matrix product does for a single field type."""
+    torch.manual_seed(6)
+    gspace = make_gspace("dihedral", 4)
+    mixed_in = enn.FieldType(gspace, [gspace.trivial_repr, gspace.regular_repr, gspace.trivial_repr])
+    mixed_out = enn.FieldType(gspace, [gspace.regular_repr, gspace.irrep(1, 1)])
+    single = enn.FieldType(gspace, 2 * [gspace.regular_repr])
+    for in_type, out_type in [(mixed_in, mixed_out), (single, single)]:
+        layer = SteerableConv2d(in_type, out_type, stride=2).double()
+        assert (grad_samplers._single_block_basis(layer) is None) == (in_type is mixed_in)
+        n = 3
+        x = torch.randn(n * k, in_type.size, 7, 7, dtype=torch.float64)
+        weights = torch.randn_like(layer(x))
+        expected = []
+        for i in range(n):
+            layer.zero_grad()
+            ((layer(x[i * k : (i + 1) * k]) * weights[i * k : (i + 1) * k]).sum() / k).backward()
+            expected.append(layer.weight.grad.clone())
+        got = grad_samplers.steerable_conv_rule(layer, [x], weights, k)[layer.weight]
+        torch.testing.assert_close(got, torch.stack(expected), rtol=1e-9, atol=1e-11)
+
+
+def conventional_net(conv: nn.Conv2d, affine: bool = True) -> nn.Module:
+    """conv -> GroupNorm -> Mish -> conv (bias) -> pool -> Linear (bias) -> Linear: every conventional rule."""
+    return nn.Sequential(
+        conv,
+        nn.GroupNorm(2, conv.out_channels, affine=affine),
+        nn.Mish(),
+        nn.Conv2d(conv.out_channels, 3, 3, padding=1, bias=True),
+        nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(12, 5),
+        nn.Mish(),
+        nn.Linear(5, 4, bias=False),
+    ).double()
+
+
+CONV_CASES = {
+    "3x3 pad 1": dict(kernel_size=3, padding=1),
+    "stride 2, no padding, bias": dict(kernel_size=3, stride=2, bias=True),
+    "5x5, stride 2, pad 2": dict(kernel_size=5, stride=2, padding=2),
+    "1x1 stride 2 shortcut": dict(kernel_size=1, stride=2),
+    "rectangular, dilated": dict(kernel_size=(3, 2), padding=(2, 1), dilation=2),
+    "groups 2, bias": dict(kernel_size=3, padding=1, groups=2, bias=True),
+    "same, even kernel": dict(kernel_size=4, padding="same"),
+    "reflect padding": dict(kernel_size=3, padding=1, padding_mode="reflect"),
+}
+
+
+@pytest.mark.parametrize("route", ["unfold", "grouped"])
+@pytest.mark.parametrize("k", [1, 3])
+@pytest.mark.parametrize("case", sorted(CONV_CASES))
+def test_conventional_rules_equal_the_loop(case, k, route, monkeypatch):
+    """nn.Conv2d (each geometry, on each filter-gradient route), nn.GroupNorm and nn.Linear give every
+    example's gradient averaged over its K inputs, as a loop of single-input backward passes does."""
+    threshold = 10**9 if route == "unfold" else 0
+    monkeypatch.setattr(grad_samplers, "GROUPED_CONV_MIN_POSITIONS", threshold)
+    if route == "unfold":
+        monkeypatch.setattr(grad_samplers, "PATCH_CHUNK_BYTES", 1)  # and in chunks of one example
+    options = dict(bias=False) | CONV_CASES[case]
+    torch.manual_seed(4)
+    model = conventional_net(nn.Conv2d(4, 6, **options))
+    n = 3
+    x = torch.randn(n * k, 4, 9, 9, dtype=torch.float64)
+    y = torch.arange(n).repeat_interleave(k)
+    singles = loop_gradients(model, x, y)
+    grads, _ = PerExampleGradients(model)(x, y, multiplicity=k)
+    params = [p for p in model.parameters() if p.requires_grad]
+    assert len(grads) == len(params)
+    for j, (p, g) in enumerate(zip(params, grads)):
+        assert g.shape == (n, *p.shape)
+        for i in range(n):
+            expected = torch.stack([singles[i * k + a][j] for a in range(k)]).mean(0)
+            torch.testing.assert_close(g[i], expected, rtol=1e-9, atol=1e-11)
+
+
+def test_conventional_rules_skip_frozen_and_absent_parameters():
+    torch.manual_seed(5)
+    model = conventional_net(nn.Conv2d(4, 6, 3, bias=True), affine=False)
+    model[0].weight.requires_grad_(False)  # the bias alone stays trainable
+    x, y = torch.randn(4, 4, 8, 8, dtype=torch.float64), torch.tensor([0, 1, 2, 3])
+    singles = loop_gradients(model, x, y)
+    grads, _ = PerExampleGradients(model)(x, y)
+    params = [p for p in model.parameters() if p.requires_grad]
+    assert params[0] is model[0].bias
+    for j, g in enumerate(grads):
+        for i in range(4):
+            torch.testing.assert_close(g[i], singles[i][j], rtol=1e-9, atol=1e-11)
+
+
+def test_opacus_keeps_its_own_rules_for_plain_layers():
+    """The benchmark's Opacus column must run Opacus's rules, not ours."""
+    from opacus.grad_sample import GradSampleModule
+
+    for layer in (nn.Conv2d, nn.Linear, nn.GroupNorm):
+        assert GradSampleModule.GRAD_SAMPLERS[layer].__module__.startswith("opacus.")
