@@ -37,7 +37,7 @@ def test_a_failing_step_leaves_the_others_figures(driver, tmp_path):
 def test_tiny_cifar_step_runs_the_recipe_at_its_sample_rate(driver, datapack, tmp_path):
     write_cifar10_bin(tmp_path / "src" / "cifar-10-batches-bin", n_per_batch=40)
     pack = tmp_path / "pack.npz.xz"
-    datapack.pack(tmp_path / "src", pack, train=200, test=40, bits=5)
+    datapack.pack(tmp_path / "src", pack, train=200, test=40, bits=5)  # fewer than --tiny's subsets: all kept
     out = tmp_path / "out"
     assert driver.main(["--device", "cpu", "--tiny", "--out", str(out), "--data", str(pack), "--steps", "cifar"]) == 0
     figures = json.loads((out / "summary.json").read_text())["cifar"]["figures"]
