@@ -20,6 +20,7 @@ import base64
 import csv
 import hashlib
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -98,6 +99,7 @@ DEVICE_ENV = default_environment() | {
     "os_name": "posix",
 }
 DATA_PACK = {"train": 20000, "test": 2500, "bits": 5}
+LOCK = HERE / "carry.lock.json"
 
 
 def device_packages(path: Path = HERE / "device_packages.txt") -> dict[str, Version | None]:
@@ -116,25 +118,44 @@ class Wheel:
     path: Path
     name: str
     version: Version
+    requires: tuple[str, ...]
+    size: int
 
     @classmethod
     def of(cls, path: Path) -> Wheel:
         name, version, _, _ = parse_wheel_filename(path.name)
-        return cls(path, canonicalize_name(name), version)
-
-    def requirements(self) -> list[Requirement]:
-        with zipfile.ZipFile(self.path) as z:
+        with zipfile.ZipFile(path) as z:
             metadata = next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))
             text = z.read(metadata).decode()
-        return [
-            Requirement(line.split(":", 1)[1].strip())
-            for line in text.splitlines()
-            if line.startswith("Requires-Dist:")
-        ]
+        requires = tuple(
+            line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("Requires-Dist:")
+        )
+        return cls(path, canonicalize_name(name), version, requires, path.stat().st_size)
+
+    def requirements(self) -> list[Requirement]:
+        return [Requirement(r) for r in self.requires]
 
 
 def wheels_in(folder: Path) -> list[Wheel]:
     return [Wheel.of(p) for p in sorted(folder.glob("*.whl"))]
+
+
+def write_lock(wheels: list[Wheel], pack_bytes: int, path: Path = LOCK) -> None:
+    """What was built, committed so the suite checks closure and size without the wheels (CI has none)."""
+    entries = [
+        {"file": w.path.name, "name": w.name, "version": str(w.version), "size": w.size, "requires": list(w.requires)}
+        for w in wheels
+    ]
+    path.write_text(json.dumps({"wheels": entries, "data_pack_bytes": pack_bytes}, indent=1) + "\n")
+
+
+def read_lock(path: Path = LOCK) -> tuple[list[Wheel], int]:
+    lock = json.loads(path.read_text())
+    wheels = [
+        Wheel(Path(e["file"]), e["name"], Version(e["version"]), tuple(e["requires"]), e["size"])
+        for e in lock["wheels"]
+    ]
+    return wheels, lock["data_pack_bytes"]
 
 
 def check_closure(wheels: list[Wheel], device: dict[str, Version | None]) -> list[str]:
@@ -314,6 +335,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {w.path.stat().st_size / MIB:8.2f} MiB  {w.path.name}")
     print("one device call carries:")
     print("\n".join(lines))
+    if not args.check and not problems:
+        write_lock(wheels, folder_bytes(args.data))
+        print(f"wrote {LOCK.relative_to(REPO)}: commit it with any change of CARRY")
     if not fits:
         problems.append("over the 64 MiB budget: pack fewer images (--train/--test) or fewer bits")
     for p in problems:

@@ -7,8 +7,6 @@ import sys
 import zipfile
 from pathlib import Path
 
-import pytest
-
 
 def fake_wheel(folder: Path, name: str, version: str, requires: list[str] = (), files: dict | None = None) -> Path:
     """A minimal but real wheel (METADATA, WHEEL, RECORD) that pip can install."""
@@ -52,12 +50,24 @@ def test_two_versions_of_one_package_are_refused(build, tmp_path):
     assert any("two versions of alpha" in p for p in build.check_closure(build.wheels_in(tmp_path), {}))
 
 
-def test_the_shipped_carry_list_is_closed_over_the_device(build):
-    """CARRY's own pins against each other and the device list, from their real METADATA where present."""
-    wheels = build.wheels_in(build.REPO / ".whl")
-    if {w.name for w in wheels} != {build.canonicalize_name(n) for n in build.CARRY}:
-        pytest.skip("run benchmarks/gpu/build.py first (it downloads the wheels)")
+def test_the_committed_lock_is_what_carry_asks_and_closed_over_the_device(build):
+    """The built set as recorded in carry.lock.json: CARRY's pins, one version each, no missing need."""
+    wheels, pack_bytes = build.read_lock()
+    assert {w.name: str(w.version) for w in wheels} == {build.canonicalize_name(n): v for n, v in build.CARRY.items()}
     assert build.check_closure(wheels, build.device_packages()) == []
+    carried = sum(w.size for w in wheels) + pack_bytes + build.tree_bytes(build.REPO)
+    assert carried <= build.LIMIT - build.MARGIN, f"{carried / build.MIB:.1f} MiB would not fit one call"
+
+
+def test_lock_round_trips_what_was_built(build, tmp_path):
+    fake_wheel(tmp_path, "alpha", "1.0", ["beta>=2"])
+    fake_wheel(tmp_path, "beta", "2.1")
+    built = build.wheels_in(tmp_path)
+    build.write_lock(built, 1234, tmp_path / "lock.json")
+    wheels, pack_bytes = build.read_lock(tmp_path / "lock.json")
+    assert pack_bytes == 1234 and [(w.name, w.version, w.requires, w.size) for w in wheels] == [
+        (w.name, w.version, w.requires, w.size) for w in built
+    ]
 
 
 def test_device_list_knows_the_preinstalled_torch_and_numpy(build):
