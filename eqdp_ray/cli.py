@@ -100,9 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _extra_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
-    """Commands of higher layers (tuning, results) that register themselves if present."""
+    """Commands of higher layers (audit, tuning, results) that register themselves if present."""
     registrars = []
-    for module_name in ("eqdp_ray.tune.cli", "eqdp_ray.results.cli"):
+    for module_name in ("eqdp_ray.audit.cli", "eqdp_ray.tune.cli", "eqdp_ray.results.cli"):
         try:
             module = __import__(module_name, fromlist=["register"])
         except ModuleNotFoundError as exc:

@@ -2,7 +2,14 @@
 search, the audit's bound."""
 
 from eqdp_ray.privacy.accounting import ACCOUNTANTS, PrivacyPlan, epsilon_spent, plan_privacy
-from eqdp_ray.privacy.audit_bound import AuditBound, audit_from_scores, epsilon_lower_bound, one_run_p_value
+from eqdp_ray.privacy.audit_bound import (
+    AuditBound,
+    audit_from_score_sets,
+    audit_from_scores,
+    epsilon_lower_bound,
+    one_run_p_value,
+)
+from eqdp_ray.privacy.canaries import GradientCanaries
 from eqdp_ray.privacy.clipping import average_augmentations, clip_and_sum, clip_factors, per_example_norms
 from eqdp_ray.privacy.errors import PrivacyBudgetError, PrivacyError, UnsupportedModelError
 from eqdp_ray.privacy.noise import add_gaussian_noise, noise_generator, noisy_accuracy, secure_seed
@@ -27,9 +34,11 @@ __all__ = [
     "epsilon_spent",
     "plan_privacy",
     "AuditBound",
+    "audit_from_score_sets",
     "audit_from_scores",
     "epsilon_lower_bound",
     "one_run_p_value",
+    "GradientCanaries",
     "average_augmentations",
     "clip_and_sum",
     "clip_factors",

@@ -100,14 +100,52 @@ def audit_from_scores(
     for k_in, k_out in candidates:
         if k_in < 0 or k_out < 0 or k_in + k_out > m:
             raise ValueError(f"guess counts ({k_in}, {k_out}) do not fit {m} canaries")
-    significance = (1 - confidence) / len(candidates)
+    return _best_guesses(scores, included, candidates, confidence, delta, tests=len(candidates))
+
+
+def _best_guesses(
+    scores: np.ndarray,
+    included: np.ndarray,
+    candidates: list[tuple[int, int]],
+    confidence: float,
+    delta: float,
+    tests: int,
+) -> AuditBound:
+    m = len(scores)
+    significance = (1 - confidence) / tests
     # Ties are broken by a fixed order that does not depend on membership (index order).
     order = np.argsort(-scores, kind="stable")
-    best = AuditBound(0.0, m, 0, 0, 0, confidence, delta, len(candidates))
+    best = AuditBound(0.0, m, 0, 0, 0, confidence, delta, tests)
     for k_in, k_out in candidates:
         top, bottom = order[:k_in], order[m - k_out :] if k_out else order[:0]
         correct = int(included[top].sum() + (~included[bottom]).sum())
         eps = epsilon_lower_bound(m, k_in + k_out, correct, significance=significance, delta=delta)
         if eps > best.epsilon_lower_bound:
-            best = AuditBound(eps, m, k_in, k_out, correct, confidence, delta, len(candidates))
+            best = AuditBound(eps, m, k_in, k_out, correct, confidence, delta, tests)
     return best
+
+
+def audit_from_score_sets(
+    score_sets: dict[str, Sequence[float]],
+    included: Sequence[bool],
+    *,
+    confidence: float = 0.95,
+    delta: float = 0.0,
+) -> tuple[str, AuditBound, dict[str, float]]:
+    """The best bound over several pre-declared scores of the same canaries (e.g. two score
+    functions, on each rank whose view differs): every (score set, k+, k-) is one test of the
+    Bonferroni split. Returns the winning set's name, its bound, and each set's bound."""
+    if not score_sets:
+        raise ValueError("no scores to audit")
+    included = np.asarray(included, dtype=bool)
+    for name, s in score_sets.items():
+        if len(s) != len(included):
+            raise ValueError(f"score set {name!r} has {len(s)} scores for {len(included)} canaries")
+    candidates = default_guess_counts(len(included))
+    tests = len(score_sets) * len(candidates)
+    per_set = {
+        name: _best_guesses(np.asarray(s, dtype=np.float64), included, candidates, confidence, delta, tests)
+        for name, s in score_sets.items()
+    }
+    winner = max(per_set, key=lambda name: per_set[name].epsilon_lower_bound)
+    return winner, per_set[winner], {name: b.epsilon_lower_bound for name, b in per_set.items()}

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from eqdp_ray.privacy._faults import _fault
+
 
 def average_augmentations(per_example: list[torch.Tensor], multiplicity: int) -> list[torch.Tensor]:
     """Mean over each example's K augmentations (rows are example-major: e0k0, e0k1, ..., e1k0, ...).
@@ -24,6 +26,8 @@ def per_example_norms(per_example: list[torch.Tensor]) -> torch.Tensor:
 
 def clip_factors(norms: torch.Tensor, max_norm: float) -> torch.Tensor:
     """min(1, C / ||g||): multiplying each example by its factor bounds its norm by C."""
+    if _fault("no_clipping") is not None:
+        return torch.ones_like(norms)
     return (max_norm / (norms + 1e-6)).clamp(max=1.0)
 
 

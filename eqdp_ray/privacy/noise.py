@@ -12,6 +12,8 @@ import secrets
 
 import torch
 
+from eqdp_ray.privacy._faults import _current_rank, _fault
+
 
 def secure_seed() -> int:
     """A seed from the operating system's CSPRNG, for the noise and the sampler of a real run."""
@@ -29,11 +31,23 @@ def add_gaussian_noise(
 ) -> list[torch.Tensor]:
     """Return summed + z with z ~ N(0, (noise_multiplier * max_norm)^2 I) over all parameters at once."""
     std = noise_multiplier * max_norm
-    noisy = []
-    for tensor in summed:
-        draw = torch.normal(0.0, std, size=tensor.shape, generator=generator, dtype=torch.float64)
-        noisy.append(tensor + draw.to(device=tensor.device, dtype=tensor.dtype))
-    return noisy
+    draws = [torch.normal(0.0, std, size=t.shape, generator=generator, dtype=torch.float64) for t in summed]
+    draws = _faulty(draws)
+    return [t + d.to(device=t.device, dtype=t.dtype) for t, d in zip(summed, draws)]
+
+
+def _faulty(draws: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The draws as a test-only fault (eqdp_ray.privacy._faults) would break them; unchanged otherwise."""
+    missing = _fault("noise_missing_on_rank")
+    if _fault("no_noise") is not None or (missing is not None and _current_rank() == missing["rank"]):
+        return [torch.zeros_like(d) for d in draws]
+    scale = _fault("noise_scale")
+    if scale is not None:
+        return [d * scale["factor"] for d in draws]
+    reused = _fault("reused_noise")
+    if reused is not None:
+        return reused.setdefault("draws", draws)
+    return draws
 
 
 def noisy_accuracy(correct: int, total: int, noise_std: float, generator: torch.Generator) -> float:

@@ -124,6 +124,8 @@ def train_distributed(
     run_name: str | None = None,
     log: Callable[[str], None] | None = logger.info,
     oversubscribe: bool = False,
+    worker_loop: Callable[[dict[str, Any]], None] | None = None,
+    extra_payload: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train `config` on `workers` Ray Train workers and return the same result record as `train`.
 
@@ -131,6 +133,10 @@ def train_distributed(
     already holds a run of that name continues from its latest checkpoint (Ray Train restores a
     run by name): this is how an interrupted multi-worker tune trial resumes instead of restarting.
     `oversubscribe`: let a local Ray run more worker CPUs than this machine has (else an error).
+
+    `worker_loop` replaces the function every worker runs (the audit's runs `train` with
+    canaries); it gets the payload plus `extra_payload` and must end like `_worker_loop`: a final
+    report whose rank-0 checkpoint holds `result.json`.
     """
     import ray
     from ray.train import (
@@ -163,12 +169,13 @@ def train_distributed(
     use_gpu = bool(gpus_per_worker)
     resources = {"CPU": cpus_per_worker} | ({"GPU": gpus_per_worker} if use_gpu else {})
     trainer = TorchTrainer(
-        _worker_loop,
+        worker_loop or _worker_loop,
         train_loop_config={
             "config": config_to_dict(config),
             "cpus_per_worker": cpus_per_worker,
             "gpus_per_worker": gpus_per_worker,
-        },
+        }
+        | (extra_payload or {}),
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources),
         run_config=TrainRunConfig(
             name=run_name or f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}",

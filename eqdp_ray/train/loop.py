@@ -25,6 +25,7 @@ from eqdp_ray.config import ConfigError, RunConfig, config_to_dict
 from eqdp_ray.data import ImageDataset, apply_crop_flip, draw_crop_flip, load_dataset, normalize
 from eqdp_ray.models import build_model, count_parameters, describe_group
 from eqdp_ray.privacy import (
+    GradientCanaries,
     PerExampleGradients,
     PoissonSampler,
     PrivacyPlan,
@@ -154,11 +155,15 @@ def train(
     resume_state: dict[str, Any] | None = None,
     log: Callable[[str], None] | None = print,
     data: ImageDataset | None = None,
+    canaries: GradientCanaries | None = None,
 ) -> dict[str, Any]:
     """Train one model with DP-SGD and return the result record (what result.json holds).
 
     `on_evaluation(record, state)` runs after every validation pass (each `eval_every` steps and
     after the last step), e.g. to report and checkpoint.
+
+    `canaries` makes the run an audit (eqdp_ray.audit): extra examples with chosen gradients,
+    sampled, clipped and noised like the others, and observed after the noise at every step.
     """
     comm = comm or LocalComm()
     log = log if (log is not None and comm.rank == 0) else (lambda _msg: None)
@@ -200,12 +205,16 @@ def train(
     # the process group, never logged or checkpointed. A fixed value is for tests only.
     secret = p.secret_seed if p.secret_seed is not None else comm.broadcast_int(secure_seed())
     noise_rng, sample_rng = noise_generator(0), noise_generator(0)
-    sampler = PoissonSampler(train_size, sample_rate, sample_rng, comm.rank, comm.world_size)
+    # Canaries are rows after the real examples: the same sampler gives each the same rate q.
+    rows_total = train_size + (canaries.count if canaries is not None else 0)
+    sampler = PoissonSampler(rows_total, sample_rate, sample_rng, comm.rank, comm.world_size)
     augment_rng = torch.Generator()
     examples_per_micro = max(1, t.physical_batch_size // t.augmult)
     steps_per_epoch = max(1, round(1 / sample_rate))
     eval_every = t.eval_every or steps_per_epoch
     params = [q for q in model.parameters() if q.requires_grad]
+    if canaries is not None:
+        canaries.bind(sum(q.numel() for q in params), train_size, p.max_grad_norm)
 
     log(
         f"[eqdp-ray] {config.model.name} ({num_params:,} params) on {data.name}: {train_size} train / "
@@ -230,6 +239,9 @@ def train(
         aug_params = draw_crop_flip(len(global_rows), t.augmult, t.crop_padding, hflip, augment_rng)
         mine = sampler.shard_mask(global_rows)
         rows, params_mine = global_rows[mine], aug_params[mine]
+        if canaries is not None:
+            real, canary_ids = canaries.split_rows(rows)
+            rows, params_mine = rows[real], params_mine[real]
 
         summed = [torch.zeros_like(q) for q in params]
         stats = torch.zeros(3, dtype=torch.float64)  # loss, correct, augmented count
@@ -245,9 +257,14 @@ def train(
                 stats[0] += nn.functional.cross_entropy(logits, targets, reduction="sum").item()
                 stats[1] += (logits.argmax(1) == targets).sum().item()
                 stats[2] += len(targets)
+        if canaries is not None and len(canary_ids):
+            canary_sum, _ = clip_and_sum(canaries.gradients(canary_ids, params), p.max_grad_norm)
+            summed = [a + b for a, b in zip(summed, canary_sum)]
         reduced = comm.all_reduce_sum(summed + [stats.to(summed[0].device)])
         summed, stats = reduced[:-1], reduced[-1].cpu()
         noisy = add_gaussian_noise(summed, plan.noise_multiplier, p.max_grad_norm, noise_rng)
+        if canaries is not None:
+            canaries.observe(noisy)
         for q, g in zip(params, noisy):
             q.grad = g / sampler.expected_batch_size
         optimizer.step()
@@ -325,6 +342,8 @@ def train(
         "history": state.history,
         "config": config_to_dict(config),
     }
+    if canaries is not None:  # never a release: eqdp_ray.audit keeps it inside audit.json only
+        result["audit"] = {"canaries": canaries.count, "steps_observed": canaries.steps_observed}
     log(
         f"[eqdp-ray] done: val acc {val_acc:.4f}, test acc {test_acc:.4f}, eps spent {spent:.4f} "
         f"(target {p.target_epsilon}), {wall:.1f} s"

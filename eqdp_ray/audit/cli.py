@@ -1,0 +1,61 @@
+"""`eqdp-ray audit CONFIG.yaml`: parse, call `run_audit`, print the bound beside the claimed epsilon.
+
+Imported by eqdp_ray.cli at start-up for every command, so it imports nothing heavy at module level.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from eqdp_ray.audit.run import run_audit
+    from eqdp_ray.cli import UserError
+    from eqdp_ray.config import load_config
+
+    config = load_config(args.config, args.set)
+    if args.canaries < 1:
+        raise UserError(f"--canaries must be at least 1, got {args.canaries}")
+    if args.workers < 1:
+        raise UserError(f"--workers must be at least 1, got {args.workers}")
+    if not 0 < args.confidence < 1:
+        raise UserError(f"--confidence must lie strictly between 0 and 1, got {args.confidence}")
+    output = Path(args.output or Path("runs") / f"{config.name}-audit")
+    distributed = {"address": args.address} if args.address else {}
+    record = run_audit(
+        config,
+        canaries=args.canaries,
+        workers=args.workers,
+        confidence=args.confidence,
+        output_dir=output,
+        **distributed,
+    )
+    claimed = record["claimed_epsilon"]
+    verdict = "consistent with the claim" if record["epsilon_lower_bound"] <= claimed else "VIOLATES the claim"
+    print(
+        f"[eqdp-ray] audit: epsilon lower bound {record['epsilon_lower_bound']:.3f} "
+        f"({record['confidence']:.0%} confidence, {record['canaries']} canaries) vs claimed epsilon {claimed:.3f} "
+        f"at delta {record['delta']:g}: {verdict}"
+    )
+    if record["ranks_diverged"]:
+        print(f"[eqdp-ray] audit: {record['ranks_diverged']}")
+    print(f"[eqdp-ray] audit written to {output / 'audit.json'} (an audit, not a release: no model is kept)")
+    return 0 if record["epsilon_lower_bound"] <= claimed else 1
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `audit` subcommand to the top-level parser (called by eqdp_ray.cli)."""
+    p = subparsers.add_parser(
+        "audit", help="one training run with canaries: an empirical lower bound on epsilon beside the claimed one"
+    )
+    p.add_argument("config", help="YAML run config (see configs/); the run is exactly what `train` would run")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. training.steps=10"
+    )
+    p.add_argument("--canaries", type=int, default=1000, help="number of gradient canaries M (default 1000)")
+    p.add_argument("--workers", type=int, default=1, help="Ray Train workers (default: one process, no Ray)")
+    p.add_argument("--address", default=None, help="Ray cluster address for --workers; default: a local Ray")
+    p.add_argument("--confidence", type=float, default=0.95, help="confidence of the lower bound (default 0.95)")
+    p.add_argument("--output", help="directory for audit.json (default runs/<name>-audit)")
+    p.set_defaults(handler=cmd_audit)
