@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field, TypeAdapter, ValidationError, model_valid
 from eqdp_ray.config.errors import ConfigError
 from eqdp_ray.config.overrides import apply_overrides
 from eqdp_ray.config.source import Source, read_yaml
-from eqdp_ray.config.types import Block, Bool, Count, CountOrFraction, Int, Number, PositiveNumber, Str, fail, raise_as
+from eqdp_ray.config.types import Block, Bool, Count, CountOrFraction, Int, Number, PositiveNumber, Str, as_error, fail
 
 Epsilon = PositiveNumber
 Delta = Annotated[Number, Field(gt=0, lt=1)]
@@ -139,8 +139,7 @@ def parse_config(data: dict[str, Any] | None, source: Source | None = None) -> R
     try:
         return RunConfig.model_validate(data or {})
     except ValidationError as exc:
-        raise_as(exc, source, ConfigError)
-        raise  # unreachable: raise_as always raises
+        raise as_error(exc, source, ConfigError) from None
 
 
 def config_to_dict(config: RunConfig) -> dict[str, Any]:

@@ -57,9 +57,9 @@ from eqdp_ray.config.types import (
     Number,
     PositiveNumber,
     Str,
+    as_error,
     fail,
     first_error,
-    raise_as,
     unknown_key_message,
 )
 
@@ -105,7 +105,7 @@ _SAMPLE_RATE_TYPE = TypeAdapter(SampleRate)
 
 
 # ------------------------------------------------------------------------------------------
-# The other blocks
+# The blocks of a space besides fixed and search
 # ------------------------------------------------------------------------------------------
 
 
@@ -503,8 +503,7 @@ def parse_space(data: Mapping[str, Any], source: Source | None = None) -> Search
     try:
         space = SearchSpace.model_validate(dict(data), context={"lines": source.lines})
     except ValidationError as exc:
-        raise_as(exc, source, SpaceError)
-        raise  # unreachable: raise_as always raises
+        raise as_error(exc, source, SpaceError) from None
     space._source = source.name
     return space
 

@@ -149,14 +149,15 @@ def first_error(exc: ValidationError) -> tuple[KeyPath, str]:
     return _message(exc.errors(include_url=False)[0])
 
 
-def format_error(exc: ValidationError, source: Source | None, prefix: KeyPath = ()) -> str:
+def format_error(exc: ValidationError, source: Source | None) -> str:
     """The first error of a validation, as `file:line: 'key': what is wrong`."""
     loc, message = first_error(exc)
-    return (source or Source()).where(prefix + loc) + message
+    return (source or Source()).where(loc) + message
 
 
-def raise_as(exc: ValidationError, source: Source | None, error: type[ConfigError], prefix: KeyPath = ()) -> None:
-    raise error(format_error(exc, source, prefix)) from None
+def as_error(exc: ValidationError, source: Source | None, error: type[ConfigError]) -> ConfigError:
+    """The project's one-line error for a failed validation (raise it `from None`: no traceback to read)."""
+    return error(format_error(exc, source))
 
 
 __all__ = [
@@ -172,6 +173,6 @@ __all__ = [
     "fail",
     "first_error",
     "format_error",
-    "raise_as",
+    "as_error",
     "unknown_key_message",
 ]
