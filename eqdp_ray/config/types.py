@@ -91,9 +91,11 @@ def _no_unknown_keys(cls: type[BaseModel], data: Any) -> Any:
 
 
 def unknown_key_message(key: str, allowed: Iterable[str], what: str = "key") -> str:
-    """The message for an unknown key, with the closest valid one as a hint."""
+    """The message for an unknown key: the closest valid one as a hint, and the valid keys unless they are many."""
     allowed = list(allowed)
     close = difflib.get_close_matches(key, allowed, n=1)
+    if close and len(allowed) > 20:  # e.g. every dotted config key: the hint says enough
+        return f"unknown {what}; did you mean '{close[0]}'?"
     hint = f"did you mean '{close[0]}'? " if close else ""
     return f"unknown {what}; {hint}valid keys here: {', '.join(allowed)}"
 
