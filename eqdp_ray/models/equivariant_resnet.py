@@ -55,8 +55,8 @@ from . import layers
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # escnn's py3nj warning; only 3-D groups need it
-    from escnn import gspaces
-    from escnn import nn as enn
+    from eqdp_ray._vendor.escnn import gspaces
+    from eqdp_ray._vendor.escnn import nn as enn
 
 __all__ = [
     "EquivariantResNet9",

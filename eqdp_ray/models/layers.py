@@ -17,12 +17,15 @@ import torch.nn.functional as F
 from torch import nn
 
 with warnings.catch_warnings():
-    # escnn warns about py3nj, which only SO(3)/O(3) groups need; 2-D groups never use it.
+    # escnn (bundled, see eqdp_ray/_vendor) warns about py3nj, which only SO(3)/O(3) groups need.
     warnings.simplefilter("ignore")
-    from escnn import gspaces
-    from escnn import nn as enn
-    from escnn.nn.modules.basismanager.basisexpansion_blocks import BlocksBasisExpansion
-    from escnn.nn.modules.basismanager.basisexpansion_singleblock import SingleBlockBasisExpansion, normalize_basis
+    from eqdp_ray._vendor.escnn import gspaces
+    from eqdp_ray._vendor.escnn import nn as enn
+    from eqdp_ray._vendor.escnn.nn.modules.basismanager.basisexpansion_blocks import BlocksBasisExpansion
+    from eqdp_ray._vendor.escnn.nn.modules.basismanager.basisexpansion_singleblock import (
+        SingleBlockBasisExpansion,
+        normalize_basis,
+    )
 
 
 def make_gspace(group: str, order: int) -> gspaces.GSpace2D:

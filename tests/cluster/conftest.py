@@ -386,7 +386,9 @@ def _remove(root: Path) -> None:
 def local_cluster():
     skip_unless_linux()
     if not Path(EQDP_RAY).exists():
-        pytest.fail(f"{EQDP_RAY} is missing: install the package (bash scripts/install.sh) before the cluster tests")
+        pytest.fail(
+            f"{EQDP_RAY} is missing: install the package (pip install -e ., see README) before the cluster tests"
+        )
     cluster = start_local_cluster()
     try:
         yield cluster

@@ -276,7 +276,7 @@ def ray_up_config(sandbox, ports: list[int]) -> dict:
         "ssh_proxy_command": sandbox.proxy_command,
     }
     config.pop("docker", None)  # no Docker here: the commands run on the host, as the file's comment describes
-    # Not `bash scripts/install.sh` (a multi-GB torch download): check what the file mounts delivered.
+    # Not the shipped install (a multi-GB torch download): check what the file mounts delivered.
     config["setup_commands"] = [
         "test -f ~/eqdp-ray/pyproject.toml && test -s ~/.ray/auth_token && test ! -e ~/eqdp-ray/.venv && ray --version"
     ]

@@ -3,9 +3,9 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from escnn import nn as enn
 from torch import nn
 
+from eqdp_ray._vendor.escnn import nn as enn
 from eqdp_ray.models.layers import FieldGroupNorm, GroupPool, SteerableConv2d, make_gspace
 from eqdp_ray.privacy import PerExampleGradients, UnsupportedModelError, check_model_supports_dp, grad_samplers
 
