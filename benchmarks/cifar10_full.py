@@ -136,7 +136,7 @@ def prepare_root(root: Path) -> tuple[Path, str]:
 def check_env() -> bool:
     """Import what a run needs and say what is missing (for a fresh device machine)."""
     ok = True
-    for module in ("numpy", "torch", "scipy", "sklearn", "yaml", "lie_learn", "escnn", "opacus", "eqdp_ray.train"):
+    for module in ("numpy", "torch", "scipy", "sklearn", "yaml", "opacus", "eqdp_ray._vendor.escnn", "eqdp_ray.train"):
         try:
             mod = __import__(module)
             print(f"[env] {module}: {getattr(mod, '__version__', 'ok')}")
