@@ -32,7 +32,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 STEPS = ("versions", "dp_step", "cifar", "ray")
 # Seconds per step on the GPU: with the install they stay under the device's 10-minute command limit.
-BUDGET = {"versions": 45, "dp_step": 100, "cifar": 240, "ray": 150}
+BUDGET = {"versions": 45, "dp_step": 120, "cifar": 230, "ray": 150}
 TINY_BUDGET = {"versions": 300, "dp_step": 600, "cifar": 420, "ray": 600}  # a 2-core CPU shared with others
 PACKAGES = (
     "torch",
@@ -114,24 +114,36 @@ _RATIO = re.compile(r"^\s*([\w/]+) =\s+([\d.]+)\s+target (\S+) ([\d.]+)\s+(met|N
 
 
 def step_dp_step(args: argparse.Namespace) -> dict:
-    command = [sys.executable, str(REPO / "benchmarks" / "dp_step.py"), "--device", args.device]
-    command += ["--repeats", "1" if args.tiny else "5", "--threads", str(min(os.cpu_count() or 1, 16))]
-    if args.tiny:
-        command.append("--skip-vmap-k4")
-    print("+ " + " ".join(command), flush=True)
-    run = subprocess.run(command, capture_output=True, text=True, timeout=args.budget - 5)
-    print(run.stdout + run.stderr, flush=True)
-    if run.returncode:
-        raise RuntimeError(f"dp_step.py exited {run.returncode}")
-    figures: dict = {"command": " ".join(command[1:])}
-    for line in run.stdout.splitlines():
-        if m := _TIME.match(line):
-            figures[f"{m[1]}_s"], figures[f"{m[1]}_peak_mib"] = float(m[2]), float(m[3])
-        elif m := _RATIO.match(line):
-            figures[m[1]] = float(m[2])
-            figures[f"{m[1]} target"] = f"{m[3]} {m[4]} {m[5]}"
-    if not any("/" in k and "target" not in k for k in figures):
-        raise RuntimeError("dp_step.py printed no ratio (its output format changed?)")
+    """The paper's model (vmap route as peer) and ResNet-9 GN (Opacus's hooks as peer), one after the other."""
+    models = ("eq_resnet9",) if args.tiny else ("eq_resnet9", "resnet9")
+    deadline = time.time() + args.budget - 5
+    figures: dict = {}
+    for i, model in enumerate(models):
+        command = [sys.executable, str(REPO / "benchmarks" / "dp_step.py"), "--model", model, "--device", args.device]
+        command += ["--repeats", "1" if args.tiny else "5", "--threads", str(min(os.cpu_count() or 1, 16))]
+        if args.tiny:
+            command.append("--skip-vmap-k4")
+        print("+ " + " ".join(command), flush=True)
+        share = (deadline - time.time()) * (0.6 if i == 0 and len(models) > 1 else 1.0)
+        try:
+            run = subprocess.run(command, capture_output=True, text=True, timeout=max(1.0, share))
+        except subprocess.TimeoutExpired:
+            figures[f"{model} error"] = f"timed out after {share:.0f} s"
+            continue
+        print(run.stdout + run.stderr, flush=True)
+        figures[f"{model} command"] = " ".join(command[1:])
+        ratios = 0
+        for line in run.stdout.splitlines():
+            if m := _TIME.match(line):
+                figures[f"{model} {m[1]}_s"], figures[f"{model} {m[1]}_peak_mib"] = float(m[2]), float(m[3])
+            elif m := _RATIO.match(line):
+                ratios += 1
+                figures[f"{model} {m[1]}"] = float(m[2])
+                figures[f"{model} {m[1]} target"] = f"{m[3]} {m[4]} {m[5]}"
+        if run.returncode or not ratios:
+            figures[f"{model} error"] = f"exit {run.returncode}, {ratios} ratios printed"
+    if not any(key.endswith(" target") for key in figures):
+        raise RuntimeError(f"dp_step.py gave no ratio: {figures}")
     return figures
 
 
@@ -274,12 +286,12 @@ def step_ray(args: argparse.Namespace) -> dict:
     ray.init(num_cpus=min(os.cpu_count() or 1, 8), include_dashboard=False, log_to_driver=True)
     figures: dict = {"ray": ray.__version__, "cluster_gpus": ray.cluster_resources().get("GPU", 0.0)}
 
-    # One worker and one process, same secret: equal parameters mean the worker drew the same single
-    # noise vector per step as the loop (a fixed secret, so this pair is a check, NOT a private run).
+    # Reference: one process, 8 steps, secret 77; and secret 78 for the scale another noise draw makes.
+    # (A fixed secret: every run in this step is a check of the mechanism, NOT a private run.)
     def final_parameters(secret: int) -> list:
         captured: dict = {}
         train(
-            _ray_config(4, secret, args.device),
+            _ray_config(8, secret, args.device),
             on_evaluation=lambda record, state: captured.update(
                 p=[v.detach().cpu() for v in state.model.state_dict().values()]
             ),
@@ -288,47 +300,43 @@ def step_ray(args: argparse.Namespace) -> dict:
         return captured["p"]
 
     single, other_noise = final_parameters(77), final_parameters(78)
-    started = time.time()
-    worker = train_distributed(
-        _ray_config(4, 77, args.device), workers=1, gpus_per_worker=gpus_per_worker, output_dir=storage / "a", log=None
-    )
-    figures["one_worker_wall_s"] = time.time() - started
-    figures["backend"] = worker.get("comm_backend")
-    figures["worker_device"] = worker["device"]
-    state = torch.load(Path(worker["checkpoint_path"]) / "state.pt", map_location="cpu", weights_only=False)
-    figures["noise_multiplier"] = worker["noise_multiplier"]
-
-    def distance(a: list, b: list) -> float:
-        return sum(((x.double() - y.double()) ** 2).sum().item() for x, y in zip(a, b)) ** 0.5
-
-    # Distance to the one-process run with the same secret, against the distance that another noise
-    # draw makes: near 0 means the worker added the very same single draw per step.
-    figures["param_distance_vs_one_process"] = distance(list(state["model"].values()), single)
-    figures["param_distance_other_noise"] = distance(other_noise, single)
-    figures["same_noise_ratio"] = figures["param_distance_vs_one_process"] / figures["param_distance_other_noise"]
 
     class KillAtStep4(UserCallback):
         def after_report(self, run_context, metrics, checkpoint):
             if metrics[0].get("step") == 4 and "pid" in metrics[-1]:
                 os.kill(metrics[-1]["pid"], signal.SIGKILL)  # the worker process dies after its step-4 checkpoint
 
-    run = dict(workers=1, gpus_per_worker=gpus_per_worker, output_dir=storage / "b", storage=str(storage / "b"))
+    # The same run on one Ray Train worker, killed after its step-4 checkpoint, then called again
+    # under its name: it must resume from that checkpoint and end where the one process ended.
+    run = dict(workers=1, gpus_per_worker=gpus_per_worker, output_dir=storage, storage=str(storage), run_name="r")
+    started = time.time()
     try:
-        train_distributed(
-            _ray_config(8, None, args.device), **run, max_failures=0, callbacks=[KillAtStep4()], run_name="r", log=None
-        )
+        train_distributed(_ray_config(8, 77, args.device), **run, max_failures=0, callbacks=[KillAtStep4()], log=None)
         figures["killed"] = False
     except RuntimeError as exc:
         figures["killed"] = True
         figures["kill_message"] = str(exc)[:300]
-    resumed = train_distributed(_ray_config(8, None, args.device), **run, run_name="r", log=None)
+    resumed = train_distributed(_ray_config(8, 77, args.device), **run, log=None)
+    figures["ray_train_wall_s"] = time.time() - started
+    state = torch.load(Path(resumed["checkpoint_path"]) / "state.pt", map_location="cpu", weights_only=False)
+
+    def distance(a: list, b: list) -> float:
+        return sum(((x.double() - y.double()) ** 2).sum().item() for x, y in zip(a, b)) ** 0.5
+
+    # Near 0 against the scale of another draw: the worker added the very same single noise vector
+    # per step as the loop, before and after the restart.
     figures |= {
+        "backend": resumed.get("comm_backend"),
+        "worker_device": resumed["device"],
+        "noise_multiplier": resumed["noise_multiplier"],
         "resumed_restarts": resumed["restarts"],
         "resumed_history_steps": [h["step"] for h in resumed["history"]],
-        "resumed_epsilon": resumed["epsilon"],
-        "resumed_noise_source": resumed["noise_source"],
+        "epsilon": resumed["epsilon"],
+        "param_distance_vs_one_process": distance(list(state["model"].values()), single),
+        "param_distance_other_noise": distance(other_noise, single),
         "checkpoint": resumed["checkpoint_path"],
     }
+    figures["same_noise_ratio"] = figures["param_distance_vs_one_process"] / figures["param_distance_other_noise"]
     ray.shutdown()
     ok = (
         figures["killed"]
