@@ -4,7 +4,7 @@
     python benchmarks/gpu/build.py --check         # only check what is already there (no network)
 
 The device (docs/GPU.md) has Python 3.12.3, torch 2.11.0+cu130, numpy 2.5 and the packages in
-benchmarks/gpu/device_packages.txt, and reaches no network. What eqdp-ray needs beyond that travels
+benchmarks/gpu/device_packages.txt, and reaches no network. What eqdp-ray needs beyond that (escnn is bundled in the repository) travels
 as cp312 manylinux wheels in `.whl/` (one version each), installed there with pip --no-index.
 Ray's wheel is 75.6 MiB, more than a whole call may carry, so it travels slimmed (`slim_wheel`):
 the same ray 2.60.0 without its Java jar, RLlib, Serve, LLM and dashboard source maps, with the
@@ -45,9 +45,8 @@ LIMIT = 64 * MIB  # what one device call carries: working tree + carried paths
 MARGIN = 1 * MIB  # files the tree gains between the check and the call (a note, a log)
 
 # What travels, one version each. Versions are the ones the project's tests run with (ray, opacus,
-# escnn pinned by pyproject.toml; the others as resolved there), so the device runs tested code.
+# opacus within pyproject.toml's bounds; the others as resolved there), so the device runs tested code.
 CARRY = {
-    "escnn": "1.0.11",
     "opacus": "1.6.0",
     "ray": "2.60.0",
     # ray's own needs, and those of its train/tune extras (ray.train imports pydantic)
@@ -63,13 +62,9 @@ CARRY = {
 }
 # Extras of carried wheels whose requirements must be met too.
 EXTRAS = {"ray": ("train", "tune")}
-# Requirements a carried wheel declares that nothing on the GPU path imports.
-NOT_NEEDED = {
-    "py3nj": "escnn: Wigner symbols of 3-D groups only; source-only, needs Fortran",
-    "pymanopt": "escnn: optional solver, imported in a try block",
-    "autograd": "escnn: optional, imported in a try block",
-    "lie-learn": "escnn: imported only by its 3-D groups; eqdp_ray's escnn loader stands in for it under numpy 2",
-}
+# Requirements a carried wheel declares that nothing on the GPU path imports (none today: escnn,
+# whose py3nj/lie_learn/pymanopt/autograd would be listed here, is bundled in eqdp_ray/_vendor).
+NOT_NEEDED: dict[str, str] = {}
 # Carried although the device has a version of it (the device's would break the run), with why.
 OVERRIDE: dict[str, str] = {}
 SLIM = {

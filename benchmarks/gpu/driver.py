@@ -42,7 +42,6 @@ PACKAGES = (
     "pandas",
     "pyarrow",
     "pyyaml",
-    "escnn",
     "opacus",
     "ray",
     "pydantic",

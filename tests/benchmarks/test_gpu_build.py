@@ -24,7 +24,8 @@ def fake_wheel(folder: Path, name: str, version: str, requires: list[str] = (), 
     return path
 
 
-def test_closure_accepts_device_and_carried_needs(build, tmp_path):
+def test_closure_accepts_device_and_carried_needs(build, tmp_path, monkeypatch):
+    monkeypatch.setitem(build.NOT_NEEDED, "py3nj", "3-D groups only")
     fake_wheel(tmp_path, "alpha", "1.0", ["beta>=2", "numpy>=1.15", "py3nj", 'winonly; sys_platform == "win32"'])
     fake_wheel(tmp_path, "beta", "2.1", ['gamma; extra == "docs"'])
     device = {"numpy": build.Version("2.5.2"), "scipy": None}
