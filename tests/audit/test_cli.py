@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from eqdp_ray.cli import main
+from tests.audit.test_run import TRAIN_SIZE
 
 QUICKSTART = str(Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml")
 
@@ -19,7 +20,7 @@ TINY = [
     "--set",
     "training.epochs=null",
     "--set",
-    "training.batch_size=174",  # all 174 training examples of the 200 (q = 1)
+    f"training.batch_size={TRAIN_SIZE}",  # every training example at every step (q = 1)
 ]
 
 

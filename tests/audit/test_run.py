@@ -11,18 +11,22 @@ import pytest
 
 from eqdp_ray.audit import run_audit
 from eqdp_ray.config import parse_config
+from eqdp_ray.data import load_dataset
 from eqdp_ray.privacy import _faults, audit_from_score_sets
 
 CANARIES = 800  # the model below has 894 trainable parameters, one coordinate per canary
+# about 200 digits are kept (a per-example hash decides), less the validation split
+TRAIN_SIZE = len(load_dataset("digits", None, val_size=0.1, seed=0, train_subset=200).train_y)
 
 
-def audit_config(epsilon, batch_size=200, steps=1):
-    """batch 200 of 200 examples: q = 1; batch 50: q = 0.25 (where reusing noise across steps leaks)."""
+def audit_config(epsilon, batch_size=TRAIN_SIZE, steps=1):
+    """The whole training set per step by default: q = 1; a quarter of it: q = 0.25 (where reusing
+    noise across steps leaks)."""
     return parse_config(
         {
             "name": "audit-test",
             "seed": 0,
-            "data": {"name": "digits", "train_subset": 200},
+            "data": {"name": "digits", "train_subset": 200, "val_size": 0.1},
             "model": {
                 "name": "eq_resnet9",
                 "options": {"group": "dihedral", "order": 4, "layout": [2, 4, 4], "num_groups": 2},
@@ -64,7 +68,7 @@ def test_real_mechanism_stays_within_its_claim(epsilon, tmp_path):
 def test_reusing_noise_stays_within_the_claim_only_when_fresh():
     """q = 0.25 over 8 steps: with fresh noise the bound holds; with the first draw added again at
     every step the differences between steps cancel the noise and expose the sampled canaries."""
-    config = audit_config(1.0, batch_size=50, steps=8)
+    config = audit_config(1.0, batch_size=TRAIN_SIZE // 4, steps=8)
     fresh = audit(config)
     assert fresh["epsilon_lower_bound"] <= fresh["claimed_epsilon"]
     reused = audit(config, "reused_noise")
