@@ -282,7 +282,8 @@ def step_ray(args: argparse.Namespace) -> dict:
     gpu = args.device.startswith("cuda")
     gpus_per_worker = 1.0 if gpu else 0.0
     storage = Path(tempfile.mkdtemp(prefix="eqdp-ray-"))
-    ray.init(num_cpus=min(os.cpu_count() or 1, 8), include_dashboard=False, log_to_driver=True)
+    gpus = torch.cuda.device_count() if gpu else 0
+    ray.init(num_cpus=min(os.cpu_count() or 1, 8), num_gpus=gpus, include_dashboard=False, log_to_driver=True)
     figures: dict = {"ray": ray.__version__, "cluster_gpus": ray.cluster_resources().get("GPU", 0.0)}
 
     # Reference: one process, 8 steps, secret 77; and secret 78 for the scale another noise draw makes.
