@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import socket
@@ -129,3 +130,14 @@ def _missing_local_dirs(path: str) -> list[str]:
             break
         path = parent
     return missing
+
+
+def show_progress_in_worker_log() -> None:
+    """Processes that Ray starts (Train workers, Tune trials) configure no logging: show the library's
+    progress lines in their logs, as a direct run prints them."""
+    package = logging.getLogger("eqdp_ray")
+    if not package.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        package.addHandler(handler)
+        package.setLevel(logging.INFO)

@@ -30,6 +30,7 @@ from eqdp_ray.train.cluster import (
     check_writable,
     connect_ray,
     local_cpus,
+    show_progress_in_worker_log,
     will_start_local_ray,
 )
 
@@ -68,6 +69,7 @@ def _worker_loop(payload: dict[str, Any]) -> None:
     from eqdp_ray.train.comm import TorchDistributedComm
     from eqdp_ray.train.loop import train
 
+    show_progress_in_worker_log()
     config = parse_config(payload["config"])
     cpus = payload.get("cpus_per_worker") or 1
     torch.set_num_threads(max(1, int(cpus)))
@@ -83,29 +85,33 @@ def _worker_loop(payload: dict[str, Any]) -> None:
         with checkpoint.as_directory() as directory:
             resume_state = torch.load(Path(directory) / "state.pt", map_location="cpu", weights_only=False)
 
-    last_state: dict[str, Any] = {}
+    # What the final checkpoint holds. A restart from the checkpoint of the final step runs no
+    # step and no validation pass, so it starts as the state it resumed from.
+    latest: dict[str, Any] = {"state": resume_state}
 
-    def report(metrics: dict[str, Any], state: Any, result: dict[str, Any] | None = None) -> None:
+    def report(metrics: dict[str, Any], state: dict[str, Any], result: dict[str, Any] | None = None) -> None:
         # Ray keeps the metrics of rank 0's checkpointed reports; every rank must call report.
         if comm.rank != 0:
             ray.train.report(metrics)
             return
         with tempfile.TemporaryDirectory() as directory:
-            torch.save(state.state_dict(), Path(directory) / "state.pt")
+            torch.save(state, Path(directory) / "state.pt")
             if result is not None:
                 (Path(directory) / "result.json").write_text(json.dumps(result))
             ray.train.report(metrics, checkpoint=Checkpoint.from_directory(directory))
 
     def on_evaluation(record: dict[str, Any], state: Any) -> None:
-        last_state["state"] = state
-        report(dict(record, pid=os.getpid(), rank=comm.rank, workers=comm.world_size), state)
+        latest["state"] = state.state_dict()
+        report(dict(record, pid=os.getpid(), rank=comm.rank, workers=comm.world_size), latest["state"])
 
     result = train(config, comm=comm, on_evaluation=on_evaluation, resume_state=resume_state)
     result["comm_backend"] = comm.dist.get_backend()  # gloo on CPUs, nccl on GPUs: which one ran
+    if latest["state"] is resume_state and resume_state is not None:
+        latest["state"] = {**resume_state, "restarts": result["restarts"]}  # this restart counts too
     # The full record travels as result.json inside rank 0's final checkpoint, not as metrics.
     report(
         {"final": True, "step": result["steps"], "epsilon": result["epsilon"]},
-        last_state["state"],
+        latest["state"],
         result if comm.rank == 0 else None,
     )
 

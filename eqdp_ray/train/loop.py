@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -37,6 +38,8 @@ from eqdp_ray.privacy import (
     secure_seed,
 )
 from eqdp_ray.train.comm import LocalComm
+
+logger = logging.getLogger(__name__)
 
 EvaluationCallback = Callable[[dict[str, Any], "TrainState"], None]  # after each validation pass
 
@@ -147,30 +150,53 @@ def _augmented_micro_batches(rows: torch.Tensor, params: torch.Tensor, examples_
         yield rows[start : start + examples_per_micro], params[start : start + examples_per_micro]
 
 
-def train(
+@dataclass
+class Run:
+    """One training run as `setup_run` builds it: the data, the calibrated privacy plan, the model and
+    its state, and the generators whose per-step seeds come from the run's secret."""
+
+    config: RunConfig
+    comm: Any
+    device: torch.device
+    data: ImageDataset
+    steps: int
+    sample_rate: float
+    plan: PrivacyPlan
+    hflip: bool
+    options: dict[str, Any]
+    num_params: int
+    state: TrainState
+    gradients: PerExampleGradients
+    sampler: PoissonSampler
+    secret: int = field(repr=False)
+    noise_rng: torch.Generator = field(repr=False)
+    sample_rng: torch.Generator = field(repr=False)
+    augment_rng: torch.Generator = field(repr=False)
+    canaries: GradientCanaries | None = None
+
+    @property
+    def train_size(self) -> int:
+        return len(self.data.train_y)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return max(1, round(1 / self.sample_rate))
+
+    @property
+    def eval_every(self) -> int:
+        return self.config.training.eval_every or self.steps_per_epoch
+
+
+def setup_run(
     config: RunConfig,
-    *,
-    comm: Any = None,
-    on_evaluation: EvaluationCallback | None = None,
-    resume_state: dict[str, Any] | None = None,
-    log: Callable[[str], None] | None = print,
-    data: ImageDataset | None = None,
+    comm: Any,
+    resume_state: dict[str, Any] | None,
+    data: ImageDataset | None,
     canaries: GradientCanaries | None = None,
-) -> dict[str, Any]:
-    """Train one model with DP-SGD and return the result record (what result.json holds).
-
-    `on_evaluation(record, state)` runs after every validation pass (each `eval_every` steps and
-    after the last step), e.g. to report and checkpoint.
-
-    `canaries` makes the run an audit (eqdp_ray.audit): extra examples with chosen gradients,
-    sampled, clipped and noised like the others, and observed after the noise at every step.
-    """
-    comm = comm or LocalComm()
-    log = log if (log is not None and comm.rank == 0) else (lambda _msg: None)
-    started = time.time()
+) -> Run:
+    """Load the data, calibrate sigma for exactly this sample rate and number of steps, build the model."""
     t, p = config.training, config.privacy
     device = resolve_device(config.device)
-
     data = data or load_dataset(
         config.data.name,
         config.data.root,
@@ -183,14 +209,12 @@ def train(
     train_size = len(data.train_y)
     steps, sample_rate = steps_and_rate(config, train_size)
     plan: PrivacyPlan = plan_privacy(p.target_epsilon, p.delta, sample_rate, steps, p.accountant)
-    hflip = data.hflip if t.hflip is None else t.hflip
 
     torch.manual_seed(config.seed)  # public randomness: initialisation only
     options = dict(config.model.options)
     options.setdefault("in_channels", data.in_channels)
     options.setdefault("num_classes", data.num_classes)
     model = build_model(config.model.name, **options).to(device)
-    num_params = count_parameters(model)
     ema = ExponentialMovingAverage(model, t.ema_decay)  # copied before the hooks are attached
     gradients = PerExampleGradients(model)
     optimizer = torch.optim.SGD(
@@ -207,122 +231,205 @@ def train(
     noise_rng, sample_rng = noise_generator(0), noise_generator(0)
     # Canaries are rows after the real examples: the same sampler gives each the same rate q.
     rows_total = train_size + (canaries.count if canaries is not None else 0)
-    sampler = PoissonSampler(rows_total, sample_rate, sample_rng, comm.rank, comm.world_size)
-    augment_rng = torch.Generator()
-    examples_per_micro = max(1, t.physical_batch_size // t.augmult)
-    steps_per_epoch = max(1, round(1 / sample_rate))
-    eval_every = t.eval_every or steps_per_epoch
-    params = [q for q in model.parameters() if q.requires_grad]
     if canaries is not None:
-        canaries.bind(sum(q.numel() for q in params), train_size, p.max_grad_norm)
+        canaries.bind(sum(q.numel() for q in model.parameters() if q.requires_grad), train_size, p.max_grad_norm)
+    return Run(
+        config=config,
+        comm=comm,
+        device=device,
+        data=data,
+        steps=steps,
+        sample_rate=sample_rate,
+        plan=plan,
+        hflip=data.hflip if t.hflip is None else t.hflip,
+        options=options,
+        num_params=count_parameters(model),
+        state=state,
+        gradients=gradients,
+        sampler=PoissonSampler(rows_total, sample_rate, sample_rng, comm.rank, comm.world_size),
+        secret=secret,
+        noise_rng=noise_rng,
+        sample_rng=sample_rng,
+        augment_rng=torch.Generator(),
+        canaries=canaries,
+    )
 
+
+def dp_sgd_step(run: Run) -> tuple[int, torch.Tensor]:
+    """One DP-SGD step (see the module docstring); returns the global batch size and (loss sum,
+    correct, augmented count) over all ranks."""
+    t, p, state, model = run.config.training, run.config.privacy, run.state, run.state.model
+    data, device = run.data, run.device
+    model.train()
+    run.noise_rng.manual_seed(derive_seed(run.secret, "noise", state.step))
+    run.sample_rng.manual_seed(derive_seed(run.secret, "sample", state.step))
+    run.augment_rng.manual_seed(derive_seed(run.config.seed, "augment", state.step))
+    global_rows = run.sampler.sample_global()
+    aug_params = draw_crop_flip(len(global_rows), t.augmult, t.crop_padding, run.hflip, run.augment_rng)
+    mine = run.sampler.shard_mask(global_rows)
+    rows, params_mine = global_rows[mine], aug_params[mine]
+    canaries = run.canaries
+    if canaries is not None:
+        real, canary_ids = canaries.split_rows(rows)
+        rows, params_mine = rows[real], params_mine[real]
+
+    params = [q for q in model.parameters() if q.requires_grad]
+    summed = [torch.zeros_like(q) for q in params]
+    stats = torch.zeros(3, dtype=torch.float64)  # loss, correct, augmented count
+    examples_per_micro = max(1, t.physical_batch_size // t.augmult)
+    for micro_rows, micro_params in _augmented_micro_batches(rows, params_mine, examples_per_micro):
+        images = normalize(data.train_x[micro_rows].to(device), data.mean, data.std)
+        images = images.repeat_interleave(t.augmult, dim=0)
+        inputs = apply_crop_flip(images, micro_params.reshape(-1, 3), t.crop_padding)
+        targets = data.train_y[micro_rows].to(device).repeat_interleave(t.augmult)
+        per_example, logits = run.gradients(inputs, targets, t.augmult)  # already averaged over K
+        clipped_sum, _ = clip_and_sum(per_example, p.max_grad_norm)
+        summed = [a + b for a, b in zip(summed, clipped_sum)]
+        with torch.no_grad():
+            stats[0] += nn.functional.cross_entropy(logits, targets, reduction="sum").item()
+            stats[1] += (logits.argmax(1) == targets).sum().item()
+            stats[2] += len(targets)
+    if canaries is not None and len(canary_ids):
+        canary_sum, _ = clip_and_sum(canaries.gradients(canary_ids, params), p.max_grad_norm)
+        summed = [a + b for a, b in zip(summed, canary_sum)]
+    reduced = run.comm.all_reduce_sum(summed + [stats.to(summed[0].device)])
+    summed, stats = reduced[:-1], reduced[-1].cpu()
+    noisy = add_gaussian_noise(summed, run.plan.noise_multiplier, p.max_grad_norm, run.noise_rng)
+    if canaries is not None:
+        canaries.observe(noisy)
+    for q, g in zip(params, noisy):
+        q.grad = g / run.sampler.expected_batch_size
+    state.optimizer.step()
+    state.optimizer.zero_grad(set_to_none=True)
+    state.ema.update(model, state.step)
+    state.step += 1
+    return len(global_rows), stats
+
+
+@dataclass
+class _Tally:
+    """Training loss/accuracy and throughput since the last reset."""
+
+    loss: float = 0.0
+    correct: float = 0.0
+    count: float = 0.0
+    examples: float = 0.0
+    seconds: float = 0.0
+
+    def add(self, examples: int, stats: torch.Tensor, seconds: float) -> None:
+        self.loss += stats[0].item()
+        self.correct += stats[1].item()
+        self.count += stats[2].item()
+        self.examples += examples
+        self.seconds += seconds
+
+    @property
+    def samples_per_s(self) -> float:
+        return self.examples / max(self.seconds, 1e-9)
+
+
+def evaluation_record(run: Run, window: _Tally) -> dict[str, Any]:
+    """Validate the EMA weights: one history entry (what `on_evaluation` receives)."""
+    t, p, state = run.config.training, run.config.privacy, run.state
+    val_acc = evaluate(state.ema.shadow, run.data.val_x, run.data.val_y, run.data, run.device, t.eval_batch_size)
+    record = {
+        "epoch": state.step / run.steps_per_epoch,
+        "step": state.step,
+        "train_loss": window.loss / max(window.count, 1),
+        "train_accuracy": window.correct / max(window.count, 1),
+        "val_accuracy": val_acc,
+        "epsilon": epsilon_spent(run.plan.noise_multiplier, run.sample_rate, state.step, p.delta, p.accountant),
+        "samples_per_s": window.samples_per_s,
+        "samples_per_s_per_worker": window.samples_per_s / run.comm.world_size,
+    }
+    if run.comm.world_size > 1:
+        record["parameter_checksum"] = synced_parameter_checksum(state.model, run.comm)
+    return record
+
+
+def _log_start(run: Run, log: Callable[[str], None]) -> None:
+    t, p, plan, data = run.config.training, run.config.privacy, run.plan, run.data
     log(
-        f"[eqdp-ray] {config.model.name} ({num_params:,} params) on {data.name}: {train_size} train / "
-        f"{len(data.val_y)} val / {len(data.test_y)} test, device {device}, workers {comm.world_size}"
+        f"[eqdp-ray] {run.config.model.name} ({run.num_params:,} params) on {data.name}: {run.train_size} train / "
+        f"{len(data.val_y)} val / {len(data.test_y)} test, device {run.device}, workers {run.comm.world_size}"
     )
     log(
         f"[eqdp-ray] privacy: target eps={plan.target_epsilon} delta={plan.delta} ({plan.accountant}); "
-        f"q={sample_rate:.5f} (expected batch {t.batch_size}), {steps} steps, sigma={plan.noise_multiplier:.4f}, "
-        f"C={p.max_grad_norm}, K={t.augmult}"
+        f"q={run.sample_rate:.5f} (expected batch {t.batch_size}), {run.steps} steps, "
+        f"sigma={plan.noise_multiplier:.4f}, C={p.max_grad_norm}, K={t.augmult}"
     )
 
-    window = {"loss": 0.0, "correct": 0.0, "count": 0.0, "examples": 0.0, "time": 0.0}
+
+def train(
+    config: RunConfig,
+    *,
+    comm: Any = None,
+    on_evaluation: EvaluationCallback | None = None,
+    resume_state: dict[str, Any] | None = None,
+    log: Callable[[str], None] | None = logger.info,
+    data: ImageDataset | None = None,
+    canaries: GradientCanaries | None = None,
+) -> dict[str, Any]:
+    """Train one model with DP-SGD and return the result record (what result.json holds).
+
+    `on_evaluation(record, state)` runs after every validation pass (each `eval_every` steps and
+    after the last step), e.g. to report and checkpoint.
+
+    `canaries` makes the run an audit (eqdp_ray.audit): extra examples with chosen gradients,
+    sampled, clipped and noised like the others, and observed after the noise at every step.
+    """
+    comm = comm or LocalComm()
+    log = log if (log is not None and comm.rank == 0) else (lambda _msg: None)
+    started = time.time()
+    run = setup_run(config, comm, resume_state, data, canaries)
+    _log_start(run, log)
+
+    state, window, totals = run.state, _Tally(), _Tally()  # totals: sampled examples and seconds in steps
     best_val = max((h["val_accuracy"] for h in state.history), default=-1.0)  # a resumed run keeps its best
-    totals = {"examples": 0.0, "time": 0.0}  # sampled examples and seconds spent in training steps
-    while state.step < steps:
+    while state.step < run.steps:
         step_start = time.time()
-        model.train()
-        noise_rng.manual_seed(derive_seed(secret, "noise", state.step))
-        sample_rng.manual_seed(derive_seed(secret, "sample", state.step))
-        augment_rng.manual_seed(derive_seed(config.seed, "augment", state.step))
-        global_rows = sampler.sample_global()
-        aug_params = draw_crop_flip(len(global_rows), t.augmult, t.crop_padding, hflip, augment_rng)
-        mine = sampler.shard_mask(global_rows)
-        rows, params_mine = global_rows[mine], aug_params[mine]
-        if canaries is not None:
-            real, canary_ids = canaries.split_rows(rows)
-            rows, params_mine = rows[real], params_mine[real]
-
-        summed = [torch.zeros_like(q) for q in params]
-        stats = torch.zeros(3, dtype=torch.float64)  # loss, correct, augmented count
-        for micro_rows, micro_params in _augmented_micro_batches(rows, params_mine, examples_per_micro):
-            images = normalize(data.train_x[micro_rows].to(device), data.mean, data.std)
-            images = images.repeat_interleave(t.augmult, dim=0)
-            inputs = apply_crop_flip(images, micro_params.reshape(-1, 3), t.crop_padding)
-            targets = data.train_y[micro_rows].to(device).repeat_interleave(t.augmult)
-            per_example, logits = gradients(inputs, targets, t.augmult)  # already averaged over K
-            clipped_sum, _ = clip_and_sum(per_example, p.max_grad_norm)
-            summed = [a + b for a, b in zip(summed, clipped_sum)]
-            with torch.no_grad():
-                stats[0] += nn.functional.cross_entropy(logits, targets, reduction="sum").item()
-                stats[1] += (logits.argmax(1) == targets).sum().item()
-                stats[2] += len(targets)
-        if canaries is not None and len(canary_ids):
-            canary_sum, _ = clip_and_sum(canaries.gradients(canary_ids, params), p.max_grad_norm)
-            summed = [a + b for a, b in zip(summed, canary_sum)]
-        reduced = comm.all_reduce_sum(summed + [stats.to(summed[0].device)])
-        summed, stats = reduced[:-1], reduced[-1].cpu()
-        noisy = add_gaussian_noise(summed, plan.noise_multiplier, p.max_grad_norm, noise_rng)
-        if canaries is not None:
-            canaries.observe(noisy)
-        for q, g in zip(params, noisy):
-            q.grad = g / sampler.expected_batch_size
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        state.ema.update(model, state.step)
-        state.step += 1
-
-        window["loss"] += stats[0].item()
-        window["correct"] += stats[1].item()
-        window["count"] += stats[2].item()
-        step_seconds = time.time() - step_start
+        sampled, stats = dp_sgd_step(run)
         for tally in (window, totals):
-            tally["examples"] += len(global_rows)
-            tally["time"] += step_seconds
-
-        if state.step % eval_every == 0 or state.step == steps:
-            val_acc = evaluate(state.ema.shadow, data.val_x, data.val_y, data, device, t.eval_batch_size)
-            best_val = max(best_val, val_acc)
-            record = {
-                "epoch": state.step / steps_per_epoch,
-                "step": state.step,
-                "train_loss": window["loss"] / max(window["count"], 1),
-                "train_accuracy": window["correct"] / max(window["count"], 1),
-                "val_accuracy": val_acc,
-                "epsilon": epsilon_spent(plan.noise_multiplier, sample_rate, state.step, p.delta, p.accountant),
-                "samples_per_s": window["examples"] / max(window["time"], 1e-9),
-                "samples_per_s_per_worker": window["examples"] / max(window["time"], 1e-9) / comm.world_size,
-            }
-            if comm.world_size > 1:
-                record["parameter_checksum"] = synced_parameter_checksum(model, comm)
+            tally.add(sampled, stats, time.time() - step_start)
+        if state.step % run.eval_every == 0 or state.step == run.steps:
+            record = evaluation_record(run, window)
+            best_val = max(best_val, record["val_accuracy"])
             state.history.append(record)
             log(
-                f"[eqdp-ray] epoch {record['epoch']:.2f} step {state.step}/{steps}: loss {record['train_loss']:.4f} "
-                f"train acc {record['train_accuracy']:.4f} val acc {val_acc:.4f} eps {record['epsilon']:.3f} "
+                f"[eqdp-ray] epoch {record['epoch']:.2f} step {state.step}/{run.steps}: "
+                f"loss {record['train_loss']:.4f} train acc {record['train_accuracy']:.4f} "
+                f"val acc {record['val_accuracy']:.4f} eps {record['epsilon']:.3f} "
                 f"{record['samples_per_s']:.1f} samples/s"
             )
-            window = dict.fromkeys(window, 0.0)
+            window = _Tally()
             if on_evaluation is not None:
                 on_evaluation(record, state)
+    return result_record(run, best_val, totals, started, log)
 
-    val_acc = evaluate(state.ema.shadow, data.val_x, data.val_y, data, device, t.eval_batch_size)
-    test_acc = evaluate(state.ema.shadow, data.test_x, data.test_y, data, device, t.eval_batch_size)
+
+def result_record(
+    run: Run, best_val: float, totals: _Tally, started: float, log: Callable[[str], None]
+) -> dict[str, Any]:
+    """Final validation and test accuracy of the EMA weights, and everything result.json records."""
+    config, t, p, data, state = run.config, run.config.training, run.config.privacy, run.data, run.state
+    val_acc = evaluate(state.ema.shadow, data.val_x, data.val_y, data, run.device, t.eval_batch_size)
+    test_acc = evaluate(state.ema.shadow, data.test_x, data.test_y, data, run.device, t.eval_batch_size)
     wall = time.time() - started
-    spent = epsilon_spent(plan.noise_multiplier, sample_rate, state.step, p.delta, p.accountant)
+    spent = epsilon_spent(run.plan.noise_multiplier, run.sample_rate, state.step, p.delta, p.accountant)
     result = {
         "name": config.name,
         "model": config.model.name,
-        "group": describe_group(config.model.name, **options),
-        "num_params": num_params,
+        "group": describe_group(config.model.name, **run.options),
+        "num_params": run.num_params,
         "dataset": data.name,
-        "train_size": train_size,
+        "train_size": run.train_size,
         "val_size": len(data.val_y),
         "test_size": len(data.test_y),
         "target_epsilon": p.target_epsilon,
         "delta": p.delta,
         "accountant": p.accountant,
-        "noise_multiplier": plan.noise_multiplier,
-        "sample_rate": sample_rate,
+        "noise_multiplier": run.plan.noise_multiplier,
+        "sample_rate": run.sample_rate,
         "expected_batch_size": t.batch_size,
         "max_grad_norm": p.max_grad_norm,
         "augmult": t.augmult,
@@ -333,17 +440,17 @@ def train(
         "best_val_accuracy": max(best_val, val_acc),
         "test_accuracy": test_acc,
         "wall_time_s": wall,
-        "samples_per_s": totals["examples"] / max(totals["time"], 1e-9),
-        "device": str(device),
-        "workers": comm.world_size,
+        "samples_per_s": totals.samples_per_s,
+        "device": str(run.device),
+        "workers": run.comm.world_size,
         "restarts": state.restarts,
         "package_version": __version__,
         "torch_version": torch.__version__,
         "history": state.history,
         "config": config_to_dict(config),
     }
-    if canaries is not None:  # never a release: eqdp_ray.audit keeps it inside audit.json only
-        result["audit"] = {"canaries": canaries.count, "steps_observed": canaries.steps_observed}
+    if run.canaries is not None:  # never a release: eqdp_ray.audit keeps it inside audit.json only
+        result["audit"] = {"canaries": run.canaries.count, "steps_observed": run.canaries.steps_observed}
     log(
         f"[eqdp-ray] done: val acc {val_acc:.4f}, test acc {test_acc:.4f}, eps spent {spent:.4f} "
         f"(target {p.target_epsilon}), {wall:.1f} s"

@@ -30,6 +30,7 @@ from ray import tune
 from eqdp_ray import __version__
 from eqdp_ray.config import RunConfig, config_to_dict
 from eqdp_ray.config.space import SearchSpace, resolve_params, trial_config
+from eqdp_ray.train.cluster import show_progress_in_worker_log
 
 logger = logging.getLogger(__name__)
 
@@ -271,7 +272,7 @@ def run_trial(params: dict[str, Any], ctx: StudyContext) -> None:
     from eqdp_ray.privacy import PrivacyBudgetError, plan_privacy
     from eqdp_ray.train import steps_and_rate
 
-    _show_progress_in_trial_log()
+    show_progress_in_worker_log()
     space = ctx.space
     trial_id = tune.get_context().get_trial_id()
     torch.set_num_threads(max(1, int(space.resources.cpus_per_worker)))
@@ -367,19 +368,6 @@ def group_of(config: RunConfig | None) -> str | None:
         return describe_group(config.model.name, **config.model.options) or ""
     except (ValueError, TypeError, KeyError):  # an invalid model must not cost the trial its row
         return None
-
-
-def _show_progress_in_trial_log() -> None:
-    """Trials run in Ray's worker processes, which configure no logging: show our progress lines
-    in the trial's log, as a direct run prints them."""
-    import logging
-
-    package = logging.getLogger("eqdp_ray")
-    if not package.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        package.addHandler(handler)
-        package.setLevel(logging.INFO)
 
 
 def _train_distributed(ctx: StudyContext, config: RunConfig, trial_id: str, *, metrics_of: Any) -> dict[str, Any]:

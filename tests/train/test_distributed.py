@@ -134,6 +134,20 @@ def test_failed_run_continues_under_the_same_name(local_ray, tmp_path):
     assert result["epsilon"] == pytest.approx(epsilon_spent(result["noise_multiplier"], result["sample_rate"], 8, 1e-5))
 
 
+def test_restart_from_the_final_checkpoint_returns_the_result(local_ray, tmp_path):
+    """A worker group restarted from the checkpoint of the final step (e.g. after a crash in the final
+    evaluation) runs no step and no validation pass; it used to fail with KeyError on every retry."""
+    from eqdp_ray.train.distributed import train_distributed
+
+    storage = str(tmp_path / "ray")
+    kwargs = {"workers": 2, "output_dir": tmp_path, "storage": storage, "run_name": "finished", "log": None}
+    first = train_distributed(config(steps=2), **kwargs)
+    again = train_distributed(config(steps=2), max_failures=0, **kwargs)  # restores the finished run by name
+    assert again["steps"] == first["steps"] == 2 and again["restarts"] == first["restarts"] + 1
+    assert [h["step"] for h in again["history"]] == [h["step"] for h in first["history"]]
+    assert again["epsilon"] == pytest.approx(first["epsilon"])
+
+
 def test_impossible_resources_fail_fast(local_ray, tmp_path):
     from eqdp_ray.train.distributed import ClusterError, train_distributed
 
