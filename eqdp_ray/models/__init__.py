@@ -8,6 +8,7 @@ Build models through :func:`build_model`.
 from .equivariant_resnet import EquivariantResNet9, GridTransform, grid_symmetries
 from .registry import (
     MODELS,
+    ModelOptionError,
     ModelSpec,
     build_model,
     count_parameters,
@@ -25,6 +26,7 @@ __all__ = [
     "EquivariantResNet9",
     "GridTransform",
     "MODELS",
+    "ModelOptionError",
     "ModelSpec",
     "ResNet9",
     "WideResNet",

@@ -52,6 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import layers
+from .norm_groups import norm_group_count
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # escnn's py3nj warning; only 3-D groups need it
@@ -159,20 +160,8 @@ def regular_fields(width: int, order_of_group: int, fix_params: bool = True) -> 
 
 
 def resolve_field_groups(num_fields: int, requested: int) -> int:
-    """Number of normalisation groups for ``num_fields`` fields when ``requested`` are asked for.
-
-    ``requested`` is used when it divides the field count. Otherwise, like the reference, pick
-    the divisor closest to it among those leaving more than 3 fields per group (tiny groups
-    normalise badly), falling back to a single group (layer norm over fields).
-    """
-    if requested < 1:
-        raise ValueError(f"num_groups must be >= 1, got {requested}")
-    if requested <= num_fields and num_fields % requested == 0:
-        return requested
-    candidates = [d for d in range(1, num_fields + 1) if num_fields % d == 0 and num_fields // d > 3]
-    if not candidates:
-        return 1
-    return min(candidates, key=lambda d: (abs(d - requested), d))
+    """Normalisation groups for ``num_fields`` fields: the one rule of `norm_group_count`."""
+    return norm_group_count(num_fields, requested)
 
 
 # --------------------------------------------------------------------------------------------

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .norm_groups import norm_group_count
+
 with warnings.catch_warnings():
     # escnn (bundled, see eqdp_ray/_vendor) warns about py3nj, which only SO(3)/O(3) groups need.
     warnings.simplefilter("ignore")
@@ -147,9 +149,7 @@ class FieldGroupNorm(nn.Module):
 
     def __init__(self, num_fields: int, field_size: int, num_groups: int, eps: float = 1e-5) -> None:
         super().__init__()
-        num_groups = max(1, min(num_groups, num_fields))
-        while num_fields % num_groups:
-            num_groups -= 1
+        num_groups = norm_group_count(num_fields, num_groups)
         self.num_fields, self.field_size, self.num_groups, self.eps = num_fields, field_size, num_groups, eps
         self.weight = nn.Parameter(torch.ones(num_fields))
         self.bias = nn.Parameter(torch.zeros(num_fields))

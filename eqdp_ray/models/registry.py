@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from eqdp_ray.config.errors import UserError
+
 from .equivariant_resnet import (
     EquivariantResNet9,
     GridTransform,
@@ -25,6 +27,7 @@ from .resnet9 import ResNet9
 from .wrn import WideResNet
 
 __all__ = [
+    "ModelOptionError",
     "ModelSpec",
     "MODELS",
     "build_model",
@@ -98,9 +101,13 @@ MODELS: dict[str, ModelSpec] = {
 }
 
 
+class ModelOptionError(UserError, ValueError):
+    """A model name or option that the registry cannot build; the message lists the valid ones."""
+
+
 def _spec(name: str) -> ModelSpec:
     if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}: valid models are {sorted(MODELS)}")
+        raise ModelOptionError(f"unknown model {name!r}: valid models are {sorted(MODELS)}")
     return MODELS[name]
 
 
@@ -109,7 +116,9 @@ def resolve_options(name: str, **options: Any) -> dict[str, Any]:
     spec = _spec(name)
     unknown = sorted(set(options) - set(spec.defaults))
     if unknown:
-        raise ValueError(f"unknown option(s) {unknown} for model {name!r}: valid options are {sorted(spec.defaults)}")
+        raise ModelOptionError(
+            f"unknown option(s) {unknown} for model {name!r}: valid options are {sorted(spec.defaults)}"
+        )
     resolved = dict(spec.defaults)
     resolved.update(options)
     return resolved
@@ -118,14 +127,16 @@ def resolve_options(name: str, **options: Any) -> dict[str, Any]:
 def build_model(name: str, **options: Any) -> nn.Module:
     """Build the model registered as ``name`` with its defaults overridden by ``options``.
 
-    Raises ValueError for an unknown name, an unknown option, or an invalid value (unknown group,
-    order outside 1..16, a restriction that is not a subgroup, a malformed layout, ...).
+    Raises ModelOptionError for an unknown name, an unknown option, or an invalid value (unknown
+    group, order outside 1..16, a restriction that is not a subgroup, a malformed layout, ...).
     """
     resolved = resolve_options(name, **options)
     try:
         return _spec(name).factory(**resolved)
-    except TypeError as error:  # e.g. a layout that is not a sequence
-        raise ValueError(f"invalid options for model {name!r}: {error}") from error
+    except ModelOptionError:
+        raise
+    except (TypeError, ValueError) as error:  # the constructors check their options with these
+        raise ModelOptionError(f"invalid options for model {name!r}: {error}") from error
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -164,7 +175,7 @@ def _group_description(name: str, options: Mapping[str, Any]) -> str | None:
 
 
 def model_summary(name: str, **options: Any) -> dict[str, Any]:
-    """Build the model and describe it: name, trainable parameters, group (e.g. ``"D4->D2"``).
+    """Build the model and describe it: name, description, trainable parameters, group (e.g. ``"D4->D2"``).
 
     ``group`` is None for the non-equivariant baselines. Building is needed for the exact
     count; it takes a few seconds for the equivariant model (escnn basis construction).
@@ -173,6 +184,7 @@ def model_summary(name: str, **options: Any) -> dict[str, Any]:
     model = build_model(name, **options)
     return {
         "name": name,
+        "description": _spec(name).description,
         "params": count_parameters(model),
         "group": _group_description(name, resolved),
         "equivariant": _spec(name).equivariant,

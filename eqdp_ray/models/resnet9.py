@@ -26,6 +26,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from .norm_groups import norm_group_count
+
 __all__ = ["ResNet9", "group_norm", "scaled_width"]
 
 
@@ -35,16 +37,11 @@ def scaled_width(channels: int, width: float) -> int:
 
 
 def group_norm(channels: int, num_groups: int) -> nn.GroupNorm:
-    """GroupNorm with the largest group count <= ``num_groups`` that divides ``channels``.
+    """GroupNorm with ``num_groups`` adapted by `norm_group_count` (the rule the equivariant model uses).
 
     Scaled widths need not be multiples of the requested count; adapting beats failing.
     """
-    if num_groups < 1:
-        raise ValueError(f"num_groups must be >= 1, got {num_groups}")
-    groups = min(num_groups, channels)
-    while channels % groups:
-        groups -= 1
-    return nn.GroupNorm(groups, channels)
+    return nn.GroupNorm(norm_group_count(channels, num_groups), channels)
 
 
 def _conv_block(in_channels: int, out_channels: int, num_groups: int, pool: bool = False) -> nn.Sequential:
