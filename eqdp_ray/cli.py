@@ -7,17 +7,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-
-class UserError(Exception):
-    """Raised by command handlers for input the user must fix."""
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from eqdp_ray.config import ConfigError
-    from eqdp_ray.data import DatasetError
-    from eqdp_ray.privacy import PrivacyError
-
-    return (UserError, ConfigError, DatasetError, PrivacyError)
+from eqdp_ray.config.errors import UserError
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -56,7 +46,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     rows = []
     for name in MODELS:
         summary = model_summary(name, in_channels=3, num_classes=10)
-        rows.append((name, f"{summary['params']:,}", str(summary.get("group") or "-"), summary.get("description", "")))
+        rows.append((name, f"{summary['params']:,}", str(summary.get("group") or "-"), summary["description"]))
     widths = [max(len(r[i]) for r in rows + [("model", "params", "group", "description")]) for i in range(4)]
     header = ("model", "params", "group", "description")
     print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
@@ -121,10 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("eqdp-ray: interrupted", file=sys.stderr)
         return 130
-    except _user_errors() as exc:
-        print(f"eqdp-ray: error: {exc}", file=sys.stderr)
-        return 2
-    except ValueError as exc:  # model registry and similar option checks
+    except UserError as exc:  # only input the user must fix; any other error is a bug and keeps its traceback
         print(f"eqdp-ray: error: {exc}", file=sys.stderr)
         return 2
 

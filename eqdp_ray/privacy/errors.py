@@ -1,7 +1,9 @@
 """Errors of the privacy layer: each says what the user should change."""
 
+from eqdp_ray.config.errors import UserError
 
-class PrivacyError(ValueError):
+
+class PrivacyError(UserError, ValueError):
     """A model, budget or setting that would make the privacy guarantee wrong or unattainable."""
 
 

@@ -4,7 +4,7 @@ Imported by eqdp_ray.cli at start-up for every command, so nothing heavy (pandas
 matplotlib) is imported at module level.
 
 Exit codes: 0 with output; 1 when the store (or the filtered part of it) has no results;
-2 for input the user must fix (raised as ValueError subclasses and printed by eqdp_ray.cli).
+2 for input the user must fix (raised as `eqdp_ray.config.errors.UserError` subclasses, printed by eqdp_ray.cli).
 Files of the store that could not be read are listed on stderr, one line each, and never
 stop the command: a stray file should not hide a week of tuning results.
 """
@@ -31,6 +31,7 @@ def _run(args: argparse.Namespace, body: Callable[[Any], int]) -> int:
         store = ResultsStore(args.store)
     except OSError as exc:  # e.g. an s3:// store without credentials
         raise ResultsStoreError(f"cannot open the results store {args.store}: {exc}") from None
+    store.check_location()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", SkippedFileWarning)  # reported below, one line each

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from eqdp_ray.config.errors import UserError
 
-class ResultsStoreError(ValueError):
+
+class ResultsStoreError(UserError, ValueError):
     """A request the store cannot satisfy: unknown study/metric/column, bad row.
 
     A ``ValueError`` subclass so that generic argument-error handling in the CLI also

@@ -164,6 +164,19 @@ class ResultsStore:
 
     # ------------------------------------------------------------------ paths
 
+    def check_location(self) -> None:
+        """Say what is wrong when the store's location is missing or is a file: reading such a
+        store would only report that it "holds no trials"."""
+        try:
+            kind = self.fs.get_file_info(self.root).type
+        except OSError as exc:  # unreachable bucket, missing credentials
+            raise ResultsStoreError(f"cannot read the results store {self.uri}: {exc}") from None
+        where = "pass --store with the location that `eqdp-ray tune --store` wrote to"
+        if kind == pafs.FileType.NotFound:
+            raise ResultsStoreError(f"the results store {self.uri} does not exist; {where}")
+        if kind != pafs.FileType.Directory:
+            raise ResultsStoreError(f"the results store {self.uri} is a file, not a store directory; {where}")
+
     def table_path(self, table: str) -> str:
         """Path (on ``self.fs``) of the ``trials`` or ``history`` directory."""
         if table not in (TRIALS, HISTORY, LEDGER):

@@ -301,13 +301,24 @@ def test_emit_config_of_an_invalid_config_is_a_clear_error(tmp_path, capsys):
 
 
 def test_empty_store_is_no_results_exit_1(tmp_path, capsys):
-    for uri in (tmp_path / "missing", tmp_path):
-        code, out, err = cli(capsys, "best", "--store", str(uri))
-        assert code == 1 and out == ""
-        assert err.startswith("eqdp-ray: no results:") and "holds no trials" in err
-        assert "Traceback" not in err
-        code, out, err = cli(capsys, "results", "--store", str(uri))
-        assert code == 1 and "holds no trials" in err
+    code, out, err = cli(capsys, "best", "--store", str(tmp_path))
+    assert code == 1 and out == ""
+    assert err.startswith("eqdp-ray: no results:") and "holds no trials" in err
+    assert "Traceback" not in err
+    code, out, err = cli(capsys, "results", "--store", str(tmp_path))
+    assert code == 1 and "holds no trials" in err
+
+
+@pytest.mark.parametrize("command", ["best", "results", "report"])
+def test_store_that_is_missing_or_a_file_says_so(tmp_path, capsys, command):
+    """Both used to end in "holds no trials", exit 1, as if the path were right."""
+    (tmp_path / "file").write_text("keep")
+    extra = ["--out", str(tmp_path / "out")] if command == "report" else []
+    for uri, what in ((tmp_path / "missing", "does not exist"), (tmp_path / "file", "is a file")):
+        code, out, err = cli(capsys, command, "--store", str(uri), *extra)
+        assert code == 2 and out == "", err
+        assert err.startswith("eqdp-ray: error: the results store") and what in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"] and (tmp_path / "file").read_text() == "keep"
 
 
 def test_study_without_finished_trials_is_no_results(tmp_path, capsys):
@@ -320,6 +331,7 @@ def test_study_without_finished_trials_is_no_results(tmp_path, capsys):
 
 
 def test_unknown_metric_is_exit_2_in_one_line(store, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
     for uri in (store.uri, str(tmp_path / "empty")):  # a typo is a typo, even on an empty store
         code, out, err = cli(capsys, "best", "--store", uri, "--metric", "val_acc")
         assert code == 2 and out == ""

@@ -204,7 +204,8 @@ def test_report_without_ranked_trials_still_writes_a_page(tmp_path):
 def test_report_of_an_empty_store_or_unknown_study(tmp_path, capsys):
     with pytest.raises(NoResults):
         build_report(ResultsStore(str(tmp_path / "nothing")), tmp_path / "out")
-    code = main(["report", "--store", str(tmp_path / "nothing"), "--out", str(tmp_path / "out")])
+    (tmp_path / "empty").mkdir()
+    code = main(["report", "--store", str(tmp_path / "empty"), "--out", str(tmp_path / "out")])
     _, err = capsys.readouterr()
     assert code == 1 and "no results" in err
     store = build_store(tmp_path / "store")

@@ -1,0 +1,44 @@
+"""The top-level `eqdp-ray` command: only user errors become one line and exit 2."""
+
+import pytest
+
+from eqdp_ray import cli
+from eqdp_ray.config import ConfigError, SpaceError
+from eqdp_ray.config.errors import UserError
+from eqdp_ray.data import DatasetError
+from eqdp_ray.models import MODELS, ModelOptionError, build_model
+from eqdp_ray.privacy import PrivacyBudgetError, PrivacyError
+from eqdp_ray.results import ResultsStoreError
+from eqdp_ray.train.cluster import ClusterError
+
+
+def test_every_layers_user_errors_share_one_base():
+    for error in (ConfigError, SpaceError, DatasetError, ModelOptionError, PrivacyError, PrivacyBudgetError):
+        assert issubclass(error, UserError), error
+    assert issubclass(ResultsStoreError, UserError) and issubclass(ClusterError, UserError)
+
+
+def test_a_bad_model_option_is_a_user_error():
+    with pytest.raises(ModelOptionError, match="unknown group"):
+        build_model("eq_resnet9", group="icosahedral")
+
+
+def test_a_bug_is_not_hidden_behind_a_one_line_error(monkeypatch, capsys):
+    """A ValueError that is not a user error (here: from a broken summary) used to print as
+    'eqdp-ray: error: ...' with exit 2; it must surface with its traceback."""
+
+    def broken(name, **options):
+        raise ValueError("internal bug: shapes do not match")
+
+    monkeypatch.setattr("eqdp_ray.models.model_summary", broken)
+    with pytest.raises(ValueError, match="internal bug"):
+        cli.main(["models"])
+    assert "eqdp-ray: error" not in capsys.readouterr().err
+
+
+def test_models_table_describes_every_model(capsys):
+    assert cli.main(["models"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    for name, spec in MODELS.items():
+        row = next(line for line in lines if line.startswith(name + " "))
+        assert spec.description in row  # the column used to be empty
