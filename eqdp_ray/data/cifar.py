@@ -18,13 +18,42 @@ import torch
 from .dataset import SourceData
 from .download import download_file, extract_tar
 from .errors import DatasetError
+from .integrity import check_official_copy
 
-__all__ = ["CIFAR10_ARCHIVE", "CIFAR100_ARCHIVE", "load_cifar", "read_cifar_bin", "read_cifar_pickle"]
+__all__ = [
+    "CIFAR10_ARCHIVE",
+    "CIFAR100_ARCHIVE",
+    "OFFICIAL_MD5",
+    "OFFICIAL_RECORDS",
+    "load_cifar",
+    "read_cifar_bin",
+    "read_cifar_pickle",
+]
 
 BASE_URL = "https://www.cs.toronto.edu/~kriz/"
 # (url, md5) of the official binary archives; module-level so tests can point them elsewhere.
 CIFAR10_ARCHIVE = (BASE_URL + "cifar-10-binary.tar.gz", "c32a1d4ab5d03f1284b67883e8d87530")
 CIFAR100_ARCHIVE = (BASE_URL + "cifar-100-binary.tar.gz", "03b5dce01913d631647c71ecec9e9cb8")
+
+# Records per official file, and the MD5s published for the python layout's files (the binary
+# layout publishes only its archive's, above). See integrity.check_official_copy.
+OFFICIAL_RECORDS = {
+    "cifar10": {
+        stem + ext: 10_000 for stem in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"] for ext in ("", ".bin")
+    },
+    "cifar100": {"train": 50_000, "train.bin": 50_000, "test": 10_000, "test.bin": 10_000},
+}
+OFFICIAL_MD5 = {
+    "cifar10": {
+        "data_batch_1": "c99cafc152244af753f735de768cd75f",
+        "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+        "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+        "data_batch_4": "634d18415352ddfa80567beed471001a",
+        "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+        "test_batch": "40351d587109b95175f43aff81a1287e",
+    },
+    "cifar100": {"train": "16019d7e3df5f24257cddd939b257f8d", "test": "f0ef6b0ae62326f3e7ffdfab6717acfc"},
+}
 
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
@@ -159,7 +188,7 @@ def _read_files(layout: _Layout, d: Path, files: tuple[str, ...], label_bytes: i
     ]
     x = np.concatenate([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
     y = np.concatenate([p[1] for p in parts]) if len(parts) > 1 else parts[0][1]
-    return x, y
+    return x, y, {d / f: len(p[1]) for f, p in zip(files, parts)}
 
 
 def load_cifar(name: str, root: str | Path, *, download: bool = False) -> SourceData:
@@ -188,8 +217,10 @@ def load_cifar(name: str, root: str | Path, *, download: bool = False) -> Source
     num_classes = 10 if name == "cifar10" else 100
     label_bytes = 1 if name == "cifar10" else 2
     label_key = "labels" if name == "cifar10" else "fine_labels"
-    train_x, train_y = _read_files(layout, d, layout.train, label_bytes, label_key)
-    test_x, test_y = _read_files(layout, d, layout.test, label_bytes, label_key)
+    train_x, train_y, train_records = _read_files(layout, d, layout.train, label_bytes, label_key)
+    test_x, test_y, test_records = _read_files(layout, d, layout.test, label_bytes, label_key)
+    pretty = "CIFAR-10" if name == "cifar10" else "CIFAR-100"
+    check_official_copy(pretty, train_records | test_records, OFFICIAL_RECORDS[name], OFFICIAL_MD5[name])
     for part, y in (("train", train_y), ("test", test_y)):
         if y.size and (y.min() < 0 or y.max() >= num_classes):
             raise DatasetError(f"{d}: {part} labels outside 0..{num_classes - 1}; is this really {name}?")

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from .dataset import SourceData
 from .download import download_file
 from .errors import DatasetError
+from .integrity import check_official_copy
 
 __all__ = [
     "MNIST_FILES",
@@ -39,6 +40,13 @@ MNIST_FILES = {
     "train-labels-idx1-ubyte": "d53e105ee54ea40749a09fcbcd1e9432",
     "t10k-images-idx3-ubyte": "9fb629c4189551a2d022fa330f9573f3",
     "t10k-labels-idx1-ubyte": "ec29112dd5afa0611ce80d1b7f02629c",
+}
+# Digits per official file (the count in its IDX header); see integrity.check_official_copy.
+OFFICIAL_RECORDS = {
+    "train-images-idx3-ubyte": 60_000,
+    "train-labels-idx1-ubyte": 60_000,
+    "t10k-images-idx3-ubyte": 10_000,
+    "t10k-labels-idx1-ubyte": 10_000,
 }
 _TRAIN = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte")
 _TEST = ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -179,6 +187,8 @@ def load_mnist(root: str | Path, *, download: bool = False, rotated: bool = Fals
     if full is not None:
         train_x, train_y = _read_pair(full, _TRAIN)
         test_x, test_y = _read_pair(full, _TEST)
+        counts = {full / s: len(train_y) for s in _TRAIN} | {full / s: len(test_y) for s in _TEST}  # by stem
+        check_official_copy("MNIST", counts, OFFICIAL_RECORDS)
         if rotated:
             train_x = rotate_images(train_x, _angles(len(train_x), 0))
             test_x = rotate_images(test_x, _angles(len(test_x), 1))
@@ -194,6 +204,7 @@ def load_mnist(root: str | Path, *, download: bool = False, rotated: bool = Fals
             stacklevel=4,  # the caller of load_dataset
         )
         x, y = _read_pair(test_dir, _TEST)
+        check_official_copy("MNIST", {test_dir / s: len(y) for s in _TEST}, OFFICIAL_RECORDS)
         if rotated:
             x = rotate_images(x, _angles(len(x), 1))  # same angles as in full mode
         is_test = torch.arange(len(x)) % TEST_ONLY_TEST_EVERY == TEST_ONLY_TEST_EVERY - 1
