@@ -71,6 +71,7 @@ __all__ = [
     "group_name",
     "regular_fields",
     "resolve_field_groups",
+    "group_label",
     "resolve_restriction",
     "grid_symmetries",
 ]
@@ -108,6 +109,13 @@ def group_name(group: str, order: int) -> str:
     """Short name such as ``"C8"`` or ``"D4"`` for summaries and logs."""
     _check_group(group, order)
     return f"{'C' if group == 'cyclic' else 'D'}{order}"
+
+
+def group_label(group: str, order: int, restricted_order: int | None) -> str:
+    """``"D4->D2"`` for a last stage restricted to D2, ``"C8"`` without restriction: the one spelling
+    used by summaries, result records and the results store's ``group`` column."""
+    full = group_name(group, order)
+    return full if restricted_order is None else f"{full}->{group_name(group, restricted_order)}"
 
 
 def resolve_restriction(group: str, order: int, restrict: Restrict) -> int | None:
@@ -407,10 +415,7 @@ class EquivariantResNet9(nn.Module):
     @property
     def group_description(self) -> str:
         """``"D4->D2"`` for a restricted model, ``"C8"`` otherwise."""
-        name = group_name(self.group, self.order)
-        if self.restrict is None:
-            return name
-        return f"{name}->{group_name(self.group, self.restrict)}"
+        return group_label(self.group, self.order, self.restrict)
 
     @property
     def num_params(self) -> int:

@@ -20,7 +20,7 @@ from .equivariant_resnet import (
     EquivariantResNet9,
     GridTransform,
     grid_symmetries,
-    group_name,
+    group_label,
     resolve_restriction,
 )
 from .resnet9 import ResNet9
@@ -169,9 +169,7 @@ def _group_description(name: str, options: Mapping[str, Any]) -> str | None:
     if not _spec(name).equivariant:
         return None
     group, order = options["group"], options["order"]
-    sub = resolve_restriction(group, order, options["restrict"])
-    full = group_name(group, order)
-    return full if sub is None else f"{full}->{group_name(group, sub)}"
+    return group_label(group, order, resolve_restriction(group, order, options["restrict"]))
 
 
 def model_summary(name: str, **options: Any) -> dict[str, Any]:
