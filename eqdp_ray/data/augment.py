@@ -11,6 +11,8 @@ from collections.abc import Sequence
 
 import torch
 
+from .errors import DatasetError
+
 __all__ = ["apply_crop_flip", "augment_batch", "draw_crop_flip", "normalize"]
 
 
@@ -22,10 +24,10 @@ def _reflect(i: torch.Tensor, n: int) -> torch.Tensor:
 
 def _check_padding(crop_padding: int, h: int, w: int) -> int:
     if isinstance(crop_padding, bool) or not isinstance(crop_padding, numbers.Integral) or crop_padding < 0:
-        raise ValueError(f"crop_padding must be a non-negative int, got {crop_padding!r}")
+        raise DatasetError(f"crop_padding must be a non-negative int, got {crop_padding!r}")
     p = int(crop_padding)
     if p > 0 and p > min(h, w) - 1:
-        raise ValueError(f"crop_padding={p} is too large for {h}x{w} images (reflect needs < {min(h, w)})")
+        raise DatasetError(f"crop_padding={p} is too large for {h}x{w} images (reflect needs < {min(h, w)})")
     return p
 
 

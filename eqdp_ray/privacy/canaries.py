@@ -27,6 +27,8 @@ from typing import Any
 
 import torch
 
+from eqdp_ray.privacy.errors import PrivacyError
+
 SCORES = ("sum", "abs_diff")
 
 
@@ -35,9 +37,9 @@ class GradientCanaries:
 
     def __init__(self, included: Sequence[bool], *, coordinate_seed: int = 0, norm_multiple: float = 10.0) -> None:
         if len(included) == 0:
-            raise ValueError("an audit needs at least one canary")
+            raise PrivacyError("an audit needs at least one canary")
         if norm_multiple <= 0:
-            raise ValueError(f"the canary norm multiple must be > 0, got {norm_multiple}")
+            raise PrivacyError(f"the canary norm multiple must be > 0, got {norm_multiple}")
         self.included = torch.as_tensor(list(included), dtype=torch.bool)
         self.coordinate_seed = coordinate_seed
         self.norm_multiple = norm_multiple
@@ -69,7 +71,7 @@ class GradientCanaries:
     def bind(self, num_parameters: int, first_row: int, max_grad_norm: float) -> None:
         """Place the canaries: coordinates drawn from a public seed, rows after the real examples."""
         if self.count > num_parameters:
-            raise ValueError(
+            raise PrivacyError(
                 f"{self.count} canaries need as many distinct coordinates but the model has {num_parameters} "
                 "trainable parameters; use fewer canaries"
             )
