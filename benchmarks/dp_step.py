@@ -182,9 +182,7 @@ def measure_interleaved(variants: dict, repeats: int, device: torch.device) -> t
     alike; the ratios are then medians of ratios taken within one round.
     """
     peaks = {}
-    for name, fn in variants.items():  # a warm-up step, then the peak memory of one step
-        fn()
-        sync(device)
+    for name, fn in variants.items():  # the peak memory of one step, which is also the warm-up step
         with PeakMemory(device) as memory:
             fn()
             sync(device)
@@ -240,7 +238,7 @@ def main() -> None:
 
         wrapped = GradSampleModule(opacus_model, loss_reduction="sum")
     except Exception as error:  # Opacus's own validation of the model
-        print(f"Opacus hooks: refused ({type(error).__name__}: {str(error).splitlines()[0][:160]})")
+        print(f"Opacus hooks: refused ({type(error).__name__}: {' '.join(str(error).split())[:160]})")
     else:
         variants["o"] = lambda: opacus_dp_step(wrapped, opacus_optimizer, opacus_params, x64, y64, 1, generator)
         variants["o4"] = lambda: opacus_dp_step(wrapped, opacus_optimizer, opacus_params, x256, y256, 4, generator)

@@ -79,9 +79,9 @@ class PerExampleGradients:
     """Per-example gradients of every trainable parameter, averaged over each example's K inputs.
 
     Forward hooks keep each trainable layer's input; backward hooks hand it, with the gradient
-    of the layer's output, to the layer's rule: ours for steerable convolutions and field norms
-    (they average over K inside the contraction), Opacus's registry for nn.Conv2d, nn.Linear and
-    nn.GroupNorm (averaged after). Backward asks autograd for the gradient of the *input* only,
+    of the layer's output, to the layer's rule: ours for steerable convolutions, field norms,
+    nn.Conv2d, nn.GroupNorm and nn.Linear (they average over K inside the contraction; see
+    grad_samplers.py), Opacus's registry for any other layer (averaged after). Backward asks autograd for the gradient of the *input* only,
     so the summed parameter gradients of ordinary training, which DP-SGD would discard, are
     never computed: that is what keeps a DP step close to a non-private one. A model with
     parameters on the CPU switches the process to ``reuse_freed_memory``.
