@@ -26,5 +26,8 @@ fi
 rm -rf "$OUT_DIR" && mkdir -p "$OUT_DIR"
 rm -rf /tmp/eqdp-gpu-rehearsal-site
 # From here on nothing reaches the network: run.sh installs with --no-index, as on the device.
+# The shared 2-core machine often runs near its 24 GiB with others' work; Ray's memory monitor
+# would then kill our Train controller (seen 2026-12-01). The device has 128 GiB: off here only.
+export RAY_memory_monitor_refresh_ms=0
 OUT="$OUT_DIR" PYTHON="$VENV/bin/python" EQDP_GPU_SITE=/tmp/eqdp-gpu-rehearsal-site \
   bash benchmarks/gpu/run.sh --device cpu --tiny "$@"
