@@ -49,6 +49,13 @@ class PrivacyConfig(Block):
     # drawn from the OS's CSPRNG and never written. A fixed value makes runs reproducible for
     # tests and is marked as such in the results: its noise is known to whoever knows the config.
     secret_seed: Int | None = None
+    # Set by a search in budget scope `search` (docs/PRIVACY.md), never by hand in a space: the
+    # search's calibration chose this run's sigma; None: calibrated from target_epsilon.
+    noise_multiplier: PositiveNumber | None = None
+    # Std of the Gaussian noise on the count of correct validation predictions; None: exact scores.
+    score_noise: PositiveNumber | None = None
+    # Whether training loss/accuracy (computed on private batches without noise) leave the run.
+    release_train_metrics: Bool = True
 
 
 class TrainingConfig(Block):

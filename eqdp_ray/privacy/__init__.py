@@ -1,7 +1,7 @@
 """The privacy-critical core: per-example gradients, clipping, noise, sampling, accounting of a run and of a
 search, the audit's bound."""
 
-from eqdp_ray.privacy.accounting import ACCOUNTANTS, PrivacyPlan, epsilon_spent, plan_privacy
+from eqdp_ray.privacy.accounting import ACCOUNTANTS, PrivacyPlan, epsilon_spent, plan_fixed_noise, plan_privacy
 from eqdp_ray.privacy.audit_bound import (
     AuditBound,
     audit_from_score_sets,
@@ -33,6 +33,7 @@ __all__ = [
     "PrivacyPlan",
     "epsilon_spent",
     "plan_privacy",
+    "plan_fixed_noise",
     "AuditBound",
     "audit_from_score_sets",
     "audit_from_scores",

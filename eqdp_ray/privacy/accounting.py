@@ -97,3 +97,23 @@ def plan_privacy(
             "this is a bug in eqdp-ray, please report it"
         )
     return PrivacyPlan(target_epsilon, delta, sample_rate, steps, float(sigma), accountant, spent)
+
+
+def plan_fixed_noise(
+    target_epsilon: float, delta: float, sample_rate: float, steps: int, noise_multiplier: float, accountant: str = "rdp"
+) -> PrivacyPlan:
+    """A run whose sigma was chosen for it (by a search's calibration, `privacy.search`): check, do not calibrate.
+
+    The search has already accounted this run at sigma; the run's own epsilon (what its steps
+    spend by the chosen accountant) must still not exceed the per-trial target it was given.
+    """
+    check_budget(target_epsilon, delta, sample_rate, steps, accountant)
+    if not (math.isfinite(noise_multiplier) and noise_multiplier > 0):
+        raise PrivacyBudgetError(f"a fixed noise multiplier must be a finite number > 0, got {noise_multiplier!r}")
+    spent = epsilon_spent(noise_multiplier, sample_rate, steps, delta, accountant)
+    if not spent <= target_epsilon * (1 + 1e-9):
+        raise PrivacyBudgetError(
+            f"noise multiplier {noise_multiplier:.4f} spends epsilon={spent:.4f} over {steps} steps at sample rate "
+            f"{sample_rate:.4g}, above this run's target {target_epsilon}; raise the noise or lower the steps"
+        )
+    return PrivacyPlan(target_epsilon, delta, sample_rate, steps, float(noise_multiplier), accountant, spent)

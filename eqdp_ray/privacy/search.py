@@ -110,6 +110,13 @@ class TrialMechanism:
         )
 
 
+def score_releases(steps: int, eval_every: int) -> int:
+    """How many validation scores a trial of `steps` steps releases: one every `eval_every` steps and one at the end."""
+    if steps <= 0:
+        return 0
+    return steps // eval_every + (1 if steps % eval_every else 0)
+
+
 def compose(mechanisms: Iterable[TrialMechanism], orders: Sequence[int] = ORDERS) -> np.ndarray:
     """The RDP curve of running all `mechanisms` (adaptively or not): their sum, order by order."""
     total = np.zeros(len(orders))

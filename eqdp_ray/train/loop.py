@@ -34,6 +34,8 @@ from eqdp_ray.privacy import (
     clip_and_sum,
     epsilon_spent,
     noise_generator,
+    noisy_accuracy,
+    plan_fixed_noise,
     plan_privacy,
     secure_seed,
 )
@@ -115,6 +117,33 @@ class TrainState:
 
 
 @torch.no_grad()
+def count_correct(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, data: ImageDataset, device: torch.device, batch_size: int
+) -> int:
+    model.eval()
+    correct = 0
+    for start in range(0, len(y), batch_size):
+        inputs = normalize(x[start : start + batch_size].to(device), data.mean, data.std)
+        correct += (model(inputs).argmax(1).cpu() == y[start : start + batch_size]).sum().item()
+    return int(correct)
+
+
+def validation_score(
+    model: nn.Module,
+    data: ImageDataset,
+    device: torch.device,
+    batch_size: int,
+    score_noise: float | None,
+    generator: torch.Generator,
+) -> float:
+    """The validation accuracy that leaves the run: exact, or with N(0, score_noise^2) on the count (privacy.noise)."""
+    if score_noise is None:
+        return evaluate(model, data.val_x, data.val_y, data, device, batch_size)
+    correct = count_correct(model, data.val_x, data.val_y, data, device, batch_size)
+    return noisy_accuracy(correct, len(data.val_y), score_noise, generator)
+
+
+@torch.no_grad()
 def evaluate(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, data: ImageDataset, device: torch.device, batch_size: int
 ) -> float:
@@ -173,6 +202,7 @@ class Run:
     sample_rng: torch.Generator = field(repr=False)
     augment_rng: torch.Generator = field(repr=False)
     canaries: GradientCanaries | None = None
+    score_rng: torch.Generator = field(default_factory=lambda: noise_generator(0), repr=False)  # validation noise
 
     @property
     def train_size(self) -> int:
@@ -208,7 +238,12 @@ def setup_run(
     )
     train_size = len(data.train_y)
     steps, sample_rate = steps_and_rate(config, train_size)
-    plan: PrivacyPlan = plan_privacy(p.target_epsilon, p.delta, sample_rate, steps, p.accountant)
+    if p.noise_multiplier is not None:  # chosen by a search's calibration (budget scope `search`)
+        plan: PrivacyPlan = plan_fixed_noise(
+            p.target_epsilon, p.delta, sample_rate, steps, p.noise_multiplier, p.accountant
+        )
+    else:
+        plan = plan_privacy(p.target_epsilon, p.delta, sample_rate, steps, p.accountant)
 
     torch.manual_seed(config.seed)  # public randomness: initialisation only
     options = dict(config.model.options)
@@ -328,20 +363,28 @@ class _Tally:
         return self.examples / max(self.seconds, 1e-9)
 
 
+def released_validation(run: Run) -> float:
+    """The validation score of the EMA weights that leaves the run (noised when privacy.score_noise is set)."""
+    t, p, state = run.config.training, run.config.privacy, run.state
+    run.score_rng.manual_seed(derive_seed(run.secret, "score", state.step))
+    return validation_score(state.ema.shadow, run.data, run.device, t.eval_batch_size, p.score_noise, run.score_rng)
+
+
 def evaluation_record(run: Run, window: _Tally) -> dict[str, Any]:
     """Validate the EMA weights: one history entry (what `on_evaluation` receives)."""
-    t, p, state = run.config.training, run.config.privacy, run.state
-    val_acc = evaluate(state.ema.shadow, run.data.val_x, run.data.val_y, run.data, run.device, t.eval_batch_size)
+    p, state = run.config.privacy, run.state
     record = {
         "epoch": state.step / run.steps_per_epoch,
         "step": state.step,
-        "train_loss": window.loss / max(window.count, 1),
-        "train_accuracy": window.correct / max(window.count, 1),
-        "val_accuracy": val_acc,
+        "val_accuracy": released_validation(run),
+        "score_releases": len(state.history) + 1,  # validation scores released so far, restarts included
         "epsilon": epsilon_spent(run.plan.noise_multiplier, run.sample_rate, state.step, p.delta, p.accountant),
         "samples_per_s": window.samples_per_s,
         "samples_per_s_per_worker": window.samples_per_s / run.comm.world_size,
     }
+    if p.release_train_metrics:  # computed on private batches without noise: not covered by epsilon
+        record["train_loss"] = window.loss / max(window.count, 1)
+        record["train_accuracy"] = window.correct / max(window.count, 1)
     if run.comm.world_size > 1:
         record["parameter_checksum"] = synced_parameter_checksum(state.model, run.comm)
     return record
@@ -357,6 +400,8 @@ def _log_start(run: Run, log: Callable[[str], None]) -> None:
         f"[eqdp-ray] privacy: target eps={plan.target_epsilon} delta={plan.delta} ({plan.accountant}); "
         f"q={run.sample_rate:.5f} (expected batch {t.batch_size}), {run.steps} steps, "
         f"sigma={plan.noise_multiplier:.4f}, C={p.max_grad_norm}, K={t.augmult}"
+        + (f"; validation scores noised (std {p.score_noise:.3g} on the count)" if p.score_noise is not None else "")
+        + ("" if p.release_train_metrics else "; training loss/accuracy are not released")
     )
 
 
@@ -395,9 +440,13 @@ def train(
             record = evaluation_record(run, window)
             best_val = max(best_val, record["val_accuracy"])
             state.history.append(record)
-            log(
-                f"[eqdp-ray] epoch {record['epoch']:.2f} step {state.step}/{run.steps}: "
+            train_part = (
                 f"loss {record['train_loss']:.4f} train acc {record['train_accuracy']:.4f} "
+                if "train_loss" in record
+                else ""
+            )
+            log(
+                f"[eqdp-ray] epoch {record['epoch']:.2f} step {state.step}/{run.steps}: {train_part}"
                 f"val acc {record['val_accuracy']:.4f} eps {record['epsilon']:.3f} "
                 f"{record['samples_per_s']:.1f} samples/s"
             )
@@ -412,8 +461,13 @@ def result_record(
 ) -> dict[str, Any]:
     """Final validation and test accuracy of the EMA weights, and everything result.json records."""
     config, t, p, data, state = run.config, run.config.training, run.config.privacy, run.data, run.state
-    val_acc = evaluate(state.ema.shadow, data.val_x, data.val_y, data, run.device, t.eval_batch_size)
-    test_acc = evaluate(state.ema.shadow, data.test_x, data.test_y, data, run.device, t.eval_batch_size)
+    releases = len(state.history)
+    if state.history and state.history[-1]["step"] == state.step:
+        val_acc = float(state.history[-1]["val_accuracy"])  # the last pass's score: no second release
+    else:
+        releases += 1
+        val_acc = released_validation(run)
+    test_acc = evaluate(state.ema.shadow, data.test_x, data.test_y, data, run.device, t.eval_batch_size)  # public
     wall = time.time() - started
     spent = epsilon_spent(run.plan.noise_multiplier, run.sample_rate, state.step, p.delta, p.accountant)
     result = {
@@ -436,6 +490,8 @@ def result_record(
         "steps": state.step,
         "epsilon": spent,
         "noise_source": "secure" if p.secret_seed is None else "fixed secret_seed (reproducible, NOT private)",
+        "score_noise": p.score_noise,
+        "score_releases": releases,
         "val_accuracy": val_acc,
         "best_val_accuracy": max(best_val, val_acc),
         "test_accuracy": test_acc,

@@ -173,3 +173,9 @@ def test_plan_round_trips_through_json():
     assert again == plan
     m = plan.mechanism_for(SHAPES[1])
     assert TrialMechanism.from_dict(json.loads(json.dumps(m.to_dict()))) == m
+
+
+def test_score_releases_counts_every_pass_and_the_last_step():
+    from eqdp_ray.privacy.search import score_releases
+
+    assert [score_releases(t, 10) for t in (0, 5, 10, 11, 20, 25)] == [0, 1, 1, 2, 2, 3]
