@@ -69,13 +69,18 @@ OBJECTIVE_METRICS = {"val_accuracy": "max", "num_params": "min", "device_seconds
 SAMPLE_RATE = "sample_rate"
 SampleRate = Annotated[Number, Field(gt=0, le=1)]
 _SIGMA_NAMES = ("sigma", "noise_multiplier")
-BUDGET_KEYS = ("target_epsilon", "delta", "accountant")
+BUDGET_KEYS = ("target_epsilon", "delta", "accountant", "scope", "validation_noise", "public_validation")
+#: Keys of the privacy block that are the run config's own (the rest belong to the search).
+RUN_BUDGET_KEYS = ("target_epsilon", "delta", "accountant")
+SCOPES = ("search", "trial")
 _NOT_SEARCHABLE = {
     "name": "the trial name is set by the study",
     "seed": "a searched seed would change the "
     "validation split between trials, so their validation accuracies would not be comparable",
     "device": "the device follows the resources block",
     "privacy.secret_seed": "the noise secret is never a hyperparameter",
+    "privacy.score_noise": "the validation noise follows the privacy block's validation_noise",
+    "privacy.release_train_metrics": "the privacy block's scope decides what leaves a trial",
 }
 _GROUPS = ("model.options", "data", "privacy", "training", "model")
 _STUDY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
@@ -117,6 +122,14 @@ class Budget(Block):
     target_epsilon: Epsilon
     delta: Delta
     accountant: Accountant = "rdp"
+    # `search`: (target_epsilon, delta) bounds the whole study, the released best model included;
+    # `trial`: each trial alone, the released model is NOT covered (docs/PRIVACY.md).
+    scope: Literal["search", "trial"] = "search"
+    # scope search: std of the noise on each released validation accuracy (a fraction; the noise on
+    # the count of correct predictions is this times the validation size)
+    validation_noise: Annotated[Number, Field(gt=0, lt=1)] = 0.05
+    # true: the validation split is public data, so scores are exact and unaccounted
+    public_validation: Bool = False
 
     @model_validator(mode="before")
     @classmethod
@@ -559,7 +572,8 @@ def trial_config(
     space: SearchSpace, params: Mapping[str, Any], train_size: int, *, name: str | None = None
 ) -> RunConfig:
     """The RunConfig of one trial: defaults, then data/privacy blocks, fixed keys, sampled keys."""
-    data: dict[str, Any] = {"name": name or space.study, "data": dict(space.data), "privacy": dict(space.privacy)}
+    privacy = {k: v for k, v in space.privacy.items() if k in RUN_BUDGET_KEYS}  # the rest is the search's
+    data: dict[str, Any] = {"name": name or space.study, "data": dict(space.data), "privacy": privacy}
     if space.resources.gpus_per_worker == 0 and "device" not in space.fixed:
         data["device"] = "cpu"  # do not grab a GPU that the trial did not reserve
     chosen = dict(space.fixed)

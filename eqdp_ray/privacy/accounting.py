@@ -100,7 +100,12 @@ def plan_privacy(
 
 
 def plan_fixed_noise(
-    target_epsilon: float, delta: float, sample_rate: float, steps: int, noise_multiplier: float, accountant: str = "rdp"
+    target_epsilon: float,
+    delta: float,
+    sample_rate: float,
+    steps: int,
+    noise_multiplier: float,
+    accountant: str = "rdp",
 ) -> PrivacyPlan:
     """A run whose sigma was chosen for it (by a search's calibration, `privacy.search`): check, do not calibrate.
 

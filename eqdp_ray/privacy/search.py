@@ -366,6 +366,8 @@ class SearchLedger:
         ledger = cls(plan)
         by_key: dict[tuple[str, int], LedgerEntry] = {}
         for ev in events:
+            if ev["event"] not in ("reserve", "settle"):
+                continue
             key = (str(ev["trial_id"]), int(ev["attempt"]))
             mechanism = TrialMechanism.from_dict(ev)
             if ev["event"] == "reserve":

@@ -91,10 +91,11 @@ LEDGER_COLUMNS: dict[str, pa.DataType] = {
     "steps": pa.int64(),
     "score_noise": pa.float64(),
     "score_releases": pa.int64(),
+    "plan_json": pa.string(),  # `plan` rows only: the study's privacy.search.SearchPlan
     "timestamp": UTC_TS,
     WRITTEN_AT: UTC_TS,
 }
-LEDGER_EVENTS: tuple[str, ...] = ("reserve", "settle")
+LEDGER_EVENTS: tuple[str, ...] = ("plan", "reserve", "settle")
 
 #: Columns whose absence makes a Parquet file "foreign" (not written by this store).
 KEY_COLUMNS: tuple[str, ...] = ("study", "trial_id")
@@ -417,11 +418,12 @@ def normalize_ledger(row: Mapping[str, Any]) -> dict[str, Any]:
         raise ResultsStoreError(f"a ledger row must be a mapping, got {type(row).__name__}")
     data: dict[str, Any] = {str(k): v for k, v in row.items()}
     data.pop(WRITTEN_AT, None)
-    for key in ("study", "trial_id", "attempt", "event", "noise_multiplier", "sample_rate", "steps", "timestamp"):
+    if data.get("event") not in LEDGER_EVENTS:
+        raise ResultsStoreError(f"a ledger event is one of {LEDGER_EVENTS}, got {data.get('event')!r}")
+    needed = ("plan_json",) if data["event"] == "plan" else ("noise_multiplier", "sample_rate", "steps")
+    for key in ("study", "trial_id", "attempt", "timestamp", *needed):
         if is_missing(data.get(key)) or str(data.get(key)) == "":
             raise ResultsStoreError(f"a ledger row needs {key!r}; got keys {sorted(row)}")
-    if data["event"] not in LEDGER_EVENTS:
-        raise ResultsStoreError(f"a ledger event is one of {LEDGER_EVENTS}, got {data['event']!r}")
     out = {
         name: coerce(data.pop(name, None), dtype, name) for name, dtype in LEDGER_COLUMNS.items() if name != WRITTEN_AT
     }

@@ -188,8 +188,8 @@ def check_space(space: SearchSpace, train_size: int) -> SpaceCheck:
     return SpaceCheck(train_size, len(points), easiest, hardest, hardest in feasible, tuple(warnings))
 
 
-def train_size_of(space: SearchSpace) -> int:
-    """Load the data set once (on the driver) to learn the training-set size the sample rate divides."""
+def split_sizes_of(space: SearchSpace) -> tuple[int, int]:
+    """Load the data set once (on the driver): the training size the sample rate divides, and the validation size."""
     from eqdp_ray.data import load_dataset
 
     d = space.data  # a complete DataConfig, as a dict: its defaults are the run config's
@@ -202,4 +202,9 @@ def train_size_of(space: SearchSpace) -> int:
         train_subset=d["train_subset"],
         test_subset=d["test_subset"],
     )
-    return len(data.train_y)
+    return len(data.train_y), len(data.val_y)
+
+
+def train_size_of(space: SearchSpace) -> int:
+    """The training-set size the sample rate divides (loads the data set once, on the driver)."""
+    return split_sizes_of(space)[0]

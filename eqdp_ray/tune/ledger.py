@@ -11,6 +11,7 @@ settled still counts at its reservation.
 from __future__ import annotations
 
 import datetime as _dt
+import json
 from typing import Any
 
 from eqdp_ray.privacy.search import SearchLedger, SearchPlan, TrialMechanism
@@ -30,6 +31,9 @@ class LedgerKeeper:
         self.store = ResultsStore(store_uri)
         self.plan = SearchPlan.from_dict(plan)
         events = self.store.read_ledger(study).to_dict("records")
+        if not any(e["event"] == "plan" for e in events):  # the store says which budget its events draw on
+            row = {"study": study, "trial_id": "(study)", "attempt": 0, "event": "plan", "timestamp": _now()}
+            self.store.write_ledger([{**row, "plan_json": json.dumps(plan)}])
         self.ledger = SearchLedger.from_events(self.plan, events)
 
     def _write(self, trial_id: str, attempt: int, event: str, mechanism: TrialMechanism) -> None:
@@ -92,6 +96,13 @@ def ledger_summary(ledger: SearchLedger) -> dict[str, Any]:
 
 def keeper_name(study: str) -> str:
     return f"eqdp-ledger-{study}"
+
+
+def get_keeper(study: str) -> Any:
+    """The running keeper of `study` (trials and the driver's callback look it up by name)."""
+    import ray
+
+    return ray.get_actor(keeper_name(study))
 
 
 def start_keeper(study: str, store_uri: str, plan: SearchPlan) -> Any:

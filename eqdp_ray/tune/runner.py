@@ -31,7 +31,8 @@ from eqdp_ray.train.cluster import (
     local_cpus,
     will_start_local_ray,
 )
-from eqdp_ray.tune.feasibility import SpaceCheck, check_space, privacy_candidates, train_size_of
+from eqdp_ray.tune.budget import SCOPE_TRIAL_NOTE, BudgetDescription, in_search_scope, plan_study_budget
+from eqdp_ray.tune.feasibility import SpaceCheck, check_space, privacy_candidates, split_sizes_of, train_size_of
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +78,7 @@ class SearchSummary:
     search_privacy: SearchPrivacy | None = None
     privacy_note: str = ""
     check: SpaceCheck | None = None
+    ledger: dict[str, Any] | None = None  # scope `search`: the study's ledger (tune.ledger.ledger_summary)
 
 
 def default_storage(store: str) -> str:
@@ -211,12 +213,22 @@ class StudyPlan:
     privacy: SearchPrivacy | None
     num_trials: int
     note: str
+    val_size: int = 0
+    budget: BudgetDescription | None = None  # scope `search`: the calibration every trial draws on
 
     @property
     def search_epsilon(self) -> float | None:
+        if self.budget is not None:
+            return self.budget.plan.epsilon
         if self.resume and self.saved and self.saved.get("search_epsilon") is not None:
             return float(self.saved["search_epsilon"])  # every row of a study carries the same number
         return self.privacy.epsilon if self.privacy else None
+
+    @property
+    def search_delta(self) -> float | None:
+        if self.budget is not None:
+            return self.budget.plan.delta
+        return self.privacy.delta if self.privacy else None
 
 
 def _check_study_state(
@@ -274,7 +286,7 @@ def plan_study(
     space: SearchSpace, *, store: str, storage_path: str | None, resume: bool, log: Callable[[str], None]
 ) -> StudyPlan:
     """Check the space, where the study lives and whether it may start or resume; reads, never writes."""
-    train_size = train_size_of(space)
+    train_size, val_size = split_sizes_of(space)
     check = check_space(space, train_size)
     for warning in check.warnings:
         log(f"[eqdp-ray] warning: {warning}")
@@ -284,7 +296,45 @@ def plan_study(
     saved = _read_study_file(experiment)
     _check_study_state(space, experiment, store_uri, saved, resume)
     privacy, num_trials, note = _trial_budget(space, train_size, saved, resume)
-    return StudyPlan(space, check, train_size, store_uri, storage, experiment, resume, saved, privacy, num_trials, note)
+    budget = None
+    if in_search_scope(space):
+        budget = _search_budget(space, train_size, val_size, saved, resume)
+        privacy = None  # the search's own plan replaces the per-trial Papernot-Steinke report
+        note = budget.describe() + (
+            " The sampler seed is fixed: the number of trials is predictable, so this run is reproducible but "
+            "NOT private."
+            if space.private_selection and space.sampler.seed is not None
+            else ""
+        )
+    else:
+        note = SCOPE_TRIAL_NOTE.format(eps=space.privacy["target_epsilon"], delta=space.privacy["delta"]) + " " + note
+    return StudyPlan(
+        space,
+        check,
+        train_size,
+        store_uri,
+        storage,
+        experiment,
+        resume,
+        saved,
+        privacy,
+        num_trials,
+        note,
+        val_size,
+        budget,
+    )
+
+
+def _search_budget(
+    space: SearchSpace, train_size: int, val_size: int, saved: dict[str, Any] | None, resume: bool
+) -> BudgetDescription:
+    """The calibration of a new study, or the one a resumed study started with (its ledger draws on it)."""
+    from eqdp_ray.privacy.search import SearchPlan
+
+    budget = plan_study_budget(space, train_size, val_size)
+    if resume and saved and saved.get("search_plan"):
+        return BudgetDescription(SearchPlan.from_dict(saved["search_plan"]), budget.shapes)
+    return budget
 
 
 def _check_locations_writable(plan: StudyPlan) -> None:
@@ -309,8 +359,9 @@ def _record_study(plan: StudyPlan) -> None:
             "space": plan.space.to_dict(),
             "store": plan.store_uri,
             "num_trials": plan.num_trials,
-            "search_epsilon": plan.privacy.epsilon if plan.privacy else None,
-            "search_delta": plan.privacy.delta if plan.privacy else None,
+            "search_epsilon": plan.search_epsilon,
+            "search_delta": plan.search_delta,
+            "search_plan": plan.budget.plan.to_dict() if plan.budget else None,
         },
     )
 
@@ -407,8 +458,9 @@ def run_search(
         train_size=plan.train_size,
         storage_path=plan.storage,
         search_epsilon=plan.search_epsilon,
-        search_delta=plan.privacy.delta if plan.privacy else None,
+        search_delta=plan.search_delta,
         checkpoint_every_s=checkpoint_every_s,
+        search_plan=plan.budget.plan.to_dict() if plan.budget else None,
     )
     _check_locations_writable(plan)
     if plan.num_trials == 0:
@@ -422,12 +474,34 @@ def run_search(
     started_ray = _connect(address, space, oversubscribe=oversubscribe)
     try:
         _record_study(plan)  # only now: a study that never reached its cluster leaves nothing to resume
+        keeper = None
+        if plan.budget is not None:
+            from eqdp_ray.tune.ledger import start_keeper
+
+            keeper = start_keeper(space.study, plan.store_uri, plan.budget.plan)
         _make_tuner(plan, ctx).fit()
+        ledger = _ledger_summary(keeper, log)
     finally:
         if started_ray:
             _shutdown_ray()
     ResultsStore(plan.store_uri).compact(space.study)
-    return _summarize(plan, ctx)
+    summary = _summarize(plan, ctx)
+    summary.ledger = ledger
+    return summary
+
+
+def _ledger_summary(keeper: Any, log: Callable[[str], None]) -> dict[str, Any] | None:
+    if keeper is None:
+        return None
+    import ray
+
+    summary = ray.get(keeper.summary.remote())
+    log(
+        f"[eqdp-ray] search ledger: ({summary['guarantee']:.4g}, {summary['delta']:.3g})-DP guaranteed for the study "
+        f"(target {summary['target_epsilon']:g}, {summary['method']}); {summary['attempts']} trial attempts, "
+        f"composition as they ran: epsilon {summary['epsilon_spent']:.4g}"
+    )
+    return summary
 
 
 def _shutdown_ray() -> None:

@@ -50,6 +50,16 @@ class StudyContext:
     search_epsilon: float | None = None
     search_delta: float | None = None
     checkpoint_every_s: float = 30.0  # tiny trials report often; a checkpoint per report floods Tune's state
+    search_plan: dict[str, Any] | None = None  # scope `search`: privacy.search.SearchPlan.to_dict()
+
+    @property
+    def scope(self) -> str:
+        return "search" if self.search_plan is not None else "trial"
+
+    def plan(self) -> Any:
+        from eqdp_ray.privacy.search import SearchPlan
+
+        return SearchPlan.from_dict(self.search_plan) if self.search_plan is not None else None
 
 
 def _now() -> _dt.datetime:
@@ -81,7 +91,11 @@ def trial_row(ctx: StudyContext, trial_id: str, status: str, config: RunConfig |
         "search_epsilon": ctx.search_epsilon,
         "search_delta": ctx.search_delta,
         "search_mode": "random_count" if ctx.space.private_selection else ctx.space.sampler.type,
+        "budget_scope": ctx.scope,
+        "search_method": ctx.search_plan["method"] if ctx.search_plan else None,
     }
+    if ctx.search_plan is None:
+        row["privacy_note"] = "budget scope trial: the released best model is NOT covered by a search-level bound"
     if config is not None:
         row["config"] = config_to_dict(config)
     row.update({k: v for k, v in values.items() if v is not None})
@@ -99,8 +113,8 @@ def history_rows(ctx: StudyContext, trial_id: str, records: list[Mapping[str, An
                 "trial_id": trial_id,
                 "epoch": int(math.floor(float(r.get("epoch", 0)) + 1e-9)),
                 "step": int(r["step"]),
-                "train_loss": r.get("train_loss"),
-                "train_accuracy": r.get("train_accuracy"),
+                "train_loss": r.get("train_loss") if ctx.scope == "trial" else None,
+                "train_accuracy": r.get("train_accuracy") if ctx.scope == "trial" else None,
                 "val_accuracy": r.get("val_accuracy"),
                 "epsilon": r.get("epsilon"),
                 "samples_per_s": r.get("samples_per_s"),
@@ -176,15 +190,14 @@ class TrialReporter:
     def metrics(self, record: Mapping[str, Any], num_params: int) -> dict[str, Any]:
         self.best_val = max(self.best_val, float(record["val_accuracy"]))
         wall = self.wall_time()
-        return {
+        out = {
             "val_accuracy": float(record["val_accuracy"]),
             "best_val_accuracy": self.best_val,
             "epsilon": float(record["epsilon"]),
             "step": int(record["step"]),
             "total_steps": self.steps,
             "epoch": float(record["epoch"]),
-            "train_loss": float(record["train_loss"]),
-            "train_accuracy": float(record["train_accuracy"]),
+            "score_releases": int(record.get("score_releases", 0)),
             "samples_per_s": float(record["samples_per_s"]),
             "sigma": self.sigma,
             "sample_rate": self.sample_rate,
@@ -193,6 +206,10 @@ class TrialReporter:
             "device_seconds": wall * self.devices,
             "timestamp": time.time(),
         }
+        if "train_loss" in record:  # only in scope `trial`: unnoised metrics of private batches
+            out["train_loss"] = float(record["train_loss"])
+            out["train_accuracy"] = float(record["train_accuracy"])
+        return out
 
     def on_evaluation(self, record: dict[str, Any], state: Any) -> None:
         """The loop's callback (single-worker trials): report each validation pass, checkpoint at times."""
@@ -269,7 +286,7 @@ def run_trial(params: dict[str, Any], ctx: StudyContext) -> None:
     """The Tune function trainable: one DP-SGD training run at the sampled hyperparameters."""
     import torch
 
-    from eqdp_ray.privacy import PrivacyBudgetError, plan_privacy
+    from eqdp_ray.privacy import PrivacyBudgetError, plan_fixed_noise, plan_privacy
     from eqdp_ray.train import steps_and_rate
 
     show_progress_in_worker_log()
@@ -288,11 +305,24 @@ def run_trial(params: dict[str, Any], ctx: StudyContext) -> None:
         "params_json": json.dumps(resolve_params(space, params), default=str),
         "group": group_of(config),
     }
+    mechanism = None
     try:
-        plan = plan_privacy(p.target_epsilon, p.delta, sample_rate, steps, p.accountant)
+        if ctx.search_plan is not None:
+            config, mechanism = _search_scoped(ctx, config, sample_rate, steps)
+            p = config.privacy
+            plan = plan_fixed_noise(p.target_epsilon, p.delta, sample_rate, steps, p.noise_multiplier, p.accountant)
+        else:
+            plan = plan_privacy(p.target_epsilon, p.delta, sample_rate, steps, p.accountant)
     except PrivacyBudgetError as exc:
         _report_infeasible(ctx, store, trial_id, config, base, steps, exc)
         return
+    attempt = None
+    if mechanism is not None:
+        attempt, done = _reserve(ctx, trial_id, mechanism, resume_state)
+        if attempt is None:
+            _report_infeasible(ctx, store, trial_id, config, base, steps, RuntimeError(REFUSED), status="refused")
+            return
+        base["trial_search_epsilon"] = _share(ctx, mechanism)
     reporter = TrialReporter(
         ctx, steps=steps, sample_rate=sample_rate, sigma=plan.noise_multiplier, resume_state=resume_state, meta=meta
     )
@@ -300,6 +330,10 @@ def run_trial(params: dict[str, Any], ctx: StudyContext) -> None:
     store.write_trial(trial_row(ctx, trial_id, "running", config, **base, steps=0, epsilon=0.0))
 
     result = _run_training(ctx, config, trial_id, data, reporter, resume_state)
+    if mechanism is not None:
+        ran = _ran(mechanism, int(result["steps"]) - done[0], int(result["score_releases"]) - done[1])
+        _keeper(ctx).settle.remote(trial_id, attempt, ran.to_dict())  # before the row: the ledger comes first
+        base["trial_search_epsilon"] = _share(ctx, _ran(mechanism, int(result["steps"]), int(result["score_releases"])))
 
     final = _final_metrics(result, reporter)
     store.write_history(history_rows(ctx, trial_id, result.get("history", [])))
@@ -328,6 +362,70 @@ def run_trial(params: dict[str, Any], ctx: StudyContext) -> None:
     tune.report(final)
 
 
+REFUSED = (
+    "refused: the search budget has no room for this trial (the ledger's attempts so far plus this one would "
+    "exceed the study's epsilon); it stopped before touching the data"
+)
+
+
+def _keeper(ctx: StudyContext) -> Any:
+    from eqdp_ray.tune.ledger import get_keeper
+
+    return get_keeper(ctx.space.study)
+
+
+def _search_scoped(ctx: StudyContext, config: RunConfig, sample_rate: float, steps: int) -> tuple[RunConfig, Any]:
+    """Scope `search`: the trial's sigma and score noise come from the study's calibration, nothing unnoised leaves."""
+    from eqdp_ray.privacy import epsilon_spent
+    from eqdp_ray.tune.budget import trial_mechanism
+
+    plan = ctx.plan()
+    mechanism = trial_mechanism(plan, ctx.space, sample_rate, steps)
+    p = config.privacy
+    # The run's own epsilon (its accountant, training steps only) is informational here: the study's
+    # ledger accounts the trial. It is at most the trial's share, up to the accountants' order grids.
+    own = epsilon_spent(mechanism.noise_multiplier, sample_rate, steps, p.delta, p.accountant)
+    privacy = p.model_copy(
+        update={
+            "noise_multiplier": mechanism.noise_multiplier,
+            "score_noise": mechanism.score_noise,
+            "release_train_metrics": False,
+            "target_epsilon": max(plan.trial_epsilon, own) * (1 + 1e-9),
+        }
+    )
+    return config.model_copy(update={"privacy": privacy}), mechanism
+
+
+def _reserve(
+    ctx: StudyContext, trial_id: str, mechanism: Any, resume_state: Mapping[str, Any] | None
+) -> tuple[int | None, tuple[int, int]]:
+    """Reserve what this attempt may still run (a restored trial: from its checkpoint on) before it trains."""
+    import ray
+
+    done = (int(resume_state["step"]), len(resume_state.get("history", []))) if resume_state else (0, 0)
+    remaining = _ran(mechanism, mechanism.steps - done[0], mechanism.score_releases - done[1])
+    return ray.get(_keeper(ctx).reserve.remote(trial_id, remaining.to_dict())), done
+
+
+def _ran(mechanism: Any, steps: int, releases: int) -> Any:
+    from eqdp_ray.privacy.search import TrialMechanism
+
+    return TrialMechanism(
+        mechanism.noise_multiplier,
+        mechanism.sample_rate,
+        max(0, min(steps, mechanism.steps)),
+        mechanism.score_noise,
+        max(0, min(releases, mechanism.score_releases)),
+    )
+
+
+def _share(ctx: StudyContext, mechanism: Any) -> float:
+    """A trial's share of the study's budget: its own mechanisms, converted at the study's delta."""
+    from eqdp_ray.privacy import rdp_to_epsilon
+
+    return rdp_to_epsilon(mechanism.rdp(), float(ctx.search_plan["delta"]))[0]
+
+
 def _report_infeasible(
     ctx: StudyContext,
     store: Any,
@@ -336,6 +434,7 @@ def _report_infeasible(
     base: Mapping[str, Any],
     steps: int,
     error: Exception,
+    status: str = "failed",
 ) -> None:
     """A trial whose budget cannot be met stops before touching the data: a failed row, the worst score."""
     store.write_trial(
@@ -349,7 +448,7 @@ def _report_infeasible(
             steps=0,
             epsilon=0.0,
             finished_at=_now(),
-            error=f"infeasible: {error}",
+            error=str(error) if status == "refused" else f"infeasible: {error}",
             wall_time_s=0.0,
             device_seconds=0.0,
         )
@@ -432,16 +531,9 @@ class StoreCallback(tune.Callback):
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         if "val_accuracy" in result and not result.get(FINAL) and not result.get("infeasible"):
-            keep = (
-                "val_accuracy",
-                "epsilon",
-                "step",
-                "epoch",
-                "train_loss",
-                "train_accuracy",
-                "samples_per_s",
-                "timestamp",
-            )
+            keep = ["val_accuracy", "epsilon", "step", "epoch", "samples_per_s", "timestamp"]
+            if self.ctx.scope == "trial":
+                keep += ["train_loss", "train_accuracy"]
             self.history.setdefault(trial.trial_id, []).append({k: result.get(k) for k in keep})
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -458,7 +550,32 @@ class StoreCallback(tune.Callback):
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._write(trial, "failed", _error_text(trial))
 
+    def _settle(self, trial: Any) -> None:
+        """Scope `search`: a trial stopped by ASHA or crashed settles at what it reported, plus the pass that
+        may have been under way (its score may be in the trial's log); the keeper caps it at the reservation."""
+        last = trial.last_result or {}
+        if self.ctx.search_plan is None or last.get("infeasible"):
+            return
+        from eqdp_ray.tune.budget import eval_every_of
+        from eqdp_ray.tune.ledger import get_keeper
+
+        q = float(last.get("sample_rate") or 1.0)
+        ran = {
+            "noise_multiplier": float(last.get("sigma") or 1.0),  # the keeper keeps the reservation's own sigma
+            "sample_rate": q,
+            "steps": int(last.get("step") or 0) + eval_every_of(self.ctx.space, q),
+            "score_noise": self.ctx.search_plan.get("score_noise"),
+            "score_releases": int(last.get("score_releases") or 0) + 1,
+        }
+        try:
+            import ray
+
+            ray.get(get_keeper(self.ctx.space.study).settle.remote(trial.trial_id, None, ran))
+        except Exception:  # noqa: BLE001 - an unsettled attempt counts its full reservation: safe
+            logger.warning("could not settle trial %s in the search ledger; it counts its reservation", trial.trial_id)
+
     def _write(self, trial: Any, status: str, error: str | None) -> None:
+        self._settle(trial)
         ctx, last = self.ctx, trial.last_result or {}
         try:
             config = trial_config(ctx.space, trial.config, ctx.train_size, name=f"{ctx.space.study}-{trial.trial_id}")
@@ -475,6 +592,7 @@ class StoreCallback(tune.Callback):
                 trial.trial_id,
                 status,
                 config,
+                trial_search_epsilon=self._share(trial),
                 sigma=last.get("sigma"),
                 sample_rate=last.get("sample_rate"),
                 steps=last.get("step"),
@@ -491,6 +609,18 @@ class StoreCallback(tune.Callback):
                 params_json=json.dumps(resolve_params(ctx.space, trial.config), default=str),
             )
         )
+
+    def _share(self, trial: Any) -> float | None:
+        if self.ctx.search_plan is None:
+            return None
+        try:
+            import ray
+
+            from eqdp_ray.tune.ledger import get_keeper
+
+            return ray.get(get_keeper(self.ctx.space.study).summary.remote())["trials"].get(trial.trial_id)
+        except Exception:  # noqa: BLE001
+            return None
 
     def get_state(self) -> dict[str, Any]:
         return {"history": self.history}

@@ -27,7 +27,7 @@ def config(**privacy):
 
 def run(cfg):
     lines, records = [], []
-    result = train(cfg, on_epoch=lambda record, state: records.append(dict(record)), log=lines.append)
+    result = train(cfg, on_evaluation=lambda record, state: records.append(dict(record)), log=lines.append)
     return result, records, "\n".join(lines)
 
 

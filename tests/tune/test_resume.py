@@ -21,7 +21,8 @@ pytestmark = pytest.mark.ray
 
 SPACE = {
     "study": "resumable",  # three trials of a few seconds each; the test interrupts the second
-    "privacy": {"target_epsilon": 4.0, "delta": 1e-5},
+    # scope trial: each trial at epsilon 4, the Papernot-Steinke bound reported (scope search: test_search_scope)
+    "privacy": {"target_epsilon": 4.0, "delta": 1e-5, "scope": "trial"},
     "data": {"name": "digits", "train_subset": 300, "test_subset": 100},
     "fixed": {
         "model.name": "resnet9",

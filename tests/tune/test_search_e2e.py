@@ -15,7 +15,7 @@ ray = pytest.importorskip("ray")
 def e2e_space(study, **changes):
     space = {
         "study": study,
-        "privacy": {"target_epsilon": 4.0, "delta": 1e-5},
+        "privacy": {"target_epsilon": 4.0, "delta": 1e-5, "scope": "trial"},  # scope search: test_search_scope
         "data": {"name": "digits", "train_subset": 300, "test_subset": 100},
         "fixed": {
             "model.name": "resnet9",
