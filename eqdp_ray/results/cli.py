@@ -50,9 +50,15 @@ def _print(text: str) -> None:
     sys.stdout.write(text if text.endswith("\n") else text + "\n")
 
 
+def _print_privacy(lines: list[str], fmt: str) -> None:
+    """What the study's epsilon covers: after a table on stdout; on stderr for json/csv (kept machine-readable)."""
+    for line in lines:
+        print(f"[eqdp-ray] privacy: {line}", file=sys.stdout if fmt == "table" else sys.stderr)
+
+
 def cmd_best(args: argparse.Namespace) -> int:
     from eqdp_ray.results import export
-    from eqdp_ray.results.query import BEST_COLUMNS, best_configs, summary_view, write_config
+    from eqdp_ray.results.query import BEST_COLUMNS, best_configs, search_privacy_statements, summary_view, write_config
 
     def body(store: Any) -> int:
         top = best_configs(
@@ -62,6 +68,7 @@ def cmd_best(args: argparse.Namespace) -> int:
             _print(export(summary_view(top, BEST_COLUMNS), "table"))
         else:
             _print(export(top, args.format))
+        _print_privacy(search_privacy_statements(store, top), args.format)
         if args.emit_config:
             winner = top.iloc[0]
             emitted = write_config(winner, args.emit_config)
@@ -78,7 +85,13 @@ def cmd_best(args: argparse.Namespace) -> int:
 
 def cmd_results(args: argparse.Namespace) -> int:
     from eqdp_ray.results import export
-    from eqdp_ray.results.query import STUDY_LIST_COLUMNS, TRIAL_LIST_COLUMNS, list_results, summary_view
+    from eqdp_ray.results.query import (
+        STUDY_LIST_COLUMNS,
+        TRIAL_LIST_COLUMNS,
+        list_results,
+        search_privacy_statements,
+        summary_view,
+    )
 
     def body(store: Any) -> int:
         df = list_results(store, study=args.study, status=args.status, epsilon=args.epsilon)
@@ -88,6 +101,8 @@ def cmd_results(args: argparse.Namespace) -> int:
             _print(export(summary_view(df, STUDY_LIST_COLUMNS), "table"))
         else:
             _print(export(summary_view(df, TRIAL_LIST_COLUMNS), "table"))
+        if args.study is not None:
+            _print_privacy(search_privacy_statements(store, df), args.format)
         return 0
 
     return _run(args, body)

@@ -31,12 +31,14 @@ COST_METRICS: tuple[str, ...] = ("epsilon", "wall_time_s", "device_seconds", "nu
 #: Columns of the readable ``best`` table (json/csv get full rows instead).
 BEST_COLUMNS: tuple[str, ...] = (
     "rank", "study", "trial_id", "status", "model", "group", "best_val_accuracy", "test_accuracy",
-    "epsilon", "target_epsilon", "sigma", "sample_rate", "steps", "num_params", "wall_time_s",
+    "epsilon", "target_epsilon", "search_epsilon", "budget_scope", "sigma", "sample_rate", "steps", "num_params",
+    "wall_time_s",
 )  # fmt: skip
 #: Columns of the readable per-trial listing of one study.
 TRIAL_LIST_COLUMNS: tuple[str, ...] = (
     "trial_id", "status", "model", "group", "best_val_accuracy", "test_accuracy", "epsilon",
-    "target_epsilon", "sigma", "sample_rate", "steps", "num_params", "wall_time_s", "finished_at",
+    "trial_search_epsilon", "target_epsilon", "search_epsilon", "sigma", "sample_rate", "steps", "num_params",
+    "wall_time_s", "finished_at",
 )  # fmt: skip
 #: Columns of the readable study listing.
 STUDY_LIST_COLUMNS: tuple[str, ...] = (
@@ -417,3 +419,55 @@ def trial_order(trials: pd.DataFrame) -> pd.DataFrame:
         return trials
     keys = [c for c in ("started_at", "finished_at", "written_at", "trial_id") if c in trials.columns]
     return trials.sort_values(keys, na_position="last", kind="mergesort").reset_index(drop=True)
+
+
+TRIAL_SCOPE_STATEMENT = (
+    "budget scope trial: each trial alone is ({eps}, {delta})-DP, but the search as a whole, and so the best model "
+    "you release, is NOT covered by a search-level bound"
+)
+
+
+def search_privacy_statements(store: Any, rows: pd.DataFrame) -> list[str]:
+    """One sentence per study in `rows`: what its recorded (epsilon, delta) covers.
+
+    Scope `search`: the study's guarantee (the budget of its ledger's plan), the method, and the
+    composition of its trials as the ledger counts them (`privacy.search.SearchLedger`). Scope `trial`
+    (and rows written before scopes existed): the per-trial budget and, in words, that the released
+    model is not covered.
+    """
+    import json
+
+    from eqdp_ray.privacy.search import SearchLedger, SearchPlan
+
+    out = []
+    if rows.empty or "study" not in rows.columns:
+        return out
+    for name in sorted(rows["study"].astype(str).unique()):
+        mine = rows[rows["study"].astype(str) == name]
+        scope = mine["budget_scope"].dropna().astype(str).unique() if "budget_scope" in mine.columns else []
+        if "search" not in scope:
+            eps = ", ".join(f"{v:g}" for v in sorted(mine["target_epsilon"].dropna().unique()))
+            delta = ", ".join(f"{v:g}" for v in sorted(mine["delta"].dropna().unique()))
+            line = f"{name}: " + TRIAL_SCOPE_STATEMENT.format(eps=eps or "?", delta=delta or "?")
+            if "search_epsilon" in mine.columns and mine["search_epsilon"].notna().any():
+                line += (
+                    f"; a Papernot-Steinke bound for releasing only the best trial of its random search: epsilon "
+                    f"{mine['search_epsilon'].max():.4g}"
+                )
+            out.append(line)
+            continue
+        events = store.read_ledger(name).to_dict("records")
+        plans = [e["plan_json"] for e in events if e.get("event") == "plan" and isinstance(e.get("plan_json"), str)]
+        if not plans:
+            out.append(f"{name}: budget scope search, but its ledger is missing from this store")
+            continue
+        plan = SearchPlan.from_dict(json.loads(plans[0]))
+        ledger = SearchLedger.from_events(plan, events)
+        method = "adaptive composition" if plan.method == "composition" else "Papernot-Steinke (best of a random count)"
+        out.append(
+            f"{name}: search-level ({plan.epsilon:.4g}, {plan.delta:.3g})-DP for the whole search and the model it "
+            f"releases (target {plan.target_epsilon:g}; {method}); {len(ledger.entries)} trial attempts in the "
+            f"ledger, their composition as they ran: epsilon {ledger.epsilon_spent():.4g}; each trial at most "
+            f"{plan.trial_epsilon:.4g}"
+        )
+    return out

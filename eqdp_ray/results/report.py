@@ -37,6 +37,7 @@ from eqdp_ray.results.query import (
     model_name,
     pareto_front,
     rankable,
+    search_privacy_statements,
     summary_view,
     trial_order,
 )
@@ -575,7 +576,7 @@ def _page_data(store: ResultsStore, trials: pd.DataFrame, study: str | None, rep
         "counts": ", ".join(f"{n} {s}" for s, n in counts.items()),
         "n_trials": len(trials),
         "top": summary_view(report.top, TOP_COLUMNS) if not report.top.empty else None,
-        "privacy": _privacy_lines(trials),
+        "privacy": _privacy_lines(trials) + search_privacy_statements(store, trials),
         "images": {k: (p.name if p else None) for k, p in report.images.items()},
         "notes": report.notes,
         "importances": report.importances,
@@ -585,8 +586,12 @@ def _page_data(store: ResultsStore, trials: pd.DataFrame, study: str | None, rep
 def _privacy_lines(trials: pd.DataFrame) -> list[str]:
     """Per-trial and search-level privacy statements, per study, from what the rows recorded."""
     lines = []
+    scoped = False
     for name in sorted(trials["study"].astype(str).unique()):
         rows = trials[trials["study"].astype(str) == name]
+        if "budget_scope" in rows.columns and (rows["budget_scope"].astype(str) == "search").any():
+            scoped = True
+            continue  # one (epsilon, delta) for the whole search: search_privacy_statements says it
         targets = sorted({float(v) for v in _numeric(rows, "target_epsilon") if np.isfinite(v)})
         deltas = sorted({float(v) for v in _numeric(rows, "delta") if np.isfinite(v)})
         spent = _numeric(rows, "epsilon")
@@ -614,7 +619,8 @@ def _privacy_lines(trials: pd.DataFrame) -> list[str]:
             how = f" (search mode: {', '.join(sorted(mode))})" if len(mode) else ""
             line += f" No search-level epsilon was recorded{how}."
         lines.append(line)
-    lines.append(ADAPTIVE_SENTENCE)
+    if lines or not scoped:
+        lines.append(ADAPTIVE_SENTENCE)
     return lines
 
 

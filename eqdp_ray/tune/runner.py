@@ -32,7 +32,7 @@ from eqdp_ray.train.cluster import (
     will_start_local_ray,
 )
 from eqdp_ray.tune.budget import SCOPE_TRIAL_NOTE, BudgetDescription, in_search_scope, plan_study_budget
-from eqdp_ray.tune.feasibility import SpaceCheck, check_space, privacy_candidates, split_sizes_of, train_size_of
+from eqdp_ray.tune.feasibility import SpaceCheck, check_space, privacy_candidates, split_sizes_of
 
 logger = logging.getLogger(__name__)
 
@@ -568,10 +568,19 @@ def _summarize(plan: StudyPlan, ctx: Any) -> SearchSummary:
 
 def validate_space(
     space: str | Path | Mapping[str, Any] | SearchSpace, overrides: Iterable[str] = (), *, train_size: int | None = None
-) -> tuple[SearchSpace, SpaceCheck, SearchPrivacy | None]:
-    """Every check that `run_search` makes before starting Ray, without running anything."""
+) -> tuple[SearchSpace, SpaceCheck, SearchPrivacy | BudgetDescription | None]:
+    """Every check that `run_search` makes before starting Ray, without running anything.
+
+    The third item: scope `search`, the study's calibrated budget; scope `trial`, the Papernot-Steinke
+    report of a random-count search (None for an adaptive one: it has no search-level bound).
+    """
     space = load_space(space, overrides)
-    size = train_size if train_size is not None else train_size_of(space)
+    if train_size is not None:
+        size, val_size = train_size, max(1, round(train_size / 9))  # a caller that knows only the training size
+    else:
+        size, val_size = split_sizes_of(space)
     check = check_space(space, size)
+    if in_search_scope(space):
+        return space, check, plan_study_budget(space, size, val_size)  # the calibration the study will use
     privacy = plan_search_privacy(space, size) if space.private_selection else None
     return space, check, privacy
