@@ -51,9 +51,12 @@ def _print(text: str) -> None:
 
 
 def _print_privacy(lines: list[str], fmt: str) -> None:
-    """What the study's epsilon covers: after a table on stdout; on stderr for json/csv (kept machine-readable)."""
+    """What the study's epsilon covers, on stderr after a table (json/csv carry it in the budget_scope and search_epsilon
+    columns and stay machine-readable)."""
+    if fmt != "table":
+        return
     for line in lines:
-        print(f"[eqdp-ray] privacy: {line}", file=sys.stdout if fmt == "table" else sys.stderr)
+        print(f"[eqdp-ray] privacy: {line}", file=sys.stderr)
 
 
 def cmd_best(args: argparse.Namespace) -> int:

@@ -136,3 +136,82 @@ def summary_shapes(plan):
         q, t, r = key.split("/")
         shapes.append(TrialShape(float(q), int(t), int(r)))
     return shapes
+
+
+KILL_SPACE = {
+    **SPACE,
+    "study": "killed",
+    "fixed": {**SPACE["fixed"], "training.steps": 160, "training.eval_every": 20},
+    "search": {"training.lr": {"type": "float", "low": 0.5, "high": 2.0, "log": True}},
+    "scheduler": {"type": "none"},
+    "max_concurrent": 1,
+}
+
+RUN = """
+import sys
+from eqdp_ray.tune import run_search
+run_search(sys.argv[1], store=sys.argv[2], checkpoint_every_s=0)
+"""
+
+
+def test_a_killed_and_resumed_study_counts_every_attempt_and_stays_within_its_target(tmp_path):
+    """SIGKILL the driver while a trial trains, resume: the killed attempt counts its reservation, nothing exceeds."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    space_file = tmp_path / "space.yaml"
+    space_file.write_text(yaml.safe_dump(KILL_SPACE))
+    store_dir = tmp_path / "store"
+    store = ResultsStore(str(store_dir))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    with open(tmp_path / "first.log", "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", RUN, str(space_file), str(store_dir)], stdout=out, stderr=out, env=env
+        )
+        try:
+            deadline, killed = time.time() + 300, False
+            while time.time() < deadline and proc.poll() is None:
+                if (store_dir / "ledger").exists() and (store_dir / "trials").exists():
+                    events = store.read_ledger("killed")
+                    rows = store.read_trials("killed")
+                    settled = set(events.loc[events["event"] == "settle", "trial_id"])
+                    running = set(rows.loc[rows["status"] == "running", "trial_id"]) - settled
+                    if settled and running:
+                        time.sleep(3.0)  # let the running trial checkpoint a few passes
+                        proc.send_signal(signal.SIGKILL)  # the driver dies without a word
+                        killed = True
+                        break
+                time.sleep(0.5)
+            assert killed, (tmp_path / "first.log").read_text()[-3000:]
+            proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    before = store.read_ledger("killed")
+    unsettled = set(before.loc[before["event"] == "reserve", "trial_id"]) - set(
+        before.loc[before["event"] == "settle", "trial_id"]
+    )
+    assert unsettled, "the kill came too late to test anything"
+
+    summary = run_search(str(space_file), store=str(store_dir), resume=True, log=lambda _m: None)
+
+    events = store.read_ledger("killed").to_dict("records")
+    attempts = counted(events)
+    trials = store.read_trials("killed")
+    plan = SearchPlan.from_dict(json.loads(next(e["plan_json"] for e in events if e["event"] == "plan")))
+    # the killed attempt is still in the ledger, at its reservation (it never settled)
+    for trial_id in unsettled:
+        first = [e for e in events if e["trial_id"] == trial_id and e["attempt"] == 1]
+        assert [e["event"] for e in first] == ["reserve"]
+    assert {t for t, _ in attempts} >= set(trials.loc[trials["steps"] > 0, "trial_id"])
+    spent = dp_accounting_epsilon(list(attempts.values()), 1e-5)
+    assert summary.ledger["epsilon_spent"] == pytest.approx(spent, rel=0.01)
+    assert spent <= plan.epsilon + 1e-9 <= 4.0 + 1e-9 and summary.ledger["guarantee"] == plan.epsilon
+    # three planned trials plus a restart do not fit: what did not fit was refused before touching the data
+    refused = trials[trials["error"].fillna("").str.startswith("refused")]
+    assert len(refused) >= 1 and (refused["steps"] == 0).all()
