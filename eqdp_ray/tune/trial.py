@@ -332,7 +332,9 @@ def run_trial(params: dict[str, Any], ctx: StudyContext) -> None:
     result = _run_training(ctx, config, trial_id, data, reporter, resume_state)
     if mechanism is not None:
         ran = _ran(mechanism, int(result["steps"]) - done[0], int(result["score_releases"]) - done[1])
-        _keeper(ctx).settle.remote(trial_id, attempt, ran.to_dict())  # before the row: the ledger comes first
+        import ray
+
+        ray.get(_keeper(ctx).settle.remote(trial_id, attempt, ran.to_dict()))  # before the row: the ledger comes first
         base["trial_search_epsilon"] = _share(ctx, _ran(mechanism, int(result["steps"]), int(result["score_releases"])))
 
     final = _final_metrics(result, reporter)
