@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import re
 import signal
@@ -426,6 +427,8 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(REPO))
 
     if args.run_step:  # child: one step, its figures as the last line
+        # The library reports progress through logging; a step's log must show it as `train` prints it.
+        logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
         emit(STEP_FUNCTIONS[args.run_step](args))
         return 0
 
