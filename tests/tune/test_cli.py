@@ -27,7 +27,12 @@ def write(tmp_path, text):
 def test_check_validates_and_prints_the_search_privacy(tmp_path, capsys):
     assert main(["tune", write(tmp_path, SPACE), "--check"]) == 0
     out = capsys.readouterr().out
-    assert "study 'cli' is valid" in out and "Theorem 2" in out and "E[K]=5" in out
+    assert (
+        "study 'cli' is valid" in out
+        and "Theorem 2" in out
+        and "(mean 5)" in out
+        and "(2, 1e-05)-DP for the whole study" in out
+    )
 
 
 def test_bad_space_is_one_clear_error(tmp_path, capsys):
