@@ -10,6 +10,10 @@ import math
 from typing import Any
 
 from eqdp_ray.config.storage import DEFAULT_STORE_URI
+from eqdp_ray.tune.runner import SUMMARY_COLUMNS  # loaded already: the package's __init__ imports the runner
+
+#: The summary's columns that the printed table shows (the final accuracy stays in the Python summary).
+TABLE_COLUMNS: tuple[str, ...] = tuple(c for c in SUMMARY_COLUMNS if c != "final_val_accuracy")
 
 
 def _fmt(value: Any) -> str:
@@ -26,23 +30,7 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
     """A plain aligned table (the same columns for every row)."""
     if not rows:
         return "(no trials)"
-    columns = [
-        c
-        for c in (
-            "trial_id",
-            "status",
-            "best_val_accuracy",
-            "test_accuracy",
-            "epsilon",
-            "steps",
-            "sample_rate",
-            "sigma",
-            "num_params",
-            "device_seconds",
-            "params_json",
-        )
-        if c in rows[0]
-    ]
+    columns = [c for c in TABLE_COLUMNS if c in rows[0]]
     table = [columns] + [[_fmt(r.get(c)) for c in columns] for r in rows]
     widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in table)

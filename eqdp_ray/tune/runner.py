@@ -64,6 +64,13 @@ class DefineByRun:
         return None
 
 
+#: The store columns kept in `SearchSummary.top` and `.pareto` rows (in the store's column order there).
+SUMMARY_COLUMNS: tuple[str, ...] = (
+    "trial_id", "status", "best_val_accuracy", "final_val_accuracy", "test_accuracy", "epsilon", "steps",
+    "sample_rate", "sigma", "num_params", "device_seconds", "params_json",
+)  # fmt: skip
+
+
 @dataclass
 class SearchSummary:
     """What a finished (or interrupted) search leaves behind, for the CLI and for Python callers."""
@@ -535,25 +542,7 @@ def _summarize(plan: StudyPlan, ctx: Any) -> SearchSummary:
     rankable = trials[trials["status"].isin(["completed", "stopped_early"])]
     rankable = rankable[rankable["best_val_accuracy"].notna()]
     top = rankable.sort_values(["best_val_accuracy", "trial_id"], ascending=[False, True]).head(5)
-    columns = [
-        c
-        for c in trials.columns
-        if c
-        in (
-            "trial_id",
-            "status",
-            "best_val_accuracy",
-            "final_val_accuracy",
-            "test_accuracy",
-            "epsilon",
-            "steps",
-            "sample_rate",
-            "sigma",
-            "num_params",
-            "device_seconds",
-            "params_json",
-        )
-    ]
+    columns = [c for c in trials.columns if c in SUMMARY_COLUMNS]
     top_rows = top[columns].to_dict("records")
     pareto: list[dict[str, Any]] = []
     if space.multi_objective:
