@@ -1,4 +1,4 @@
-"""Load the GPU-call scripts (benchmarks/gpu/, not a package) as modules."""
+"""Load the benchmark scripts (benchmarks/ and benchmarks/gpu/, not packages) as modules."""
 
 from __future__ import annotations
 
@@ -8,13 +8,14 @@ from pathlib import Path
 
 import pytest
 
-GPU_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu"
+BENCHMARKS_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
+GPU_DIR = BENCHMARKS_DIR / "gpu"
 
 
-def _load(name: str):
-    if str(GPU_DIR) not in sys.path:
+def _load(name: str, directory: Path = GPU_DIR, prefix: str = "gpu"):
+    if directory == GPU_DIR and str(GPU_DIR) not in sys.path:  # the GPU scripts import each other by name
         sys.path.insert(0, str(GPU_DIR))
-    spec = importlib.util.spec_from_file_location(f"gpu_{name}", GPU_DIR / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"{prefix}_{name}", directory / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
@@ -34,3 +35,8 @@ def datapack():
 @pytest.fixture(scope="session")
 def driver():
     return _load("driver")
+
+
+@pytest.fixture(scope="session")
+def reproduce():
+    return _load("reproduce", BENCHMARKS_DIR, prefix="benchmarks")
