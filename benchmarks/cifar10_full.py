@@ -36,11 +36,12 @@ CIFAR-10's binary files are 6 x 30.73 MB = 184 MB):
   of every pixel (dequantised to the middle of its bin: max error 2^(7-B)/255, e.g. +-8/255 at
   B=4) in one numpy.savez_compressed file; the script rebuilds .bin files from it on the device.
   Accuracy on such data is NOT the paper's setting and is labelled with the bits used.
-  Environment: the device image has torch but numpy 2.x, and lacks escnn, lie_learn and opacus.
-  lie_learn 0.0.2 needs numpy<2 and has compiled extensions, so wheels for Python 3.12 (escnn
-  1.0.11, lie_learn 0.0.2 built for cp312, numpy 1.26.4, opacus 1.6.0, scikit-learn<1.7) must be
-  carried in their own call into an ignored folder and installed with `pip install --no-deps
-  --target`; `--check-env` says what is still missing. This step is not yet tried.
+  Environment: the device image has torch and numpy 2 but lacks Opacus, Ray and pydantic. escnn
+  needs no install: it travels with the tree, bundled in eqdp_ray/_vendor/escnn, and loads under
+  numpy 2 (docs/INSTALL.md). `python benchmarks/gpu/build.py` writes the wheels the device lacks
+  into the git-ignored `.whl/` (docs/GPU.md); carry it in the first call and install it with
+  `pip install --no-index --no-deps --target`; `--check-env` says what is still missing. This
+  multi-call route is not yet tried (docs/GPU.md's one prepared call is).
 """
 
 from __future__ import annotations

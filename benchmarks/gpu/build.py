@@ -4,8 +4,10 @@
     python benchmarks/gpu/build.py --check         # only check what is already there (no network)
 
 The device (docs/GPU.md) has Python 3.12.3, torch 2.11.0+cu130, numpy 2.5 and the packages in
-benchmarks/gpu/device_packages.txt, and reaches no network. What eqdp-ray needs beyond that (escnn is bundled in the repository) travels
-as cp312 manylinux wheels in `.whl/` (one version each), installed there with pip --no-index.
+benchmarks/gpu/device_packages.txt, and reaches no network. escnn needs no wheel: it travels with
+the working tree, bundled in eqdp_ray/_vendor/escnn (docs/INSTALL.md). What else eqdp-ray needs
+beyond the device's packages travels as cp312 manylinux wheels in `.whl/` (one version each),
+installed there with pip --no-index.
 Ray's wheel is 75.6 MiB, more than a whole call may carry, so it travels slimmed (`slim_wheel`):
 the same ray 2.60.0 without its Java jar, RLlib, Serve, LLM and dashboard source maps, with the
 symbol tables of its three large binaries stripped and LZMA zip compression (pip reads it as any
@@ -44,8 +46,8 @@ MIB = 2**20
 LIMIT = 64 * MIB  # what one device call carries: working tree + carried paths
 MARGIN = 1 * MIB  # files the tree gains between the check and the call (a note, a log)
 
-# What travels, one version each. Versions are the ones the project's tests run with (ray, opacus,
-# opacus within pyproject.toml's bounds; the others as resolved there), so the device runs tested code.
+# What travels, one version each. Versions are the ones the project's tests run with (ray and opacus
+# within pyproject.toml's bounds; the others as resolved there), so the device runs tested code.
 CARRY = {
     "opacus": "1.6.0",
     "ray": "2.60.0",
@@ -62,8 +64,8 @@ CARRY = {
 }
 # Extras of carried wheels whose requirements must be met too.
 EXTRAS = {"ray": ("train", "tune")}
-# Requirements a carried wheel declares that nothing on the GPU path imports (none today: escnn,
-# whose py3nj/lie_learn/pymanopt/autograd would be listed here, is bundled in eqdp_ray/_vendor).
+# Requirements a carried wheel declares that nothing on the GPU path imports, each with the reason
+# (none today; escnn is no carried wheel, so its own requirements never reach the device's pip).
 NOT_NEEDED: dict[str, str] = {}
 # Carried although the device has a version of it (the device's would break the run), with why.
 OVERRIDE: dict[str, str] = {}
