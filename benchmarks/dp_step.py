@@ -127,7 +127,7 @@ def non_private_step(model, optimizer, x, y):
 
 
 def our_dp_step(gradients, optimizer, params, x, y, k, generator):
-    per_example, _ = gradients(x, y, k)
+    per_example, _ = gradients(x, y, k, defer=True)
     summed, _ = clip_and_sum(per_example, 2.0)
     noisy = add_gaussian_noise(summed, 1.0, 2.0, generator)
     for p, g in zip(params, noisy):

@@ -7,7 +7,24 @@ import torch
 from eqdp_ray.privacy._faults import _fault
 
 
-def average_augmentations(per_example: list[torch.Tensor], multiplicity: int) -> list[torch.Tensor]:
+class DeferredGradient:
+    """One parameter's per-example gradients, not formed: their squared norms, and their weighted sum on demand.
+
+    Some layers can give both more cheaply than the n per-example gradients themselves
+    (``ghost_norms``); clipping needs nothing else. Always per *example* (averaged over its K inputs).
+    """
+
+    squared_norms: torch.Tensor  # (n,)
+
+    def weighted_sum(self, weights: torch.Tensor) -> torch.Tensor:
+        """sum_i weights[i] * g_i, shaped like the parameter."""
+        raise NotImplementedError
+
+
+PerExampleGradient = torch.Tensor | DeferredGradient
+
+
+def average_augmentations(per_example: list[PerExampleGradient], multiplicity: int) -> list[PerExampleGradient]:
     """Mean over each example's K augmentations (rows are example-major: e0k0, e0k1, ..., e1k0, ...).
 
     Averaging *before* clipping is what keeps the sensitivity at C: the K augmented copies are
@@ -15,28 +32,46 @@ def average_augmentations(per_example: list[torch.Tensor], multiplicity: int) ->
     """
     if multiplicity == 1:
         return per_example
+    if any(isinstance(g, DeferredGradient) for g in per_example):
+        raise ValueError("deferred gradients are per example already; pass multiplicity=1")
     return [g.reshape(-1, multiplicity, *g.shape[1:]).mean(dim=1) for g in per_example]
 
 
-def per_example_norms(per_example: list[torch.Tensor]) -> torch.Tensor:
+def _squared_norms(g: PerExampleGradient) -> torch.Tensor:
+    if isinstance(g, DeferredGradient):
+        return g.squared_norms
+    return torch.linalg.vector_norm(g.reshape(g.shape[0], -1), dim=1).square()  # no squared copy of g
+
+
+def per_example_norms(per_example: list[PerExampleGradient]) -> torch.Tensor:
     """The L2 norm of each example's gradient over all parameters together."""
-    squares = [g.reshape(g.shape[0], -1).pow(2).sum(dim=1) for g in per_example]
-    return torch.stack(squares, dim=1).sum(dim=1).sqrt()
+    return torch.stack([_squared_norms(g) for g in per_example], dim=1).sum(dim=1).sqrt()
+
+
+def _weighted_sum(g: PerExampleGradient, weights: torch.Tensor) -> torch.Tensor:
+    if isinstance(g, DeferredGradient):
+        return g.weighted_sum(weights)
+    return (weights.to(g.dtype) @ g.reshape(g.shape[0], -1)).view(g.shape[1:])
 
 
 def clip_factors(norms: torch.Tensor, max_norm: float) -> torch.Tensor:
-    """min(1, C / ||g||): multiplying each example by its factor bounds its norm by C."""
+    """min(1, C / ||g||): multiplying each example by its factor bounds its norm by C.
+
+    The norm is enlarged by a few units of rounding (8 eps relative, plus 1e-6) so that rounding
+    in the norm, or in recomputing it after scaling, cannot carry a clipped gradient above C.
+    """
     if _fault("no_clipping") is not None:
         return torch.ones_like(norms)
-    return (max_norm / (norms + 1e-6)).clamp(max=1.0)
+    margin = 1 + 8 * torch.finfo(norms.dtype).eps
+    return (max_norm / (norms * margin + 1e-6)).clamp(max=1.0)
 
 
 def clip_and_sum(
-    per_example: list[torch.Tensor], max_norm: float, multiplicity: int = 1
+    per_example: list[PerExampleGradient], max_norm: float, multiplicity: int = 1
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Sum over examples of the clipped, augmentation-averaged gradients; also the unclipped norms."""
     averaged = average_augmentations(per_example, multiplicity)
     norms = per_example_norms(averaged)
-    factors = clip_factors(norms, max_norm).to(averaged[0].dtype)
-    summed = [torch.einsum("n,n...->...", factors, g) for g in averaged]
+    factors = clip_factors(norms, max_norm)
+    summed = [_weighted_sum(g, factors) for g in averaged]
     return summed, norms

@@ -9,6 +9,7 @@ depend on the accelerator.
 from __future__ import annotations
 
 import secrets
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
@@ -31,9 +32,37 @@ def add_gaussian_noise(
 ) -> list[torch.Tensor]:
     """Return summed + z with z ~ N(0, (noise_multiplier * max_norm)^2 I) over all parameters at once."""
     std = noise_multiplier * max_norm
-    draws = [torch.normal(0.0, std, size=t.shape, generator=generator, dtype=torch.float64) for t in summed]
+    flat = gaussian_draw(sum(t.numel() for t in summed), std, generator)
+    draws = [d.view(t.shape) for t, d in zip(summed, flat.split([t.numel() for t in summed]))]
     draws = _faulty(draws)
     return [t + d.to(device=t.device, dtype=t.dtype) for t, d in zip(summed, draws)]
+
+
+# The draw is made in blocks of this many numbers, each from its own generator seeded by the step's
+# generator, so that blocks can be drawn on several cores at once (a float64 draw is ~20 ns a number
+# on one core: 55 ms for ResNet-9's 2.4M parameters, 5% of its DP step on 2 cores). The block size
+# and the seeds are fixed, not the number of threads: every rank, on any machine, draws the same numbers.
+DRAW_BLOCK = 2**19
+_draw_pool: ThreadPoolExecutor | None = None
+
+
+def gaussian_draw(count: int, std: float, generator: torch.Generator) -> torch.Tensor:
+    """`count` float64 numbers from N(0, std^2), the same on every machine for the same generator state."""
+    flat = torch.empty(count, dtype=torch.float64)
+    blocks = list(flat.split(DRAW_BLOCK))
+    if len(blocks) == 1:
+        return flat.normal_(0.0, std, generator=generator)
+    seeds = torch.randint(0, 2**62, (len(blocks),), generator=generator, dtype=torch.int64).tolist()
+
+    def fill(block_and_seed: tuple[torch.Tensor, int]) -> None:
+        block, seed = block_and_seed
+        block.normal_(0.0, std, generator=noise_generator(seed))
+
+    global _draw_pool
+    if _draw_pool is None:
+        _draw_pool = ThreadPoolExecutor(max(1, min(8, torch.get_num_threads())), thread_name_prefix="eqdp-noise")
+    list(_draw_pool.map(fill, zip(blocks, seeds)))
+    return flat
 
 
 def _faulty(draws: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -20,7 +20,9 @@ from opacus.grad_sample.grad_sample_module import GradSampleModule as _GSM
 from opacus.utils.module_utils import trainable_modules
 from torch import nn
 
+from eqdp_ray.privacy.clipping import PerExampleGradient
 from eqdp_ray.privacy.errors import UnsupportedModelError
+from eqdp_ray.privacy.ghost_norms import DEFERRED_RULES
 from eqdp_ray.privacy.grad_samplers import AUGMENTATION_AWARE_RULES  # also registers our rules with Opacus
 
 logger = logging.getLogger(__name__)
@@ -95,8 +97,9 @@ class PerExampleGradients:
         self.parameters = [p for p in model.parameters() if p.requires_grad]
         self._active = False
         self._multiplicity = 1
+        self._defer = False
         self._inputs: dict[nn.Module, list[torch.Tensor]] = {}
-        self._grads: dict[nn.Parameter, torch.Tensor] = {}
+        self._grads: dict[nn.Parameter, PerExampleGradient] = {}
         self._handles = []
         for _, module in trainable_modules(model):
             self._handles.append(module.register_forward_hook(self._keep_input))
@@ -110,28 +113,39 @@ class PerExampleGradients:
         if not self._active:
             return
         activations, backprops, k = self._inputs.pop(module), grad_output[0].detach(), self._multiplicity
+        deferred_rule = DEFERRED_RULES.get(type(module)) if self._defer else None
         rule = AUGMENTATION_AWARE_RULES.get(type(module))
-        if rule is not None:
+        grads = deferred_rule(module, activations, backprops, k) if deferred_rule is not None else None
+        if grads is None and rule is not None:
             grads = rule(module, activations, backprops, k)
-        else:
+        elif grads is None:
             grads = _GSM.GRAD_SAMPLERS[type(module)](module, activations, backprops)
             if k > 1:
                 grads = {p: g.reshape(-1, k, *g.shape[1:]).mean(dim=1) for p, g in grads.items()}
         for p, g in grads.items():
-            self._grads[p] = g if p not in self._grads else self._grads[p] + g
+            if p not in self._grads:
+                self._grads[p] = g
+            elif isinstance(g, torch.Tensor) and isinstance(self._grads[p], torch.Tensor):
+                self._grads[p] = self._grads[p] + g  # a parameter shared by two layers
+            else:
+                raise UnsupportedModelError(
+                    f"a parameter of shape {tuple(p.shape)} is shared by two layers; call without defer=True"
+                )
 
     def __call__(
-        self, inputs: torch.Tensor, targets: torch.Tensor, multiplicity: int = 1
-    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        self, inputs: torch.Tensor, targets: torch.Tensor, multiplicity: int = 1, defer: bool = False
+    ) -> tuple[list[PerExampleGradient], torch.Tensor]:
         """Per-example gradients, one (N/K, *param.shape) tensor per parameter, and the logits.
 
-        Rows of `inputs` are example-major: the K augmentations of an example are adjacent.
+        Rows of `inputs` are example-major: the K augmentations of an example are adjacent. With
+        `defer`, a parameter whose norms and clipped sum are cheaper without forming its per-example
+        gradients (``ghost_norms``) comes back as a DeferredGradient, which ``clip_and_sum`` takes.
         """
         if len(targets) % multiplicity:
             raise ValueError(
                 f"{len(targets)} inputs are not a whole number of examples of {multiplicity} augmentations"
             )
-        self._grads, self._multiplicity, self._active = {}, multiplicity, True
+        self._grads, self._multiplicity, self._defer, self._active = {}, multiplicity, defer, True
         try:
             with warnings.catch_warnings():
                 # Hooks fire although parameters get no summed gradient; that is the point.

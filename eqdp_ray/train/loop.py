@@ -317,7 +317,8 @@ def dp_sgd_step(run: Run) -> tuple[int, torch.Tensor]:
         images = images.repeat_interleave(t.augmult, dim=0)
         inputs = apply_crop_flip(images, micro_params.reshape(-1, 3), t.crop_padding)
         targets = data.train_y[micro_rows].to(device).repeat_interleave(t.augmult)
-        per_example, logits = run.gradients(inputs, targets, t.augmult)  # already averaged over K
+        # Averaged over K; where cheaper, kept as ghost norms and a deferred clipped sum (privacy/ghost_norms.py).
+        per_example, logits = run.gradients(inputs, targets, t.augmult, defer=True)
         clipped_sum, _ = clip_and_sum(per_example, p.max_grad_norm)
         summed = [a + b for a, b in zip(summed, clipped_sum)]
         with torch.no_grad():

@@ -24,6 +24,30 @@ def test_noise_is_never_zero_and_differs_between_steps():
     assert first.abs().sum() > 0 and not torch.equal(first, second)
 
 
+def test_the_draw_in_blocks_is_one_gaussian_the_same_for_any_thread_count(monkeypatch):
+    """Blocks drawn on several cores: the same numbers for 1 or 2 threads (ranks on different machines
+    must add the very same draw), no block repeating another, and N(0, std^2) as a whole."""
+    from eqdp_ray.privacy import noise
+
+    monkeypatch.setattr(noise, "DRAW_BLOCK", 1000)
+    monkeypatch.setattr(noise, "_draw_pool", None)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = noise.gaussian_draw(20500, 2.0, noise_generator(7))
+        monkeypatch.setattr(noise, "_draw_pool", None)
+        torch.set_num_threads(2)
+        two = noise.gaussian_draw(20500, 2.0, noise_generator(7))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, two)
+    blocks = one[:20000].view(20, 1000)
+    correlations = torch.corrcoef(blocks) - torch.eye(20, dtype=torch.float64)
+    assert correlations.abs().max() < 5 / math.sqrt(1000)  # independent blocks, not one stream repeated
+    assert abs(one.std().item() - 2.0) < 0.05 and abs(one.mean().item()) < 5 * 2.0 / math.sqrt(20500)
+    assert not torch.equal(one, noise.gaussian_draw(20500, 2.0, noise_generator(8)))
+
+
 def test_secure_seed_is_fresh():
     assert len({secure_seed() for _ in range(20)}) == 20
 

@@ -265,3 +265,70 @@ def test_opacus_keeps_its_own_rules_for_plain_layers():
 
     for layer in (nn.Conv2d, nn.Linear, nn.GroupNorm):
         assert GradSampleModule.GRAD_SAMPLERS[layer].__module__.startswith("opacus.")
+
+
+def norms_median(grads: list) -> float:
+    from eqdp_ray.privacy import per_example_norms
+
+    return per_example_norms(grads).median().item() * 1.0001
+
+
+def clipped_sum_of_loop(singles: list[list[torch.Tensor]], k: int, max_norm: float) -> list[torch.Tensor]:
+    """Average each example's K single-input gradients, clip the example as a whole, sum: DP-SGD by the book."""
+    n = len(singles) // k
+    per_example = [
+        [torch.stack([singles[i * k + a][j] for a in range(k)]).mean(0) for j in range(len(singles[0]))]
+        for i in range(n)
+    ]
+    summed = [torch.zeros_like(g) for g in per_example[0]]
+    for grads in per_example:
+        norm = torch.cat([g.flatten() for g in grads]).norm()
+        factor = min(1.0, max_norm / (norm.item() + 1e-6))
+        summed = [s + factor * g for s, g in zip(summed, grads)]
+    return summed
+
+
+@pytest.mark.parametrize("ratio", [0.0, 10**9])  # 0: ghost norms nowhere; huge: wherever a layer allows
+@pytest.mark.parametrize("k", [1, 3])
+@pytest.mark.parametrize("case", ["3x3 pad 1", "stride 2, no padding, bias", "groups 2, bias", "reflect padding"])
+def test_deferred_clipped_sum_equals_clipping_each_example(case, k, ratio, monkeypatch):
+    """Ghost norms and the clipped sum as one weighted weight gradient give DP-SGD's clipped sum exactly."""
+    from eqdp_ray.privacy import clip_and_sum, ghost_norms
+    from eqdp_ray.privacy.clipping import DeferredGradient
+
+    monkeypatch.setattr(ghost_norms, "GHOST_COST_RATIO", ratio)
+    torch.manual_seed(6)
+    model = conventional_net(nn.Conv2d(4, 6, **(dict(bias=False) | CONV_CASES[case])))
+    n = 4
+    x = (
+        torch.randn(n * k, 4, 9, 9, dtype=torch.float64)
+        * torch.tensor([0.01, 1.0, 3.0, 10.0]).repeat_interleave(k)[:, None, None, None]
+    )
+    y = torch.arange(n).repeat_interleave(k)
+    singles = loop_gradients(model, x, y)
+    grads, _ = PerExampleGradients(model)(x, y, multiplicity=k, defer=True)
+    deferred = [g for g in grads if isinstance(g, DeferredGradient)]
+    assert len(deferred) == (0 if ratio == 0 else 4)  # both convolutions and both linear layers
+    summed, norms = clip_and_sum(grads, max_norm := norms_median(grads))  # clips some examples, not others
+    assert (norms > max_norm).any() and (norms < max_norm).any()
+    for got, expected in zip(summed, clipped_sum_of_loop(singles, k, max_norm)):
+        torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-11)
+
+
+def test_deferred_gradients_of_the_conventional_models_keep_the_clipped_sum():
+    from eqdp_ray.models import build_model
+    from eqdp_ray.privacy import clip_and_sum
+
+    torch.manual_seed(7)
+    for name, options in [("resnet9", dict(width=0.25, num_groups=2)), ("wrn16_4", dict(width=1, depth=10))]:
+        model = build_model(name, in_channels=3, num_classes=10, **options).double()
+        engine = PerExampleGradients(model)
+        for k in (1, 2):
+            x, y = torch.randn(3 * k, 3, 32, 32, dtype=torch.float64), torch.randint(0, 10, (3 * k,))
+            formed, _ = engine(x, y, k)
+            deferred, _ = engine(x, y, k, defer=True)
+            assert any(not isinstance(g, torch.Tensor) for g in deferred)
+            (expected, expected_norms), (got, norms) = clip_and_sum(formed, 1.0), clip_and_sum(deferred, 1.0)
+            torch.testing.assert_close(norms, expected_norms, rtol=1e-10, atol=1e-12)
+            for a, b in zip(got, expected):
+                torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)

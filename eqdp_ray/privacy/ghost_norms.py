@@ -1,0 +1,160 @@
+"""Per-example gradient norms without the per-example gradients, for layers where that is cheaper.
+
+A conventional layer's per-example weight gradient is a sum of outer products, one per contracted
+position t of the example (its K augmented inputs times the output's positions):
+``G_i = sum_t g_t a_t^T``. Its squared norm needs no ``G_i``:
+``||G_i||^2 = sum_{t,t'} (g_t . g_t') (a_t . a_t')``, the sum of the elementwise product of two
+small Gram matrices (Goodfellow 2015; Li et al. 2022; Bu et al. 2023 "mixed ghost clipping").
+Once every example's clip factor c_i is known, the clipped sum ``sum_i c_i G_i`` is one ordinary
+weight gradient of the layer with each example's output gradient scaled by c_i: the same
+contraction the non-private step runs ("book-keeping", Bu et al. 2023).
+
+That replaces forming, storing and reading n per-example gradients (n x d x p numbers) by two Gram
+matrices (n x T^2 each) and one summed weight gradient; it pays where T is small against d and p,
+which is where most parameters of ResNet-9 and WRN-16-4 sit (3x3 convolutions of 256 channels on
+8x8 and 4x4 maps, the classifier). Elsewhere the per-example gradient is formed as before
+(``grad_samplers``). Both give the same numbers (tests check them against a loop in float64).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from eqdp_ray.privacy.clipping import DeferredGradient
+from eqdp_ray.privacy.grad_samplers import PATCH_CHUNK_BYTES, ConvGeometry, _conv2d_inputs, _per_example_channel_sums
+
+# Ghost norms are used where T (d + p) <= GHOST_COST_RATIO x d p: the Gram matrices (cost n T^2 (d+p))
+# then cost at most this fraction of forming the per-example gradients (n T d p). Below 1 because the
+# per-example route's products are large and efficient, the Gram route's are small (T x T) ones;
+# measured on the benchmark models (benchmarks/dp_step.py, docs/BENCHMARKS.md).
+GHOST_COST_RATIO = 0.5
+
+
+def ghost_norms_pay(contracted: int, inputs_per_output: int, outputs: int) -> bool:
+    """Whether T contracted positions make the Gram route cheaper than forming the gradients (d x p each)."""
+    return contracted * (inputs_per_output + outputs) <= GHOST_COST_RATIO * inputs_per_output * outputs
+
+
+def _squared_norms_from_grams(patches: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+    """sum_{t,t'} (a_t . a_t')(g_t . g_t') for each batch entry: patches (B, T, d), grads (B, T, p) -> (B,).
+
+    Either argument may be a transposed view (B, d, T).transpose(1, 2): the products read it as it lies.
+    """
+    if patches.shape[1] == 1:
+        return (
+            torch.linalg.vector_norm(patches, dim=(1, 2)).square()
+            * torch.linalg.vector_norm(grads, dim=(1, 2)).square()
+        )
+    gram_inputs = torch.bmm(patches, patches.transpose(1, 2))
+    gram_grads = torch.bmm(grads, grads.transpose(1, 2))
+    return (gram_inputs * gram_grads).sum((1, 2))
+
+
+class _ConvWeightGradient(DeferredGradient):
+    """A Conv2d weight's per-example gradients as (inputs, output gradients); the clipped sum is one weight gradient."""
+
+    def __init__(self, layer: nn.Conv2d, x: torch.Tensor, geometry: ConvGeometry, backprops: torch.Tensor, k: int):
+        self.layer, self.x, self.geometry, self.backprops, self.k = layer, x, geometry, backprops, k
+        self.squared_norms = self._squared_norms()
+
+    def _squared_norms(self) -> torch.Tensor:
+        geometry, k, x, backprops = self.geometry, self.k, self.x, self.backprops
+        n, g = x.shape[0] // k, geometry.groups
+        positions = backprops.shape[2] * backprops.shape[3]
+        channels_out = backprops.shape[1]
+        patch_bytes = k * x.shape[1] * geometry.kernel[0] * geometry.kernel[1] * positions * x.element_size()
+        chunk = max(1, PATCH_CHUNK_BYTES // patch_bytes) if x.device.type == "cpu" else n
+        norms = torch.empty(n, dtype=backprops.dtype, device=backprops.device)
+        for start in range(0, n, chunk):
+            stop = min(n, start + chunk)
+            rows, m = slice(start * k, stop * k), stop - start
+            patches = F.unfold(
+                x[rows], geometry.kernel, dilation=geometry.dilation, padding=geometry.padding, stride=geometry.stride
+            )  # mK, in*kh*kw, L
+            grads = backprops[rows].reshape(m, k, g, channels_out // g, positions)
+            if k == 1:  # (m g, d, T) as it lies, read transposed
+                patches = patches.view(m * g, -1, positions).transpose(1, 2)
+                grads = grads.view(m * g, -1, positions).transpose(1, 2)
+            else:  # an example's K inputs side by side: (m g, K T, d)
+                patches = patches.view(m, k, g, -1, positions).permute(0, 2, 1, 4, 3).reshape(m * g, k * positions, -1)
+                grads = grads.permute(0, 2, 1, 4, 3).reshape(m * g, k * positions, -1)
+            norms[start:stop] = _squared_norms_from_grams(patches, grads).view(m, g).sum(1)
+        return norms / (k * k) if k > 1 else norms
+
+    def weighted_sum(self, weights: torch.Tensor) -> torch.Tensor:
+        geometry, k = self.geometry, self.k
+        scale = (weights / k if k > 1 else weights).repeat_interleave(k).to(self.backprops.dtype)
+        scaled = self.backprops * scale.view(-1, 1, 1, 1)
+        _, grad, _ = torch.ops.aten.convolution_backward(
+            scaled,
+            self.x,
+            self.layer.weight.to(self.backprops.dtype),
+            None,
+            list(geometry.stride),
+            list(geometry.padding),
+            list(geometry.dilation),
+            False,
+            [0, 0],
+            geometry.groups,
+            [False, True, False],
+        )
+        return grad
+
+
+class _LinearWeightGradient(DeferredGradient):
+    """A Linear weight's per-example gradients as (inputs, output gradients), each example's rows together."""
+
+    def __init__(self, inputs: torch.Tensor, outputs: torch.Tensor, k: int):
+        self.inputs, self.outputs, self.k = inputs, outputs, k  # (n, T, d), (n, T, p)
+        norms = _squared_norms_from_grams(inputs, outputs)
+        self.squared_norms = norms / (k * k) if k > 1 else norms
+
+    def weighted_sum(self, weights: torch.Tensor) -> torch.Tensor:
+        scale = (weights / self.k if self.k > 1 else weights).to(self.outputs.dtype)
+        scaled = self.outputs * scale.view(-1, 1, 1)
+        return scaled.reshape(-1, scaled.shape[-1]).t() @ self.inputs.reshape(-1, self.inputs.shape[-1])
+
+
+def conv2d_deferred_rule(
+    layer: nn.Conv2d, activations: list[torch.Tensor], backprops: torch.Tensor, multiplicity: int = 1
+) -> dict[nn.Parameter, torch.Tensor | DeferredGradient] | None:
+    """The weight as a DeferredGradient (and the bias formed) where ghost norms pay; None where they do not."""
+    if not layer.weight.requires_grad:
+        return None
+    channels_out = backprops.shape[1]
+    contracted = multiplicity * backprops.shape[2] * backprops.shape[3]
+    per_output = layer.weight[0].numel()  # in/groups x kernel area
+    if not ghost_norms_pay(contracted, per_output, channels_out // layer.groups):
+        return None
+    x, geometry = _conv2d_inputs(layer, activations[0].to(backprops.dtype))
+    grads: dict[nn.Parameter, torch.Tensor | DeferredGradient] = {
+        layer.weight: _ConvWeightGradient(layer, x, geometry, backprops, multiplicity)
+    }
+    if layer.bias is not None and layer.bias.requires_grad:
+        grads[layer.bias] = _per_example_channel_sums(backprops, multiplicity)
+    return grads
+
+
+def linear_deferred_rule(
+    layer: nn.Linear, activations: list[torch.Tensor], backprops: torch.Tensor, multiplicity: int = 1
+) -> dict[nn.Parameter, torch.Tensor | DeferredGradient] | None:
+    """The weight as a DeferredGradient (and the bias formed) where ghost norms pay; None where they do not."""
+    if not layer.weight.requires_grad:
+        return None
+    x = activations[0].to(backprops.dtype)
+    n = x.shape[0] // multiplicity
+    inputs = x.reshape(n, -1, x.shape[-1])  # an example's K rows (and any inner dimensions) together
+    outputs = backprops.reshape(n, -1, backprops.shape[-1])
+    if not ghost_norms_pay(inputs.shape[1], inputs.shape[2], outputs.shape[2]):
+        return None
+    grads: dict[nn.Parameter, torch.Tensor | DeferredGradient] = {
+        layer.weight: _LinearWeightGradient(inputs, outputs, multiplicity)
+    }
+    if layer.bias is not None and layer.bias.requires_grad:
+        grads[layer.bias] = outputs.sum(1) / multiplicity if multiplicity > 1 else outputs.sum(1)
+    return grads
+
+
+DEFERRED_RULES = {nn.Conv2d: conv2d_deferred_rule, nn.Linear: linear_deferred_rule}
