@@ -5,52 +5,32 @@ that its search-level (epsilon, delta) lands on every row.
 """
 
 import json
-import os
 import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import yaml
 
 from eqdp_ray.results import ResultsStore
 from eqdp_ray.tune import run_search
+from tests.tune.conftest import TINY_FIXED, interrupt_driver, tiny_study
 
 pytestmark = pytest.mark.ray
 
-SPACE = {
-    "study": "resumable",  # three trials of a few seconds each; the test interrupts the second
+SPACE = tiny_study(
+    "resumable",  # three trials of a few seconds each; the test interrupts the second
     # scope trial: each trial at epsilon 4, the Papernot-Steinke bound reported (scope search: test_search_scope)
-    "privacy": {"target_epsilon": 4.0, "delta": 1e-5, "scope": "trial"},
-    "data": {"name": "digits", "train_subset": 300, "test_subset": 100},
-    "fixed": {
-        "model.name": "resnet9",
-        "model.options.width": 0.125,
-        "model.options.num_groups": 2,
-        "training.steps": 240,
-        "training.eval_every": 20,
-        "training.crop_padding": 0,
-        "training.ema_decay": 0.9,
-        "training.physical_batch_size": 128,
-        "privacy.secret_seed": 7,
-    },
-    "search": {
+    privacy={"target_epsilon": 4.0, "delta": 1e-5, "scope": "trial"},
+    fixed={**TINY_FIXED, "training.steps": 240, "training.eval_every": 20},
+    search={
         "training.lr": {"type": "float", "low": 0.5, "high": 2.0, "log": True},
         "training.batch_size": {"type": "categorical", "choices": [32, 64]},
     },
-    "resources": {"workers": 1, "cpus_per_worker": 1},
     # seed 0: K = 3 trials (a fixed seed makes K predictable: fine for a test, NOT private)
-    "sampler": {"type": "random", "seed": 0},
-    "num_samples": {"distribution": "truncated_negative_binomial", "mean": 2, "eta": 1},
-    "max_concurrent": 1,
-}
-
-RUN = """
-import sys
-from eqdp_ray.tune import run_search
-run_search(sys.argv[1], store=sys.argv[2], checkpoint_every_s=0)
-"""
+    sampler={"type": "random", "seed": 0},
+    num_samples={"distribution": "truncated_negative_binomial", "mean": 2, "eta": 1},
+    scheduler={"type": "none"},  # a random number of trials: the default, stated since TINY_STUDY's is ASHA
+    max_concurrent=1,
+)
 
 
 def test_interrupted_study_resumes_without_rerunning_or_duplicating(tmp_path):
@@ -58,32 +38,18 @@ def test_interrupted_study_resumes_without_rerunning_or_duplicating(tmp_path):
     space_file.write_text(yaml.safe_dump(SPACE))
     store_dir = tmp_path / "store"
     store = ResultsStore(str(store_dir))
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    with open(tmp_path / "first.log", "w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", RUN, str(space_file), str(store_dir)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=os.getcwd(),
-        )
-        try:
-            deadline = time.time() + 180
-            completed = None
-            while time.time() < deadline and proc.poll() is None:
-                if (store_dir / "trials").exists():
-                    rows = store.read_trials("resumable")
-                    if (rows["status"] == "completed").any() and (rows["status"] == "running").any():
-                        completed = rows[rows["status"] == "completed"]
-                        time.sleep(2.0)  # let the second trial checkpoint a few validation passes
-                        break
-                time.sleep(0.5)
-            assert completed is not None, (tmp_path / "first.log").read_text()[-3000:]
-            proc.send_signal(signal.SIGINT)  # what Ctrl-C does: Tune saves its state and stops
-            proc.wait(timeout=120)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+
+    def one_trial_completed_and_another_runs():
+        if (store_dir / "trials").exists():
+            rows = store.read_trials("resumable")
+            if (rows["status"] == "completed").any() and (rows["status"] == "running").any():
+                return rows[rows["status"] == "completed"]
+        return None
+
+    # what Ctrl-C does: Tune saves its state and stops (once the second trial checkpointed a few passes)
+    completed = interrupt_driver(
+        space_file, store_dir, one_trial_completed_and_another_runs, sig=signal.SIGINT, settle_s=2.0, deadline_s=180
+    )
     interrupted = store.read_trials("resumable")
     assert (interrupted["status"] != "completed").any(), "the interrupt came too late to test anything"
 

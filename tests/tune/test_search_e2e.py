@@ -6,6 +6,7 @@ import pytest
 from eqdp_ray.results import ResultsStore
 from eqdp_ray.tune import load_space, run_search
 from eqdp_ray.tune.runner import DefineByRun
+from tests.tune.conftest import tiny_study
 
 pytestmark = pytest.mark.ray
 
@@ -13,43 +14,12 @@ ray = pytest.importorskip("ray")
 
 
 def e2e_space(study, **changes):
-    space = {
-        "study": study,
-        "privacy": {"target_epsilon": 4.0, "delta": 1e-5, "scope": "trial"},  # scope search: test_search_scope
-        "data": {"name": "digits", "train_subset": 300, "test_subset": 100},
-        "fixed": {
-            "model.name": "resnet9",
-            "model.options.width": 0.125,
-            "model.options.num_groups": 2,
-            "training.eval_every": 2,
-            "training.crop_padding": 0,
-            "training.ema_decay": 0.9,
-            "training.physical_batch_size": 128,
-            "privacy.secret_seed": 7,
-        },
-        "search": {
-            "training.steps": {"type": "categorical", "choices": [4, 12]},
-            "training.lr": {"type": "float", "low": 0.5, "high": 2.0, "log": True},
-            "training.batch_size": {"type": "categorical", "choices": [32, 64]},
-        },
-        "resources": {"workers": 1, "cpus_per_worker": 1},
-        "sampler": {"type": "random", "seed": 0},
-        # A trial of 12 steps validates 6 times: ASHA stops it at its 3rd report (max_t). One of 4
-        # steps validates twice and completes. grace_period = max_t: no rung cuts before max_t, so
-        # which trial stops does not depend on the accuracies.
-        "scheduler": {"type": "asha", "grace_period": 3, "reduction_factor": 2, "max_t": 3},
-        "num_samples": 3,
-        "max_concurrent": 2,
-    }
-    space.update(changes)
-    return space
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
+    return tiny_study(
+        study,
+        privacy={"target_epsilon": 4.0, "delta": 1e-5, "scope": "trial"},  # scope search: test_search_scope
+        sampler={"type": "random", "seed": 0},
+        **changes,
+    )
 
 
 def test_search_writes_rows_asha_stops_and_resume_does_not_duplicate(tmp_path, local_ray):

@@ -5,6 +5,7 @@ trials ran, and that no unnoised training metric reaches the store, Tune's resul
 """
 
 import json
+import signal
 from collections import Counter
 from pathlib import Path
 
@@ -16,36 +17,17 @@ from eqdp_ray.privacy.rdp import ORDERS
 from eqdp_ray.privacy.search import SearchPlan, TrialMechanism
 from eqdp_ray.results import ResultsStore
 from eqdp_ray.tune import run_search
+from tests.tune.conftest import interrupt_driver, tiny_study
 
 pytestmark = pytest.mark.ray
 
 ray = pytest.importorskip("ray")
 
-SPACE = {
-    "study": "scoped",
-    "privacy": {"target_epsilon": 4.0, "delta": 1e-5, "validation_noise": 0.05},
-    "data": {"name": "digits", "train_subset": 300, "test_subset": 100},
-    "fixed": {
-        "model.name": "resnet9",
-        "model.options.width": 0.125,
-        "model.options.num_groups": 2,
-        "training.eval_every": 2,
-        "training.crop_padding": 0,
-        "training.ema_decay": 0.9,
-        "training.physical_batch_size": 128,
-        "privacy.secret_seed": 7,
-    },
-    "search": {
-        "training.steps": {"type": "categorical", "choices": [4, 12]},
-        "training.lr": {"type": "float", "low": 0.5, "high": 2.0, "log": True},
-        "training.batch_size": {"type": "categorical", "choices": [32, 64]},
-    },
-    "resources": {"workers": 1, "cpus_per_worker": 1},
-    "sampler": {"type": "tpe", "seed": 0, "n_startup_trials": 2},
-    "scheduler": {"type": "asha", "grace_period": 3, "reduction_factor": 2, "max_t": 3},
-    "num_samples": 3,
-    "max_concurrent": 2,
-}
+SPACE = tiny_study(
+    "scoped",
+    privacy={"target_epsilon": 4.0, "delta": 1e-5, "validation_noise": 0.05},
+    sampler={"type": "tpe", "seed": 0, "n_startup_trials": 2},
+)
 
 
 def dp_accounting_epsilon(mechanisms, delta):
@@ -67,13 +49,6 @@ def counted(events):
         if e["event"] in ("reserve", "settle"):
             by_attempt[(e["trial_id"], e["attempt"])] = TrialMechanism.from_dict(e)  # write order: settle wins
     return by_attempt
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 def test_adaptive_study_is_accounted_as_dp_accounting_composes_it_and_leaks_no_training_metric(tmp_path, local_ray):
@@ -147,51 +122,30 @@ KILL_SPACE = {
     "max_concurrent": 1,
 }
 
-RUN = """
-import sys
-from eqdp_ray.tune import run_search
-run_search(sys.argv[1], store=sys.argv[2], checkpoint_every_s=0)
-"""
-
 
 def test_a_killed_and_resumed_study_counts_every_attempt_and_stays_within_its_target(tmp_path):
     """SIGKILL the driver while a trial trains, resume: the killed attempt counts its reservation, nothing exceeds."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
     import yaml
 
     space_file = tmp_path / "space.yaml"
     space_file.write_text(yaml.safe_dump(KILL_SPACE))
     store_dir = tmp_path / "store"
     store = ResultsStore(str(store_dir))
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    with open(tmp_path / "first.log", "w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", RUN, str(space_file), str(store_dir)], stdout=out, stderr=out, env=env
-        )
-        try:
-            deadline, killed = time.time() + 300, False
-            while time.time() < deadline and proc.poll() is None:
-                if (store_dir / "ledger").exists() and (store_dir / "trials").exists():
-                    events = store.read_ledger("killed")
-                    rows = store.read_trials("killed")
-                    settled = set(events.loc[events["event"] == "settle", "trial_id"])
-                    running = set(rows.loc[rows["status"] == "running", "trial_id"]) - settled
-                    if settled and running:
-                        time.sleep(3.0)  # let the running trial checkpoint a few passes
-                        proc.send_signal(signal.SIGKILL)  # the driver dies without a word
-                        killed = True
-                        break
-                time.sleep(0.5)
-            assert killed, (tmp_path / "first.log").read_text()[-3000:]
-            proc.wait(timeout=60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+
+    def a_trial_settled_and_another_runs():
+        if (store_dir / "ledger").exists() and (store_dir / "trials").exists():
+            events = store.read_ledger("killed")
+            rows = store.read_trials("killed")
+            settled = set(events.loc[events["event"] == "settle", "trial_id"])
+            running = set(rows.loc[rows["status"] == "running", "trial_id"]) - settled
+            if settled and running:
+                return True
+        return None
+
+    # the driver dies without a word, once the running trial has checkpointed a few passes
+    interrupt_driver(
+        space_file, store_dir, a_trial_settled_and_another_runs, sig=signal.SIGKILL, settle_s=3.0, deadline_s=300
+    )
     before = store.read_ledger("killed")
     unsettled = set(before.loc[before["event"] == "reserve", "trial_id"]) - set(
         before.loc[before["event"] == "settle", "trial_id"]
