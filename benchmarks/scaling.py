@@ -1,25 +1,41 @@
 """Throughput of the same short DP-SGD run on 1 and N Ray Train workers, side by side.
 
     python benchmarks/scaling.py [--workers 2] [--gpus-per-worker 0] [--steps 20] [--config configs/quickstart.yaml]
+                                 [--oversubscribe]
 
 Prints samples/s of one process without Ray, of 1 Ray worker and of N Ray workers, the N/1
 ratio, and Ray's start-up overhead (wall time minus time inside training steps). On a 2-core
 CPU machine the figure is about overhead, not speed-up; on a multi-GPU machine pass
---gpus-per-worker 1 (and a GPU-sized config), where the target is >= 0.9 x N.
+--gpus-per-worker 1 (and a GPU-sized config), where the target is >= 0.9 x N. More worker CPUs
+than this machine has need --oversubscribe, as for `eqdp-ray train` and `tune` (the figure then
+measures contention).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 import warnings
 
 warnings.filterwarnings("ignore")
 
-from eqdp_ray.config import load_config  # noqa: E402
+from eqdp_ray.config import ConfigError, load_config  # noqa: E402
 from eqdp_ray.train import train  # noqa: E402
+from eqdp_ray.train.cluster import check_local_cpus, connect_ray, local_cpus, will_start_local_ray  # noqa: E402
 from eqdp_ray.train.distributed import train_distributed  # noqa: E402
+
+
+def start_local_ray(workers: int, cpus_per_worker: float, *, oversubscribe: bool) -> None:
+    """Start the local Ray that both distributed runs share, sized for the N-worker one.
+
+    Left to `train_distributed`, the 1-worker run that comes first would size it, too small for N
+    workers beyond this machine's cores even when oversubscribing. Does nothing once Ray runs or
+    when RAY_ADDRESS names a cluster.
+    """
+    if will_start_local_ray(None):
+        connect_ray(None, num_cpus=local_cpus(workers, cpus_per_worker, oversubscribe=oversubscribe))
 
 
 def main() -> None:
@@ -30,9 +46,24 @@ def main() -> None:
     parser.add_argument("--cpus-per-worker", type=float, default=1.0)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--set", action="append", default=[])
+    parser.add_argument(
+        "--oversubscribe",
+        action="store_true",
+        help="let the local Ray run more worker CPUs than this machine has (default: refuse)",
+    )
     args = parser.parse_args()
+    try:
+        run(args)
+    except ConfigError as exc:  # bad config, too few CPUs, unreachable cluster: one line, no traceback
+        print(f"eqdp-ray: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def run(args: argparse.Namespace) -> None:
     overrides = [f"training.steps={args.steps}", "training.epochs=null", f"training.eval_every={args.steps}", *args.set]
     config = load_config(args.config, overrides)
+    if will_start_local_ray(None) and not args.oversubscribe:  # refuse before the first run, not after it
+        check_local_cpus(args.workers, args.cpus_per_worker, fix="lower --workers")
 
     rows = []
     start = time.time()
@@ -40,13 +71,15 @@ def main() -> None:
     rows.append(("1 process, no Ray", local, time.time() - start))
     for workers in (1, args.workers):
         with tempfile.TemporaryDirectory() as out:
-            start = time.time()
+            start = time.time()  # the 1-worker row includes Ray's start-up
+            start_local_ray(args.workers, args.cpus_per_worker, oversubscribe=args.oversubscribe)
             result = train_distributed(
                 config,
                 workers=workers,
                 gpus_per_worker=args.gpus_per_worker,
                 cpus_per_worker=args.cpus_per_worker,
                 output_dir=out,
+                oversubscribe=args.oversubscribe,
                 log=None,
             )
             rows.append((f"{workers} Ray worker(s)", result, time.time() - start))
