@@ -1,11 +1,12 @@
 """How tight the one-run audit is at CPU scale: lower bound vs claimed epsilon, with and without faults.
 
-    python benchmarks/audit_tightness.py [--canaries 800] [--settings tests|wide|quickstart]
+    python benchmarks/audit_tightness.py [--canaries 800] [--settings tests|wide|quickstart] [--only ROW ...]
 
 `tests`: the settings of tests/audit (200 digits, tiny D4 model with 894 parameters, q = 1 and
 one step, or q = 0.25 and 8 steps); `wide`: the same data with a wider model (layout 8/8/8,
 4,674 parameters), so that more canaries fit and the real gradients interfere less;
-`quickstart`: configs/quickstart.yaml as shipped (q = 0.16, 95 steps). Prints one row per run.
+`quickstart`: configs/quickstart.yaml as shipped (q = 0.16, 95 steps). Prints one row per run;
+`--only` runs just the rows of those names (e.g. "q=1 T=1 eps=1.0" "q=1 T=1 eps=1 no_noise").
 """
 
 from __future__ import annotations
@@ -13,12 +14,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import time
+from pathlib import Path
 
 from eqdp_ray.audit import run_audit
 from eqdp_ray.config import load_config, parse_config
 from eqdp_ray.data import load_dataset
 from eqdp_ray.privacy import _faults
 
+QUICKSTART = Path(__file__).resolve().parent.parent / "configs" / "quickstart.yaml"
 # about 200 digits are kept (a per-example hash decides), less the validation split
 TRAIN_SIZE = len(load_dataset("digits", None, val_size=0.1, seed=0, train_subset=200).train_y)
 
@@ -47,11 +50,12 @@ def config(epsilon, batch_size, steps, layout):
     )
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--canaries", type=int, default=800)
     parser.add_argument("--settings", default="tests", choices=["tests", "wide", "quickstart"])
-    args = parser.parse_args()
+    parser.add_argument("--only", nargs="+", metavar="ROW", help="run only the rows of these names (default: all)")
+    args = parser.parse_args(argv)
     layout = [2, 4, 4] if args.settings == "tests" else [8, 8, 8]
     runs = []
     if args.settings == "quickstart":
@@ -59,7 +63,7 @@ def main() -> None:
             runs.append(
                 (
                     f"quickstart eps={eps}",
-                    load_config("configs/quickstart.yaml", [f"privacy.target_epsilon={eps}"]),
+                    load_config(QUICKSTART, [f"privacy.target_epsilon={eps}"]),
                     None,
                     {},
                 )
@@ -72,6 +76,11 @@ def main() -> None:
         for eps in (1.0, 4.0, 8.0):
             runs.append((f"q=0.25 T=8 eps={eps}", config(eps, TRAIN_SIZE // 4, 8, layout), None, {}))
         runs.append(("q=0.25 T=8 eps=1 reused_noise", config(1.0, TRAIN_SIZE // 4, 8, layout), "reused_noise", {}))
+    if args.only:
+        unknown = [name for name in args.only if name not in {run[0] for run in runs}]
+        if unknown:
+            parser.error(f"no row {unknown} in --settings {args.settings}; rows: {', '.join(r[0] for r in runs)}")
+        runs = [run for run in runs if run[0] in args.only]
     print("| setting | M | claimed eps | lower bound (95%) | guesses right | score | seconds |")
     print("|---|---|---|---|---|---|---|")
     for name, cfg, fault, params in runs:
