@@ -31,7 +31,8 @@ CIFAR-10's binary files are 6 x 30.73 MB = 184 MB):
      replaced.
   3. Run: `python benchmarks/cifar10_full.py --data-root data/cifar10-parts --eps 8 --minutes 6`.
      The script finds the parts, moves them into data/cifar10-parts/cifar-10-batches-bin/ and
-     checks every file's size (30,730,000 bytes) before loading.
+     checks every file's size (30,730,000 bytes) before loading. A smaller copy in the official
+     layout (whole records in every file, as tests write) runs too, labelled NOT the official data.
   Lossy alternative for a first look in ONE call: `--pack OUT --lossy-bits B` keeps the top B bits
   of every pixel (dequantised to the middle of its bin: max error 2^(7-B)/255, e.g. +-8/255 at
   B=4) in one numpy.savez_compressed file; the script rebuilds .bin files from it on the device.
@@ -62,7 +63,8 @@ warnings.filterwarnings("ignore")
 REPO = Path(__file__).resolve().parent.parent
 PAPER_CONFIG = REPO / "configs" / "cifar10_eps8_paper.yaml"
 BIN_FILES = [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]
-BIN_BYTES = 10_000 * 3073
+RECORD_BYTES = 3073  # a label byte and 32 x 32 x 3 pixel bytes
+BIN_BYTES = 10_000 * RECORD_BYTES
 PARTS = {"part1": BIN_FILES[0:2], "part2": BIN_FILES[2:4], "part3": BIN_FILES[4:6] + ["batches.meta.txt"]}
 DEFAULT_ROOT = os.environ.get("EQDP_SHARED_DATA", str(REPO.parent / "shared" / "data"))
 
@@ -122,15 +124,21 @@ def prepare_root(root: Path) -> tuple[Path, str]:
                 rec = np.concatenate([data[name + ":labels"][:, None], pixels.astype(np.uint8)], axis=1)
                 rec.tofile(target / name)
             (target / "lossy.txt").write_text(f"{bits}\n")
-    missing = [n for n in BIN_FILES if not (target / n).is_file() or (target / n).stat().st_size != BIN_BYTES]
+    sizes = {n: (target / n).stat().st_size if (target / n).is_file() else 0 for n in BIN_FILES}
+    missing = [n for n, size in sizes.items() if size == 0 or size % RECORD_BYTES]
     if missing:
         raise SystemExit(
-            f"CIFAR-10 incomplete under {target}: {missing} missing or not {BIN_BYTES} bytes; "
-            "carry all three parts first (see this script's docstring)"
+            f"CIFAR-10 incomplete under {target}: {missing} missing or not whole {RECORD_BYTES}-byte records "
+            f"(the official files hold {BIN_BYTES} bytes); carry all three parts first (see this script's docstring)"
         )
     note = "lossless"
     if (target / "lossy.txt").is_file():
         note = f"LOSSY: pixels quantised to {int((target / 'lossy.txt').read_text())} bits"
+    if any(size != BIN_BYTES for size in sizes.values()):
+        # a small copy in the official layout (a test's); the loader refuses a mix of official and cut files
+        note += (
+            f"; NOT the official CIFAR-10: {sum(sizes.values()) // RECORD_BYTES} images (train + test) in its layout"
+        )
     return root, note
 
 
@@ -245,7 +253,7 @@ def summary(result: dict[str, Any]) -> str:
     )
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--eps", type=float, nargs="+", default=[1.0, 2.0, 4.0, 8.0])
     mode = parser.add_mutually_exclusive_group()
@@ -265,7 +273,7 @@ def main() -> None:
     parser.add_argument("--pack", type=Path, help="write the data set as device-sized parts under this folder")
     parser.add_argument("--lossy-bits", type=int, help="with --pack: one compressed file, pixels cut to this many bits")
     parser.add_argument("--check-env", action="store_true")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     if args.pack:
         pack(Path(args.data_root), args.pack, args.lossy_bits)
