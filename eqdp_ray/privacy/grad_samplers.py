@@ -165,7 +165,7 @@ def _filter_gradients_by_grouped_conv(
 
 # Per-example dense filter gradients of a steerable layer are formed, and mapped to coefficients,
 # this many bytes at a time, so that the dense gradients (much larger than the coefficients) never
-# exist for the whole batch. With freed memory reused (``per_example.reuse_freed_memory``) a chunk
+# exist for the whole batch. With freed memory reused (``eqdp_ray.train.memory.reuse_freed_memory``) a chunk
 # costs no page faults, and 32 MiB chunks measured faster than 2 or 8 MiB on the benchmark's
 # layers (rules alone, 1 thread: 2.60 s against 2.92 s for 2 MiB, at K=1; docs/BENCHMARKS.md).
 # On accelerators large chunks keep the kernels large.

@@ -42,7 +42,7 @@ def add_gaussian_noise(
 # generator, so that blocks can be drawn on several cores at once (a float64 draw is ~20 ns a number
 # on one core: 55 ms for ResNet-9's 2.4M parameters, 5% of its DP step on 2 cores). The block size
 # and the seeds are fixed, not the number of threads: every rank, on any machine, draws the same numbers.
-DRAW_BLOCK = 2**19
+DRAW_BLOCK = 2**17
 _draw_pool: ThreadPoolExecutor | None = None
 
 

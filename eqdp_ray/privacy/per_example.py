@@ -8,11 +8,7 @@ trainable layer without a registered per-example rule.
 
 from __future__ import annotations
 
-import ctypes
-import logging
-import sys
-import warnings
-from typing import Any
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -24,8 +20,6 @@ from eqdp_ray.privacy.clipping import PerExampleGradient
 from eqdp_ray.privacy.errors import UnsupportedModelError
 from eqdp_ray.privacy.ghost_norms import DEFERRED_RULES
 from eqdp_ray.privacy.grad_samplers import AUGMENTATION_AWARE_RULES  # also registers our rules with Opacus
-
-logger = logging.getLogger(__name__)
 
 _MIXING_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm, nn.LocalResponseNorm)
 
@@ -48,35 +42,6 @@ def check_model_supports_dp(model: nn.Module) -> None:
             )
 
 
-_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)
-_heap_reuse_enabled = False
-
-
-def reuse_freed_memory() -> bool:
-    """Serve large CPU tensors from glibc's heap and keep freed memory there; True if now in effect.
-
-    glibc hands every allocation above 32 MiB to a fresh mmap and unmaps it on free, so each
-    step's per-example gradients (hundreds of MiB for a conventional CNN), and the temporaries
-    of clipping them, are page-faulted and zeroed by the kernel afresh: on the 2-core benchmark
-    machine ~1 ms per MiB, as much as the contractions that fill them (docs/BENCHMARKS.md). With
-    mmap off and trimming off, freed blocks are reused by the next step. Process-wide, and the
-    process keeps its peak heap until it exits, which a training process does anyway; a no-op
-    off glibc (macOS, musl).
-    """
-    global _heap_reuse_enabled
-    if _heap_reuse_enabled:
-        return True
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return False
-    _heap_reuse_enabled = bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, -1))
-    logger.debug("glibc heap reuse for large allocations: %s", _heap_reuse_enabled)
-    return _heap_reuse_enabled
-
-
 class PerExampleGradients:
     """Per-example gradients of every trainable parameter, averaged over each example's K inputs.
 
@@ -85,14 +50,12 @@ class PerExampleGradients:
     nn.Conv2d, nn.GroupNorm and nn.Linear (they average over K inside the contraction; see
     grad_samplers.py), Opacus's registry for any other layer (averaged after). Backward asks autograd for the gradient of the *input* only,
     so the summed parameter gradients of ordinary training, which DP-SGD would discard, are
-    never computed: that is what keeps a DP step close to a non-private one. A model with
-    parameters on the CPU switches the process to ``reuse_freed_memory``.
+    never computed: that is what keeps a DP step close to a non-private one. On the CPU, see
+    ``eqdp_ray.train.memory.reuse_freed_memory`` (the train loop switches it on).
     """
 
     def __init__(self, model: nn.Module) -> None:
         check_model_supports_dp(model)
-        if any(p.device.type == "cpu" for p in model.parameters()):
-            reuse_freed_memory()
         self.model = model
         self.parameters = [p for p in model.parameters() if p.requires_grad]
         self._active = False
@@ -103,16 +66,21 @@ class PerExampleGradients:
         self._handles = []
         for _, module in trainable_modules(model):
             self._handles.append(module.register_forward_hook(self._keep_input))
-            self._handles.append(module.register_full_backward_hook(self._per_example_rule))
 
     def _keep_input(self, module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-        if self._active:
-            self._inputs[module] = [t.detach() for t in inputs]
-
-    def _per_example_rule(self, module: nn.Module, grad_input: Any, grad_output: tuple[torch.Tensor, ...]) -> None:
+        """Keep the layer's input, and hook its output's gradient (a tensor hook: no extra autograd nodes)."""
         if not self._active:
             return
-        activations, backprops, k = self._inputs.pop(module), grad_output[0].detach(), self._multiplicity
+        if not isinstance(output, torch.Tensor):
+            raise UnsupportedModelError(f"{type(module).__name__} returns {type(output).__name__}, not one tensor")
+        self._inputs[module] = [t.detach() for t in inputs]
+        if output.requires_grad:
+            output.register_hook(functools.partial(self._per_example_rule, module))
+
+    def _per_example_rule(self, module: nn.Module, grad_output: torch.Tensor) -> None:
+        if not self._active:
+            return
+        activations, backprops, k = self._inputs.pop(module), grad_output.detach(), self._multiplicity
         deferred_rule = DEFERRED_RULES.get(type(module)) if self._defer else None
         rule = AUGMENTATION_AWARE_RULES.get(type(module))
         grads = deferred_rule(module, activations, backprops, k) if deferred_rule is not None else None
@@ -147,12 +115,9 @@ class PerExampleGradients:
             )
         self._grads, self._multiplicity, self._defer, self._active = {}, multiplicity, defer, True
         try:
-            with warnings.catch_warnings():
-                # Hooks fire although parameters get no summed gradient; that is the point.
-                warnings.filterwarnings("ignore", message="Full backward hook is firing")
-                inputs = inputs.detach().requires_grad_(True)
-                logits = self.model(inputs)
-                torch.autograd.grad(F.cross_entropy(logits, targets, reduction="sum"), [inputs])
+            inputs = inputs.detach().requires_grad_(True)
+            logits = self.model(inputs)
+            torch.autograd.grad(F.cross_entropy(logits, targets, reduction="sum"), [inputs])
         finally:
             self._active = False
             self._inputs.clear()

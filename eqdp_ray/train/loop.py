@@ -40,6 +40,7 @@ from eqdp_ray.privacy import (
     secure_seed,
 )
 from eqdp_ray.train.comm import LocalComm
+from eqdp_ray.train.memory import reuse_freed_memory
 
 logger = logging.getLogger(__name__)
 
@@ -252,6 +253,8 @@ def setup_run(
     model = build_model(config.model.name, **options).to(device)
     ema = ExponentialMovingAverage(model, t.ema_decay)  # copied before the hooks are attached
     gradients = PerExampleGradients(model)
+    if device.type == "cpu":
+        reuse_freed_memory()  # a DP step's per-example gradients are large blocks, freed every step
     optimizer = torch.optim.SGD(
         model.parameters(), lr=t.lr, momentum=t.momentum, nesterov=t.nesterov, weight_decay=t.weight_decay
     )
