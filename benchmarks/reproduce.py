@@ -646,7 +646,9 @@ def measure(steps: int = 2) -> None:
     """Seconds per DP step of 64 examples (K=1) and per evaluated image, for every model and data set."""
     from eqdp_ray.models import build_model, count_parameters
     from eqdp_ray.privacy import PerExampleGradients, clip_and_sum
+    from eqdp_ray.train.memory import reuse_freed_memory
 
+    reuse_freed_memory()  # as the train loop does on CPU
     print(f"[measure] {machine_info()}, load average {os.getloadavg()[0]:.1f}")
     for dataset, shape in (("cifar10", (3, 32, 32)), ("rotated_mnist", (1, 28, 28))):
         for model in models_for(dataset):
@@ -656,7 +658,7 @@ def measure(steps: int = 2) -> None:
             times = []
             for _ in range(steps + 1):  # the first step warms up and is dropped
                 t0 = time.perf_counter()
-                per_example, _ = grads(x, y, 1)
+                per_example, _ = grads(x, y, 1, defer=True)  # as the train loop asks
                 clip_and_sum(per_example, 1.0)
                 times.append(time.perf_counter() - t0)
             net.eval()

@@ -33,9 +33,12 @@ from torch.func import vjp, vmap
 from eqdp_ray.models.layers import FieldGroupNorm, SteerableConv2d
 
 # Below this many contracted positions per example (K x output height x width) the unfold route
-# is faster on CPU; above it the grouped weight-gradient convolution wins (benchmarks/dp_step.py,
-# docs/BENCHMARKS.md). Both compute the same sum, so the choice only moves time.
-GROUPED_CONV_MIN_POSITIONS = 256
+# is faster on CPU; from it on the grouped weight-gradient convolution wins (measured per layer of
+# the three benchmark models, 2 threads, 2026-12-01: at 64 positions grouped 44 ms against unfold
+# 61 ms on the equivariant model's 8x8 layer, at parity on the conventional ones, whose 8x8 layers
+# take ghost norms anyway; at 16 unfold wins; docs/BENCHMARKS.md). Both compute the same sum, so
+# the choice only moves time.
+GROUPED_CONV_MIN_POSITIONS = 64
 
 # The unfold route forms a patch tensor (in x kernel area times the input); it is formed this
 # many bytes at a time, and each chunk's product is written straight into the result.

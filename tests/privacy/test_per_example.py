@@ -42,8 +42,8 @@ def loop_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[l
     return out
 
 
-# 8x8 inputs take the unfold route for the filter gradients; 20x20 (400 positions, then 100 at
-# stride 2; x3 with augmentations) takes the grouped-convolution route for some layers.
+# 8x8 inputs: the first layer's 64 positions take the grouped-convolution route, the stride-2 layer's
+# 16 the unfold route; 20x20 (400 positions, then 100 at stride 2) takes the grouped route for both.
 @pytest.mark.parametrize("size", [8, 20])
 @pytest.mark.parametrize("group,order,restrict", [("dihedral", 4, 2), ("cyclic", 8, None), ("dihedral", 1, None)])
 def test_per_example_gradients_match_single_example_loop(group, order, restrict, size):
