@@ -23,7 +23,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from eqdp_ray.privacy.clipping import DeferredGradient
-from eqdp_ray.privacy.grad_samplers import PATCH_CHUNK_BYTES, ConvGeometry, _conv2d_inputs, _per_example_channel_sums
+from eqdp_ray.privacy.grad_samplers import (
+    PATCH_CHUNK_BYTES,
+    ConvGeometry,
+    _conv2d_inputs,
+    _per_example_channel_sums,
+    summed_weight_gradient,
+)
 
 # Ghost norms are used where T (d + p) <= GHOST_COST_RATIO x d p: the Gram matrices (cost n T^2 (d+p))
 # then cost at most this fraction of forming the per-example gradients (n T d p). Below 1 because the
@@ -87,20 +93,8 @@ class _ConvWeightGradient(DeferredGradient):
         geometry, k = self.geometry, self.k
         scale = (weights / k if k > 1 else weights).repeat_interleave(k).to(self.backprops.dtype)
         scaled = self.backprops * scale.view(-1, 1, 1, 1)
-        _, grad, _ = torch.ops.aten.convolution_backward(
-            scaled,
-            self.x,
-            self.layer.weight.to(self.backprops.dtype),
-            None,
-            list(geometry.stride),
-            list(geometry.padding),
-            list(geometry.dilation),
-            False,
-            [0, 0],
-            geometry.groups,
-            [False, True, False],
-        )
-        return grad
+        weight = self.layer.weight.to(self.backprops.dtype)
+        return summed_weight_gradient(geometry, self.x, scaled, weight, groups=geometry.groups)
 
 
 class _LinearWeightGradient(DeferredGradient):

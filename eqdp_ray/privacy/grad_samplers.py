@@ -150,20 +150,28 @@ def _filter_gradients_by_grouped_conv(
     weight_shape = torch.empty(
         n * channels_out, channels_in // g, *geometry.kernel, dtype=backprops.dtype, device=backprops.device
     )
-    _, filters, _ = torch.ops.aten.convolution_backward(
-        outputs,
+    filters = summed_weight_gradient(geometry, inputs, outputs, weight_shape, groups=n * g)
+    return filters.view(n, channels_out, channels_in // g, *geometry.kernel)
+
+
+def summed_weight_gradient(
+    geometry: ConvGeometry, inputs: torch.Tensor, output_grads: torch.Tensor, weight: torch.Tensor, groups: int
+) -> torch.Tensor:
+    """A convolution's weight gradient summed over the batch and positions (`weight` gives its shape)."""
+    _, grad, _ = torch.ops.aten.convolution_backward(
+        output_grads,
         inputs,
-        weight_shape,
+        weight,
         None,
         list(geometry.stride),
         list(geometry.padding),
         list(geometry.dilation),
         False,
         [0, 0],
-        n * g,
+        groups,
         [False, True, False],
     )
-    return filters.view(n, channels_out, channels_in // g, *geometry.kernel)
+    return grad
 
 
 # Per-example dense filter gradients of a steerable layer are formed, and mapped to coefficients,
