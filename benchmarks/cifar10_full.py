@@ -289,11 +289,21 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(min(2, os.cpu_count() or 1))
     torch.backends.cudnn.benchmark = True
     torch.set_float32_matmul_precision("high")  # TF32 on Hopper; DP noise dwarfs its rounding
+    from eqdp_ray.config.errors import UserError
+
     root, data_note = prepare_root(Path(args.data_root))
     args.data_root = str(root)
-    data = load_dataset(
-        "cifar10", root, val_size=args.val_size, seed=0, train_subset=args.train_subset, test_subset=args.test_subset
-    )
+    try:
+        data = load_dataset(
+            "cifar10",
+            root,
+            val_size=args.val_size,
+            seed=0,
+            train_subset=args.train_subset,
+            test_subset=args.test_subset,
+        )
+    except UserError as error:  # e.g. a mix of official and cut files: one line, as the CLI says it
+        raise SystemExit(f"cifar10_full: error: {error}") from None
     args.out.mkdir(parents=True, exist_ok=True)
     for eps in args.eps:
         steps = args.max_steps

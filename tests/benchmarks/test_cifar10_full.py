@@ -75,3 +75,11 @@ def test_a_small_copy_in_the_official_layout_is_labelled_and_a_cut_one_refused(c
     batch.unlink()
     with pytest.raises(SystemExit, match=r"\['data_batch_3.bin'\] missing"):
         cifar_bench.prepare_root(tmp_path)
+
+
+def test_data_the_loader_refuses_is_one_line_not_a_traceback(cifar_bench, tmp_path):
+    write_cifar10_bin(tmp_path / "cifar-10-batches-bin", 3)
+    argv = ["--device", "cpu", "--max-steps", "1", "--data-root", str(tmp_path), "--out", str(tmp_path / "out")]
+    with pytest.raises(SystemExit, match=r"^cifar10_full: error: .*val") as refused:
+        cifar_bench.main([*argv, "--val-size", "1000"])  # more validation examples than the 15 training ones
+    assert "\n" not in str(refused.value) and not (tmp_path / "out").exists()
