@@ -12,8 +12,8 @@
 
 Not part of CI. Hoelzl, Rueckert & Kaissis (arXiv 2301.13104) claim that at equal (eps, delta)
 equivariant ResNet-9s beat conventional networks with far fewer parameters. This study checks
-that on CPU-sized problems: CIFAR-10 (a fixed class-balanced subset of the training set,
-validation carved from the training set, a fixed class-balanced test subset) and rotated MNIST
+that on CPU-sized problems: CIFAR-10 (a fixed subset of the training set chosen by each example's
+hash, validation carved from the training set the same way, a fixed class-balanced test subset) and rotated MNIST
 (built from MNIST's t10k digits, the only MNIST file on the offline machine).
 
 Design choices, and why:
@@ -532,8 +532,12 @@ def render_report(preset: Preset, records: list[dict[str, Any]]) -> str:
             f"#### {spec.name}",
             "",
             f"Sizes: {res['train_size']} train ("
-            + ("fixed class-balanced subset" if spec.train_subset else "the whole training pool after the val split")
-            + f") / {res['val_size']} val (carved from train, stratified) / "
+            + (
+                "fixed subset chosen by each example's hash"
+                if spec.train_subset
+                else "the whole training pool after the val split"
+            )
+            + f") / {res['val_size']} val (carved from train by each example's hash) / "
             f"{res['test_size']} test"
             + (" (class-balanced subset of the test set)" if spec.test_subset else "")
             + f"; expected batch {spec.batch_size} (q={res['sample_rate']:.4f}), {spec.steps} steps, "
