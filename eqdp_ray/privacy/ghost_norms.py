@@ -38,6 +38,22 @@ from eqdp_ray.privacy.grad_samplers import (
 GHOST_COST_RATIO = 0.5
 
 
+def ghost_norms_are_consistent(device: torch.device) -> bool:
+    """Whether the Gram-matrix norm and the weighted weight gradient agree to float32 rounding on `device`.
+
+    The two are computed by different products, so an example's clip factor comes from one and its
+    contribution from the other. In float32 they agree to ~5e-7 relative (measured on ResNet-9),
+    which the clip margin covers; with TF32 (CUDA's default for convolutions) they would differ by
+    ~1e-3, letting a clipped contribution exceed C. There the per-example gradients are formed, so
+    that norm and sum come from the same numbers.
+    """
+    if device.type == "cpu":
+        return True
+    if device.type == "cuda":
+        return not (torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32)
+    return False
+
+
 def ghost_norms_pay(contracted: int, inputs_per_output: int, outputs: int) -> bool:
     """Whether T contracted positions make the Gram route cheaper than forming the gradients (d x p each)."""
     return contracted * (inputs_per_output + outputs) <= GHOST_COST_RATIO * inputs_per_output * outputs
@@ -115,7 +131,7 @@ def conv2d_deferred_rule(
     layer: nn.Conv2d, activations: list[torch.Tensor], backprops: torch.Tensor, multiplicity: int = 1
 ) -> dict[nn.Parameter, torch.Tensor | DeferredGradient] | None:
     """The weight as a DeferredGradient (and the bias formed) where ghost norms pay; None where they do not."""
-    if not layer.weight.requires_grad:
+    if not layer.weight.requires_grad or not ghost_norms_are_consistent(backprops.device):
         return None
     channels_out = backprops.shape[1]
     contracted = multiplicity * backprops.shape[2] * backprops.shape[3]
@@ -135,7 +151,7 @@ def linear_deferred_rule(
     layer: nn.Linear, activations: list[torch.Tensor], backprops: torch.Tensor, multiplicity: int = 1
 ) -> dict[nn.Parameter, torch.Tensor | DeferredGradient] | None:
     """The weight as a DeferredGradient (and the bias formed) where ghost norms pay; None where they do not."""
-    if not layer.weight.requires_grad:
+    if not layer.weight.requires_grad or not ghost_norms_are_consistent(backprops.device):
         return None
     x = activations[0].to(backprops.dtype)
     n = x.shape[0] // multiplicity

@@ -332,3 +332,26 @@ def test_deferred_gradients_of_the_conventional_models_keep_the_clipped_sum():
             torch.testing.assert_close(norms, expected_norms, rtol=1e-10, atol=1e-12)
             for a, b in zip(got, expected):
                 torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_each_examples_deferred_contribution_is_at_most_c_in_float32():
+    """Sensitivity of the deferred route as it runs (float32): what the weighted weight gradient adds for
+    one example, scaled by the clip factor taken from its ghost norm, has norm <= C."""
+    from eqdp_ray.models import build_model
+    from eqdp_ray.privacy import clip_factors, per_example_norms
+    from eqdp_ray.privacy.clipping import DeferredGradient
+
+    torch.manual_seed(8)
+    model = build_model("resnet9", in_channels=3, num_classes=10, width=0.5, num_groups=4)
+    x, y = torch.randn(6, 3, 32, 32) * torch.logspace(-1, 1, 6)[:, None, None, None], torch.randint(0, 10, (6,))
+    grads, _ = PerExampleGradients(model)(x, y, defer=True)
+    assert any(isinstance(g, DeferredGradient) for g in grads)
+    for max_norm in (1e-3, 0.1):
+        factors = clip_factors(per_example_norms(grads), max_norm)
+        assert (factors < 1).all()  # every example is clipped: each contribution should sit right at C
+        for i in range(len(y)):
+            alone = torch.zeros_like(factors)
+            alone[i] = factors[i]
+            parts = [g.weighted_sum(alone) if isinstance(g, DeferredGradient) else g[i] * factors[i] for g in grads]
+            norm = torch.cat([p.flatten() for p in parts]).norm()
+            assert norm <= max_norm and norm > max_norm * (1 - 1e-4)
