@@ -28,6 +28,8 @@ from eqdp_ray.privacy.grad_samplers import (
     ConvGeometry,
     _conv2d_inputs,
     _per_example_channel_sums,
+    linear_bias_gradients,
+    linear_rows,
     summed_weight_gradient,
 )
 
@@ -59,19 +61,23 @@ def ghost_norms_pay(contracted: int, inputs_per_output: int, outputs: int) -> bo
     return contracted * (inputs_per_output + outputs) <= GHOST_COST_RATIO * inputs_per_output * outputs
 
 
-def _squared_norms_from_grams(patches: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
-    """sum_{t,t'} (a_t . a_t')(g_t . g_t') for each batch entry: patches (B, T, d), grads (B, T, p) -> (B,).
+def _squared_norms_from_grams(patches: torch.Tensor, grads: torch.Tensor, k: int) -> torch.Tensor:
+    """sum_{t,t'} (a_t . a_t')(g_t . g_t') / K^2 for each batch entry: patches (B, T, d), grads (B, T, p) -> (B,).
+
+    The 1/K^2 makes it the squared norm of the mean over an example's K inputs, not of their sum.
 
     Either argument may be a transposed view (B, d, T).transpose(1, 2): the products read it as it lies.
     """
     if patches.shape[1] == 1:
-        return (
+        squared = (
             torch.linalg.vector_norm(patches, dim=(1, 2)).square()
             * torch.linalg.vector_norm(grads, dim=(1, 2)).square()
         )
-    gram_inputs = torch.bmm(patches, patches.transpose(1, 2))
-    gram_grads = torch.bmm(grads, grads.transpose(1, 2))
-    return (gram_inputs * gram_grads).sum((1, 2))
+    else:
+        gram_inputs = torch.bmm(patches, patches.transpose(1, 2))
+        gram_grads = torch.bmm(grads, grads.transpose(1, 2))
+        squared = (gram_inputs * gram_grads).sum((1, 2))
+    return squared / (k * k)
 
 
 class _ConvWeightGradient(DeferredGradient):
@@ -102,12 +108,12 @@ class _ConvWeightGradient(DeferredGradient):
             else:  # an example's K inputs side by side: (m g, K T, d)
                 patches = patches.view(m, k, g, -1, positions).permute(0, 2, 1, 4, 3).reshape(m * g, k * positions, -1)
                 grads = grads.permute(0, 2, 1, 4, 3).reshape(m * g, k * positions, -1)
-            norms[start:stop] = _squared_norms_from_grams(patches, grads).view(m, g).sum(1)
-        return norms / (k * k) if k > 1 else norms
+            norms[start:stop] = _squared_norms_from_grams(patches, grads, k).view(m, g).sum(1)
+        return norms
 
     def weighted_sum(self, weights: torch.Tensor) -> torch.Tensor:
         geometry, k = self.geometry, self.k
-        scale = (weights / k if k > 1 else weights).repeat_interleave(k).to(self.backprops.dtype)
+        scale = (weights / k).repeat_interleave(k).to(self.backprops.dtype)  # the mean over K
         scaled = self.backprops * scale.view(-1, 1, 1, 1)
         weight = self.layer.weight.to(self.backprops.dtype)
         return summed_weight_gradient(geometry, self.x, scaled, weight, groups=geometry.groups)
@@ -118,11 +124,10 @@ class _LinearWeightGradient(DeferredGradient):
 
     def __init__(self, inputs: torch.Tensor, outputs: torch.Tensor, k: int):
         self.inputs, self.outputs, self.k = inputs, outputs, k  # (n, T, d), (n, T, p)
-        norms = _squared_norms_from_grams(inputs, outputs)
-        self.squared_norms = norms / (k * k) if k > 1 else norms
+        self.squared_norms = _squared_norms_from_grams(inputs, outputs, k)
 
     def weighted_sum(self, weights: torch.Tensor) -> torch.Tensor:
-        scale = (weights / self.k if self.k > 1 else weights).to(self.outputs.dtype)
+        scale = (weights / self.k).to(self.outputs.dtype)  # the mean over K
         scaled = self.outputs * scale.view(-1, 1, 1)
         return scaled.reshape(-1, scaled.shape[-1]).t() @ self.inputs.reshape(-1, self.inputs.shape[-1])
 
@@ -153,17 +158,14 @@ def linear_deferred_rule(
     """The weight as a DeferredGradient (and the bias formed) where ghost norms pay; None where they do not."""
     if not layer.weight.requires_grad or not ghost_norms_are_consistent(backprops.device):
         return None
-    x = activations[0].to(backprops.dtype)
-    n = x.shape[0] // multiplicity
-    inputs = x.reshape(n, -1, x.shape[-1])  # an example's K rows (and any inner dimensions) together
-    outputs = backprops.reshape(n, -1, backprops.shape[-1])
+    inputs, outputs = linear_rows(activations[0].to(backprops.dtype), backprops, multiplicity)
     if not ghost_norms_pay(inputs.shape[1], inputs.shape[2], outputs.shape[2]):
         return None
     grads: dict[nn.Parameter, torch.Tensor | DeferredGradient] = {
         layer.weight: _LinearWeightGradient(inputs, outputs, multiplicity)
     }
     if layer.bias is not None and layer.bias.requires_grad:
-        grads[layer.bias] = outputs.sum(1) / multiplicity if multiplicity > 1 else outputs.sum(1)
+        grads[layer.bias] = linear_bias_gradients(outputs, multiplicity)
     return grads
 
 

@@ -296,18 +296,27 @@ def group_norm_rule(
 def linear_rule(
     layer: nn.Linear, activations: list[torch.Tensor], backprops: torch.Tensor, multiplicity: int = 1
 ) -> dict[nn.Parameter, torch.Tensor]:
-    x = activations[0].to(backprops.dtype)
-    n = x.shape[0] // multiplicity
-    inputs = x.reshape(n, -1, x.shape[-1])  # an example's K rows (and any inner dimensions) together
-    outputs = backprops.reshape(n, -1, backprops.shape[-1])
+    inputs, outputs = linear_rows(activations[0].to(backprops.dtype), backprops, multiplicity)
     grads: dict[nn.Parameter, torch.Tensor] = {}
     if layer.weight.requires_grad:
         grads[layer.weight] = torch.bmm(outputs.transpose(1, 2), inputs)
         if multiplicity > 1:
             grads[layer.weight] /= multiplicity
     if layer.bias is not None and layer.bias.requires_grad:
-        grads[layer.bias] = outputs.sum(1) / multiplicity if multiplicity > 1 else outputs.sum(1)
+        grads[layer.bias] = linear_bias_gradients(outputs, multiplicity)
     return grads
+
+
+def linear_rows(x: torch.Tensor, backprops: torch.Tensor, multiplicity: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A Linear layer's inputs (n, T, d) and output gradients (n, T, p): each example's K rows (and any
+    inner dimensions) together, T of them."""
+    n = x.shape[0] // multiplicity
+    return x.reshape(n, -1, x.shape[-1]), backprops.reshape(n, -1, backprops.shape[-1])
+
+
+def linear_bias_gradients(outputs: torch.Tensor, multiplicity: int) -> torch.Tensor:
+    """Per-example bias gradients from output gradients laid out by `linear_rows`: the mean over K."""
+    return outputs.sum(1) / multiplicity if multiplicity > 1 else outputs.sum(1)
 
 
 AUGMENTATION_AWARE_RULES = {

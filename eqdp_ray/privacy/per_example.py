@@ -42,16 +42,29 @@ def check_model_supports_dp(model: nn.Module) -> None:
             )
 
 
+def _formed_gradients(
+    module: nn.Module, activations: list[torch.Tensor], backprops: torch.Tensor, k: int
+) -> dict[nn.Parameter, torch.Tensor]:
+    """The layer's per-example gradients, averaged over K: our rule where we have one, else Opacus's."""
+    rule = AUGMENTATION_AWARE_RULES.get(type(module))
+    if rule is not None:
+        return rule(module, activations, backprops, k)
+    grads = _GSM.GRAD_SAMPLERS[type(module)](module, activations, backprops)
+    if k > 1:
+        grads = {p: g.reshape(-1, k, *g.shape[1:]).mean(dim=1) for p, g in grads.items()}
+    return grads
+
+
 class PerExampleGradients:
     """Per-example gradients of every trainable parameter, averaged over each example's K inputs.
 
-    Forward hooks keep each trainable layer's input; backward hooks hand it, with the gradient
-    of the layer's output, to the layer's rule: ours for steerable convolutions, field norms,
-    nn.Conv2d, nn.GroupNorm and nn.Linear (they average over K inside the contraction; see
-    grad_samplers.py), Opacus's registry for any other layer (averaged after). Backward asks autograd for the gradient of the *input* only,
-    so the summed parameter gradients of ordinary training, which DP-SGD would discard, are
-    never computed: that is what keeps a DP step close to a non-private one. On the CPU, see
-    ``eqdp_ray.train.memory.reuse_freed_memory`` (the train loop switches it on).
+    A forward hook keeps each trainable layer's input and hooks its output's gradient, which hands
+    both to the layer's rule: ours for steerable convolutions, field norms, nn.Conv2d, nn.GroupNorm
+    and nn.Linear (they average over K inside the contraction; see grad_samplers.py), Opacus's
+    registry for any other layer (averaged after). Backward asks autograd for the gradient of the
+    *input* only, so the summed parameter gradients of ordinary training, which DP-SGD would
+    discard, are never computed: that is what keeps a DP step close to a non-private one. On the
+    CPU, see ``eqdp_ray.train.memory.reuse_freed_memory`` (the train loop switches it on).
     """
 
     def __init__(self, model: nn.Module) -> None:
@@ -82,14 +95,9 @@ class PerExampleGradients:
             return
         activations, backprops, k = self._inputs.pop(module), grad_output.detach(), self._multiplicity
         deferred_rule = DEFERRED_RULES.get(type(module)) if self._defer else None
-        rule = AUGMENTATION_AWARE_RULES.get(type(module))
         grads = deferred_rule(module, activations, backprops, k) if deferred_rule is not None else None
-        if grads is None and rule is not None:
-            grads = rule(module, activations, backprops, k)
-        elif grads is None:
-            grads = _GSM.GRAD_SAMPLERS[type(module)](module, activations, backprops)
-            if k > 1:
-                grads = {p: g.reshape(-1, k, *g.shape[1:]).mean(dim=1) for p, g in grads.items()}
+        if grads is None:  # not deferred, or the layer's shape makes forming them cheaper
+            grads = _formed_gradients(module, activations, backprops, k)
         for p, g in grads.items():
             if p not in self._grads:
                 self._grads[p] = g
