@@ -59,6 +59,18 @@ def local_ray():
     ray.shutdown()
 
 
+def write_study(directory: Path, space: dict[str, Any]) -> tuple[Path, Path, Any]:
+    """The space as `space.yaml` in `directory`, and the store beside it: (space file, store directory, store)."""
+    import yaml
+
+    from eqdp_ray.results import ResultsStore
+
+    space_file = directory / "space.yaml"
+    space_file.write_text(yaml.safe_dump(space))
+    store_dir = directory / "store"
+    return space_file, store_dir, ResultsStore(str(store_dir))
+
+
 DRIVER = """
 import sys
 from eqdp_ray.tune import run_search

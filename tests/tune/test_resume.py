@@ -8,11 +8,9 @@ import json
 import signal
 
 import pytest
-import yaml
 
-from eqdp_ray.results import ResultsStore
 from eqdp_ray.tune import run_search
-from tests.tune.conftest import TINY_FIXED, interrupt_driver, tiny_study
+from tests.tune.conftest import TINY_FIXED, interrupt_driver, tiny_study, write_study
 
 pytestmark = pytest.mark.ray
 
@@ -34,10 +32,7 @@ SPACE = tiny_study(
 
 
 def test_interrupted_study_resumes_without_rerunning_or_duplicating(tmp_path):
-    space_file = tmp_path / "space.yaml"
-    space_file.write_text(yaml.safe_dump(SPACE))
-    store_dir = tmp_path / "store"
-    store = ResultsStore(str(store_dir))
+    space_file, store_dir, store = write_study(tmp_path, SPACE)
 
     def one_trial_completed_and_another_runs():
         if (store_dir / "trials").exists():

@@ -17,7 +17,7 @@ from eqdp_ray.privacy.rdp import ORDERS
 from eqdp_ray.privacy.search import SearchPlan, TrialMechanism
 from eqdp_ray.results import ResultsStore
 from eqdp_ray.tune import run_search
-from tests.tune.conftest import interrupt_driver, tiny_study
+from tests.tune.conftest import interrupt_driver, tiny_study, write_study
 
 pytestmark = pytest.mark.ray
 
@@ -125,12 +125,7 @@ KILL_SPACE = {
 
 def test_a_killed_and_resumed_study_counts_every_attempt_and_stays_within_its_target(tmp_path):
     """SIGKILL the driver while a trial trains, resume: the killed attempt counts its reservation, nothing exceeds."""
-    import yaml
-
-    space_file = tmp_path / "space.yaml"
-    space_file.write_text(yaml.safe_dump(KILL_SPACE))
-    store_dir = tmp_path / "store"
-    store = ResultsStore(str(store_dir))
+    space_file, store_dir, store = write_study(tmp_path, KILL_SPACE)
 
     def a_trial_settled_and_another_runs():
         if (store_dir / "ledger").exists() and (store_dir / "trials").exists():
