@@ -42,7 +42,12 @@ PATCHES = [
     (
         "escnn/group/_numerical.py",
         "u, s, vh = randomized_svd(A, n_components=k, random_state=None)",
-        "u, s, vh = randomized_svd(np.asarray(A), n_components=k, random_state=None)",
+        "u, s, vh = randomized_svd(np.asarray(A), n_components=k, random_state=0)",
+    ),
+    (
+        "escnn/group/__init__.py",
+        "__cache_path__ = os.path.join(os.path.dirname(__file__), '_cache')\n",
+        f"from {PREFIX}.escnn_cache import escnn_cache_path\n__cache_path__ = escnn_cache_path()\n",
     ),
 ]
 

@@ -17,6 +17,9 @@ class LocalComm:
     def broadcast_int(self, value: int) -> int:
         return value
 
+    def broadcast_from_rank0(self, tensors: list[torch.Tensor]) -> None:
+        pass
+
     def barrier(self) -> None:
         pass
 
@@ -49,6 +52,13 @@ class TorchDistributedComm:
         buffer = torch.tensor([value if self.rank == 0 else 0], dtype=torch.int64, device=self.device)
         self.dist.broadcast(buffer, src=0)
         return int(buffer.item())
+
+    def broadcast_from_rank0(self, tensors: list[torch.Tensor]) -> None:
+        """In place: every rank ends up with rank 0's values (one collective per tensor: setup only)."""
+        for tensor in tensors:
+            buffer = tensor.detach().to(self.device).contiguous()
+            self.dist.broadcast(buffer, src=0)
+            tensor.detach().copy_(buffer)
 
     def barrier(self) -> None:
         self.dist.barrier()

@@ -1,8 +1,8 @@
 """The same DP-SGD loop spread over N Ray Train workers (TorchTrainer; gloo on CPUs, NCCL on GPUs).
 
-What makes the distributed run the *same* mechanism as one process: every rank draws the same
-global Poisson mask and keeps its own shard (so the union is Poisson sampling of the whole set
-at rate q), the clipped sums are all-reduced, and every rank adds the *same* single noise draw
+What makes the distributed run the *same* mechanism as one process: every rank starts from rank
+0's model (weights and sampled steerable bases), draws the same global Poisson mask and keeps its
+own shard (so the union is Poisson sampling of the whole set at rate q), the clipped sums are all-reduced, and every rank adds the *same* single noise draw
 from a generator seeded with a secret broadcast over the process group. Checkpoints carry the
 model, optimiser, EMA, step and history (the accountant's state is (sigma, q, step)), never the
 secret: a restart draws a fresh one.

@@ -251,6 +251,9 @@ def setup_run(
     options.setdefault("in_channels", data.in_channels)
     options.setdefault("num_classes", data.num_classes)
     model = build_model(config.model.name, **options).to(device)
+    # Every rank starts from rank 0's model: the same initial weights and the same sampled
+    # steerable bases, even where the ranks' escnn caches (one per node) were filled apart.
+    comm.broadcast_from_rank0(list(model.state_dict().values()))
     ema = ExponentialMovingAverage(model, t.ema_decay)  # copied before the hooks are attached
     gradients = PerExampleGradients(model)
     if device.type == "cpu":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import os
 import subprocess
 import sys
 import textwrap
@@ -12,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from eqdp_ray._vendor import lie_learn_stand_in
+from eqdp_ray._vendor import escnn_cache, lie_learn_stand_in
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 VENDORED = REPO_ROOT / "eqdp_ray" / "_vendor" / "escnn"
@@ -112,3 +113,59 @@ def test_vendor_script_patches_must_match_exactly_once():
     assert script.patch(path, f"a\n{old}\n") == f"a\n{new}\n"
     with pytest.raises(ValueError, match="exactly one"):
         script.patch(path, "upstream changed\n")
+
+
+BASIS_DIGEST = textwrap.dedent(
+    """
+    import hashlib, sys
+    from eqdp_ray._vendor.escnn.group import __cache_path__
+    from eqdp_ray.models.registry import build_model
+    model = build_model("eq_resnet9", group="dihedral", order=4, restrict=2, layout=[2, 4, 4], num_groups=2)
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        if "basis" in name:
+            digest.update(tensor.double().numpy().tobytes())
+    print(__cache_path__, digest.hexdigest())
+    """
+)
+
+
+def _basis_digest(env: dict[str, str]) -> tuple[str, str]:
+    done = subprocess.run(
+        [sys.executable, "-c", BASIS_DIGEST], capture_output=True, text=True, cwd=REPO_ROOT, env=env, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    cache, digest = done.stdout.split()[-2:]
+    return cache, digest
+
+
+def _environment(**changes: str | None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("EQDP_RAY_ESCNN_CACHE", "XDG_CACHE_HOME")}
+    env.update({k: v for k, v in changes.items() if v is not None})
+    return env
+
+
+def test_cold_caches_build_the_same_steerable_basis_in_the_user_cache(tmp_path):
+    """Upstream's unseeded randomized SVD picked another null-space basis per computation: two
+    ranks (or nodes) with cold caches then built different filters from the same coefficients.
+    The cache goes to the user's cache directory, never into the installed package."""
+    default, first = _basis_digest(_environment(HOME=str(tmp_path)))
+    explicit, second = _basis_digest(_environment(EQDP_RAY_ESCNN_CACHE=str(tmp_path / "explicit")))
+    off, uncached = _basis_digest(_environment(EQDP_RAY_ESCNN_CACHE=""))
+    assert first == second == uncached
+    expected = tmp_path / ".cache" / "eqdp-ray" / escnn_cache.CACHE_NAME
+    assert Path(default) == expected and any(expected.rglob("*.pkl")), "escnn wrote nothing to the user cache"
+    assert Path(explicit) == tmp_path / "explicit" and any(Path(explicit).rglob("*.pkl"))
+    assert off == "None"
+
+
+def test_an_unwritable_cache_location_turns_the_cache_off(tmp_path, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    monkeypatch.setenv("EQDP_RAY_ESCNN_CACHE", str(blocker / "cache"))
+    assert escnn_cache.escnn_cache_path() is None
+    monkeypatch.setenv("EQDP_RAY_ESCNN_CACHE", "")
+    assert escnn_cache.escnn_cache_path() is None
+    monkeypatch.delenv("EQDP_RAY_ESCNN_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert escnn_cache.escnn_cache_path() == str(tmp_path / "xdg" / "eqdp-ray" / escnn_cache.CACHE_NAME)

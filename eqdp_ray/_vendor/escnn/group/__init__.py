@@ -1,6 +1,7 @@
 
 import os
-__cache_path__ = os.path.join(os.path.dirname(__file__), '_cache')
+from eqdp_ray._vendor.escnn_cache import escnn_cache_path
+__cache_path__ = escnn_cache_path()
 
 
 from .utils import psi, chi, psichi

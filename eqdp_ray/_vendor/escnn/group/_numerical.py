@@ -69,7 +69,7 @@ def null(A: Union[np.matrix, sparse.linalg.LinearOperator],
     else:
         if randomized_svd is not None:
             k = min(A.shape)
-            u, s, vh = randomized_svd(np.asarray(A), n_components=k, random_state=None)
+            u, s, vh = randomized_svd(np.asarray(A), n_components=k, random_state=0)
         else:
             u, s, vh = linalg.svd(A, full_matrices=False)
     
