@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .kernel_symmetry import find_kernel_symmetries, symmetrize
 from .norm_groups import norm_group_count
 
 with warnings.catch_warnings():
@@ -61,7 +62,7 @@ def _exact_private_expansion(expansion: nn.Module) -> nn.Module:
     """A private copy of an escnn basis expansion, its basis re-sampled in float64.
 
     Used by every ``SteerableConv2d``.
-    Three problems with escnn's expansion as ``R2Conv`` leaves it:
+    Four problems with escnn's expansion as ``R2Conv`` leaves it:
 
     * escnn caches sampled bases globally and hands the *same* block modules to every layer
       with the same representation pair, across models. ``model.double()`` or ``.to(device)``
@@ -71,6 +72,8 @@ def _exact_private_expansion(expansion: nn.Module) -> nn.Module:
       equivariant only to ~1e-7 relative, even after ``.double()``. Re-sampling in float64 and
       rounding once to float32 keeps exact equalities exact (rounding is deterministic), so the
       model is invariant to float64 round-off when run in float64, as the tests demand.
+    * The basis's grid symmetries (``kernel_symmetry``) hold only to ~1e-16; they are made exact
+      and recorded on the block (``kernel_symmetries``), for the per-example rule that uses them.
     * escnn hashes these modules by content (converting tensors to numpy), which
       ``named_modules`` does for every module; inside ``torch.func`` transforms (vmap/grad
       per-example gradients) that fails. The copies get ordinary identity hashing, as every
@@ -87,7 +90,12 @@ def _exact_private_expansion(expansion: nn.Module) -> nn.Module:
         basis = block.basis.double()  # private: deep-copied with the block (escnn shares the original)
         sampled = basis.sample(points).permute(1, 2, 3, 0)
         sizes = torch.tensor([attr["shape"][0] for attr in block.basis], dtype=sampled.dtype)
-        sampled = normalize_basis(sampled, sizes)[block._mask].to(block.sampled_basis.dtype)
+        sampled = normalize_basis(sampled, sizes)[block._mask]
+        kernel_size = round(sampled.shape[-1] ** 0.5)
+        block.kernel_symmetries = find_kernel_symmetries(sampled, kernel_size)
+        if block.kernel_symmetries is not None:
+            sampled = symmetrize(sampled, block.kernel_symmetries, kernel_size)
+        sampled = sampled.to(block.sampled_basis.dtype)
         if sampled.shape != block.sampled_basis.shape or not torch.allclose(
             sampled, block.sampled_basis, atol=1e-5, rtol=1e-4
         ):  # pragma: no cover - guards an escnn change

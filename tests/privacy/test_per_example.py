@@ -191,6 +191,62 @@ def test_steerable_rule_with_mixed_field_types_equals_the_loop(k):
         torch.testing.assert_close(got, torch.stack(expected), rtol=1e-9, atol=1e-11)
 
 
+@pytest.mark.parametrize("route", ["symmetry", "dense transpose"])
+@pytest.mark.parametrize("k", [1, 3])
+@pytest.mark.parametrize(
+    "group,order,restrict,fields_in,size,padding",
+    [
+        ("dihedral", 4, None, "regular", 6, 1),
+        ("dihedral", 4, 2, "regular", 5, 1),  # D4-regular inputs restricted to D2: 8 channels, 4 out
+        ("cyclic", 4, None, "trivial", 6, 0),
+        ("dihedral", 2, None, "regular", 7, 2),
+    ],
+)
+def test_steerable_rule_by_basis_symmetry_equals_the_loop(
+    group, order, restrict, fields_in, size, padding, k, route, monkeypatch
+):
+    """The route that sums each filter gradient over the basis's grid symmetries (rotated and
+    channel-permuted copies of the example) against a loop of backward passes, in float64."""
+    torch.manual_seed(7)
+    monkeypatch.setattr(grad_samplers, "SYMMETRY_ROUTE_POSITIONS", 10.0**9 if route == "symmetry" else 0.0)
+    monkeypatch.setitem(grad_samplers.FILTER_GRADIENT_CHUNK_BYTES, "cpu", 1)  # and one example at a time
+    gspace = make_gspace(group, order)
+    in_type = enn.FieldType(gspace, 2 * [getattr(gspace, f"{fields_in}_repr")])
+    if restrict is not None:
+        in_type = in_type.restrict((None, restrict))
+    out_type = enn.FieldType(in_type.gspace, 3 * [in_type.gspace.regular_repr])
+    layer = SteerableConv2d(in_type, out_type, padding=padding).double()
+    positions = k * (size + 2 * padding - 2) ** 2
+    assert (grad_samplers._exact_symmetries(layer, positions) is not None) == (route == "symmetry")
+    n = 3
+    x = torch.randn(n * k, in_type.size, size, size, dtype=torch.float64)
+    weights = torch.randn_like(layer(x))
+    expected = []
+    for i in range(n):
+        layer.zero_grad()
+        ((layer(x[i * k : (i + 1) * k]) * weights[i * k : (i + 1) * k]).sum() / k).backward()
+        expected.append(layer.weight.grad.clone())
+    got = grad_samplers.steerable_conv_rule(layer, [x], weights, k)[layer.weight]
+    torch.testing.assert_close(got, torch.stack(expected), rtol=1e-9, atol=1e-11)
+
+
+def test_a_basis_without_exact_symmetries_takes_the_dense_transpose(monkeypatch):
+    """C8's 45-degree rotations do not map the grid to itself; a checkpoint's basis that breaks the
+    recorded symmetries (an older, unsymmetrized one) is caught bit for bit."""
+    monkeypatch.setattr(grad_samplers, "SYMMETRY_ROUTE_POSITIONS", 10.0**9)
+    c8 = make_gspace("cyclic", 8)
+    regular = enn.FieldType(c8, [c8.regular_repr])
+    assert grad_samplers._exact_symmetries(SteerableConv2d(regular, regular), 1) is None
+    d4 = make_gspace("dihedral", 4)
+    regular = enn.FieldType(d4, 2 * [d4.regular_repr])
+    layer = SteerableConv2d(regular, regular)
+    assert grad_samplers._exact_symmetries(layer, 1) is not None
+    basis = grad_samplers._single_block_basis(layer)
+    with torch.no_grad():
+        basis[:, 1] += 1e-7 * torch.randn_like(basis[:, 1])
+    assert grad_samplers._exact_symmetries(layer, 1) is None
+
+
 def conventional_net(conv: nn.Conv2d, affine: bool = True) -> nn.Module:
     """conv -> GroupNorm -> Mish -> conv (bias) -> pool -> Linear (bias) -> Linear: every conventional rule."""
     return nn.Sequential(
