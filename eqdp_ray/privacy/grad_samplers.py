@@ -3,7 +3,9 @@
 One rule per layer type the models use:
 
 * ``SteerableConv2d``: per-example *filter* gradients, then the transpose of escnn's (linear)
-  basis expansion maps them back to basis coefficients, batched with ``torch.func.vmap``.
+  basis expansion maps them back to basis coefficients (one matrix product for one basis block,
+  else ``torch.func.vmap``); layers with few positions whose basis has exact grid symmetries sum
+  the filter gradient over them first, which makes that transpose o times smaller.
 * ``nn.Conv2d``: the same per-example filter gradients; they are the parameter's gradient.
 * ``FieldGroupNorm`` and ``nn.GroupNorm``: sums over each channel's (or field's) positions of
   the normalised input times the output gradient.
@@ -182,7 +184,8 @@ def summed_weight_gradient(
 # and adds o gathered copies of the input. It pays where the transpose is the larger part: where
 # the contracted positions K x H x W are at most this many times the basis size b (measured on the
 # benchmark model, 2 threads, 2026-12-01: the 8x8 layer at K=1, 64 positions, b=64: 84 ms against
-# 108 ms; 4x4 at K=1, b=32: 15 against 26 ms; 4x4 at K=4: parity; 16x16 at K=1: 146 against 36 ms).
+# 108 ms; 4x4 at K=1, b=32: 15 against 26 ms; 4x4 at K=4: parity; 16x16 at K=1: 146 against 36 ms;
+# docs/BENCHMARKS.md).
 SYMMETRY_ROUTE_POSITIONS = 1.0
 
 # Per-example dense filter gradients of a steerable layer are formed, and mapped to coefficients,
