@@ -229,7 +229,11 @@ def _exact_symmetries(layer: SteerableConv2d, positions: int) -> tuple[KernelSym
     basis = block.sampled_basis
     if positions > SYMMETRY_ROUTE_POSITIONS * basis.shape[0]:
         return None
-    return symmetries if symmetries_hold(basis, symmetries, layer.kernel_size) else None
+    # Checked bit for bit once per version of the buffer (a loaded checkpoint writes a new one).
+    state = (basis.data_ptr(), basis._version, basis.device, basis.dtype)
+    if getattr(block, "_symmetries_checked", (None, None))[0] != state:
+        block._symmetries_checked = (state, symmetries_hold(basis, symmetries, layer.kernel_size))
+    return symmetries if block._symmetries_checked[1] else None
 
 
 @functools.lru_cache(maxsize=64)
