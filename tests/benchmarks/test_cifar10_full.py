@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from eqdp_ray.privacy import epsilon_spent, plan_privacy
@@ -83,3 +84,62 @@ def test_data_the_loader_refuses_is_one_line_not_a_traceback(cifar_bench, tmp_pa
     with pytest.raises(SystemExit, match=r"^cifar10_full: error: .*val") as refused:
         cifar_bench.main([*argv, "--val-size", "1000"])  # more validation examples than the 15 training ones
     assert "\n" not in str(refused.value) and not (tmp_path / "out").exists()
+
+
+def _official_layout(root, per_file=3):
+    files = write_cifar10_bin(root / "cifar-10-batches-bin", per_file)
+    (root / "cifar-10-batches-bin" / "batches.meta.txt").write_text("airplane\nautomobile\n")
+    return files
+
+
+def test_a_pack_in_parts_unpacks_to_the_same_files(cifar_bench, tmp_path):
+    _official_layout(tmp_path / "src")
+    packed = tmp_path / "packed"
+    cifar_bench.main(["--pack", str(packed), "--data-root", str(tmp_path / "src")])
+    assert sorted(p.name for p in packed.iterdir()) == sorted(cifar_bench.PARTS)
+    root, note = cifar_bench.prepare_root(packed)
+    source, unpacked = tmp_path / "src" / "cifar-10-batches-bin", root / "cifar-10-batches-bin"
+    for name in cifar_bench.BIN_FILES + ["batches.meta.txt"]:
+        assert (unpacked / name).read_bytes() == (source / name).read_bytes(), name
+    assert note == "lossless; NOT the official CIFAR-10: 18 images (train + test) in its layout"
+
+
+@pytest.mark.parametrize("bits", [3, 7])
+def test_a_lossy_pack_is_labelled_and_within_its_stated_error(cifar_bench, tmp_path, bits, capsys):
+    original = _official_layout(tmp_path / "src")
+    packed = tmp_path / "packed"
+    cifar_bench.main(["--pack", str(packed), "--lossy-bits", str(bits), "--data-root", str(tmp_path / "src")])
+    assert f"max error {2 ** (7 - bits)}/255" in capsys.readouterr().out
+    root, note = cifar_bench.prepare_root(packed)
+    assert note.startswith(f"LOSSY: pixels quantised to {bits} bits")
+    for name, (pixels, labels) in original.items():
+        records = np.fromfile(root / "cifar-10-batches-bin" / name, dtype=np.uint8).reshape(-1, 3073)
+        assert np.array_equal(records[:, 0], labels)
+        error = np.abs(records[:, 1:].astype(int) - pixels.reshape(len(labels), -1).astype(int))
+        assert error.max() <= 2 ** (7 - bits)
+
+
+def test_lossy_bits_outside_1_to_7_are_refused(cifar_bench, tmp_path):
+    _official_layout(tmp_path / "src")
+    with pytest.raises(SystemExit, match=r"--lossy-bits must lie in 1\.\.7"):
+        cifar_bench.main(["--pack", str(tmp_path / "p"), "--lossy-bits", "8", "--data-root", str(tmp_path / "src")])
+
+
+def test_minutes_mode_fits_the_steps_to_the_time_from_a_probe(tmp_path):
+    write_cifar10_bin(tmp_path / "data" / "cifar-10-batches-bin", PER_FILE)
+    out = tmp_path / "out"
+    argv = ["--eps", "8", "--device", "cpu", "--minutes", "0.05", "--data-root", str(tmp_path / "data")]
+    argv += ["--val-size", "40", "--batch-size", "16", "--physical-batch-size", "16", "--out", str(out)]
+    paths = [str(BENCHMARKS_DIR.parent), os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
+    run = subprocess.run([sys.executable, str(SCRIPT), *argv], capture_output=True, text=True, timeout=600, env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    probe = [line for line in run.stdout.splitlines() if line.startswith("[cifar10_full] probe:")]
+    assert len(probe) == 1
+    steps = int(probe[0].split("-> ")[1].split()[0])
+    assert steps >= 1 and sorted(p.name for p in out.iterdir()) == [f"eps8_steps{steps}.json"]
+    result = json.loads((out / f"eps8_steps{steps}.json").read_text())
+    assert (result["steps"], result["schedule_steps"]) == (steps, 2160)
+    assert result["epsilon"] == pytest.approx(
+        epsilon_spent(result["noise_multiplier"], result["sample_rate"], steps, result["delta"], "rdp")
+    )
