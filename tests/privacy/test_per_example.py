@@ -167,6 +167,19 @@ def test_both_filter_gradient_routes_equal_the_loop(kernel, stride, padding, k, 
     )
 
 
+def assert_steerable_rule_equals_the_loop(layer: SteerableConv2d, x: torch.Tensor, k: int) -> None:
+    """The rule's per-example coefficient gradients (mean over each example's K rows of x) against
+    backward passes one example at a time, for a random output gradient."""
+    weights = torch.randn_like(layer(x))
+    expected = []
+    for i in range(x.shape[0] // k):
+        layer.zero_grad()
+        ((layer(x[i * k : (i + 1) * k]) * weights[i * k : (i + 1) * k]).sum() / k).backward()
+        expected.append(layer.weight.grad.clone())
+    got = grad_samplers.steerable_conv_rule(layer, [x], weights, k)[layer.weight]
+    torch.testing.assert_close(got, torch.stack(expected), rtol=1e-9, atol=1e-11)
+
+
 @pytest.mark.parametrize("k", [1, 2])
 def test_steerable_rule_with_mixed_field_types_equals_the_loop(k):
     """Several field types give several basis blocks: the general route (the expansion's vector-Jacobian
@@ -179,16 +192,7 @@ def test_steerable_rule_with_mixed_field_types_equals_the_loop(k):
     for in_type, out_type in [(mixed_in, mixed_out), (single, single)]:
         layer = SteerableConv2d(in_type, out_type, stride=2).double()
         assert (grad_samplers._single_block_basis(layer) is None) == (in_type is mixed_in)
-        n = 3
-        x = torch.randn(n * k, in_type.size, 7, 7, dtype=torch.float64)
-        weights = torch.randn_like(layer(x))
-        expected = []
-        for i in range(n):
-            layer.zero_grad()
-            ((layer(x[i * k : (i + 1) * k]) * weights[i * k : (i + 1) * k]).sum() / k).backward()
-            expected.append(layer.weight.grad.clone())
-        got = grad_samplers.steerable_conv_rule(layer, [x], weights, k)[layer.weight]
-        torch.testing.assert_close(got, torch.stack(expected), rtol=1e-9, atol=1e-11)
+        assert_steerable_rule_equals_the_loop(layer, torch.randn(3 * k, in_type.size, 7, 7, dtype=torch.float64), k)
 
 
 @pytest.mark.parametrize("route", ["symmetry", "dense transpose"])
@@ -218,16 +222,7 @@ def test_steerable_rule_by_basis_symmetry_equals_the_loop(
     layer = SteerableConv2d(in_type, out_type, padding=padding).double()
     positions = k * (size + 2 * padding - 2) ** 2
     assert (grad_samplers._exact_symmetries(layer, positions) is not None) == (route == "symmetry")
-    n = 3
-    x = torch.randn(n * k, in_type.size, size, size, dtype=torch.float64)
-    weights = torch.randn_like(layer(x))
-    expected = []
-    for i in range(n):
-        layer.zero_grad()
-        ((layer(x[i * k : (i + 1) * k]) * weights[i * k : (i + 1) * k]).sum() / k).backward()
-        expected.append(layer.weight.grad.clone())
-    got = grad_samplers.steerable_conv_rule(layer, [x], weights, k)[layer.weight]
-    torch.testing.assert_close(got, torch.stack(expected), rtol=1e-9, atol=1e-11)
+    assert_steerable_rule_equals_the_loop(layer, torch.randn(3 * k, in_type.size, size, size, dtype=torch.float64), k)
 
 
 def test_a_basis_without_exact_symmetries_takes_the_dense_transpose(monkeypatch):
