@@ -220,14 +220,18 @@ def _single_block_basis(layer: SteerableConv2d) -> torch.Tensor | None:
     return None if block is None else block.sampled_basis
 
 
-def _exact_symmetries(layer: SteerableConv2d, positions: int) -> tuple[KernelSymmetry, ...] | None:
-    """The layer's basis symmetries where the symmetry route applies and pays (see ``SYMMETRY_ROUTE_POSITIONS``)."""
+def _exact_symmetries(
+    layer: SteerableConv2d, x: torch.Tensor, backprops: torch.Tensor, multiplicity: int
+) -> tuple[KernelSymmetry, ...] | None:
+    """The layer's basis symmetries where the symmetry route applies (stride 1, square maps, symmetries that
+    hold bit for bit) and pays (see ``SYMMETRY_ROUTE_POSITIONS``); None elsewhere."""
     block = _single_block(layer)
     symmetries = getattr(block, "kernel_symmetries", None)
-    if symmetries is None or layer.stride != 1:
+    square = x.shape[2] == x.shape[3] and backprops.shape[2] == backprops.shape[3]
+    if symmetries is None or layer.stride != 1 or not square:
         return None
     basis = block.sampled_basis
-    if positions > SYMMETRY_ROUTE_POSITIONS * basis.shape[0]:
+    if multiplicity * backprops.shape[2] * backprops.shape[3] > SYMMETRY_ROUTE_POSITIONS * basis.shape[0]:
         return None
     # Checked bit for bit once per version of the buffer (a loaded checkpoint writes a new one).
     state = (basis.data_ptr(), basis._version, basis.device, basis.dtype)
@@ -257,14 +261,16 @@ def _symmetry_gathers(
 
 
 def _coefficient_gradients_by_symmetry(
-    layer: SteerableConv2d,
+    geometry: ConvGeometry,
+    basis: torch.Tensor,
     symmetries: tuple[KernelSymmetry, ...],
     x: torch.Tensor,
     backprops: torch.Tensor,
     multiplicity: int,
     out: torch.Tensor,
 ) -> None:
-    """Per-example coefficient gradients (summed over K) of a layer whose basis has exact grid symmetries.
+    """Per-example coefficient gradients (summed over K), into `out`, of a layer whose basis has exact grid
+    symmetries.
 
     With basis[:, o, P_o(i), L_o s] == basis[:, 0, i, s], the transpose of the expansion needs only
     S[(f, i), s] = sum_o dW[(f', o), (f, P_o i), L_o s] per output field f', contracted with output channel
@@ -273,7 +279,6 @@ def _coefficient_gradients_by_symmetry(
     with channels P_o and grid moved by L_o, and output channel o of each field with the grid moved by
     L_o: the sum over o happens inside the contraction, like the sum over the K augmentations.
     """
-    basis = _single_block_basis(layer)
     b, copies, channels_in, points = basis.shape
     n = x.shape[0] // multiplicity
     fields_out, fields_in = backprops.shape[1] // copies, x.shape[1] // channels_in
@@ -282,9 +287,7 @@ def _coefficient_gradients_by_symmetry(
     rows = x.shape[0] * copies
     inputs = x.flatten(1).index_select(1, gather_in).view(rows, x.shape[1], *x.shape[2:])
     outputs = backprops.flatten(1).index_select(1, gather_out).view(rows, fields_out, *backprops.shape[2:])
-    sums = per_example_filter_gradients(
-        ConvGeometry.of_steerable(layer), inputs, outputs, multiplicity * copies
-    )  # n, fields_out, fields_in * i, k, k
+    sums = per_example_filter_gradients(geometry, inputs, outputs, multiplicity * copies)  # n, f_out, f_in*i, k, k
     torch.mm(
         sums.reshape(n * fields_out * fields_in, channels_in * points),
         basis[:, 0].to(sums.dtype).reshape(b, channels_in * points).t(),
@@ -319,52 +322,32 @@ def steerable_conv_rule(
         return {}
     x = activations[0].to(backprops.dtype)
     n = x.shape[0] // multiplicity
-    positions = multiplicity * backprops.shape[2] * backprops.shape[3]
-    square = x.shape[2] == x.shape[3] and backprops.shape[2] == backprops.shape[3]
-    symmetries = _exact_symmetries(layer, positions) if square else None
-    if symmetries is not None:
-        return {layer.weight: _steerable_gradients_by_symmetry(layer, symmetries, x, backprops, multiplicity)}
     geometry = ConvGeometry.of_steerable(layer)
     basis = _single_block_basis(layer)
+    symmetries = _exact_symmetries(layer, x, backprops, multiplicity)
+    if symmetries is not None:  # a chunk holds each example's o copies of its inputs and output gradients
+        example_bytes = len(symmetries) * multiplicity * (x[0].numel() + backprops[0].numel())
+    else:  # a chunk holds each example's dense filter gradient
+        example_bytes = layer.out_type.size * layer.in_type.size * layer.kernel_size**2
     if basis is None:  # the general expansion: its vector-Jacobian product (linear, so the same at every point)
         _, transpose = vjp(layer.expansion, layer.weight.detach().to(backprops.dtype))
-    filter_bytes = layer.out_type.size * layer.in_type.size * layer.kernel_size**2 * backprops.element_size()
     budget = FILTER_GRADIENT_CHUNK_BYTES.get(backprops.device.type, ACCELERATOR_CHUNK_BYTES)
-    chunk = max(1, budget // filter_bytes)
+    chunk = max(1, budget // (example_bytes * backprops.element_size()))
     coefficient_grads = torch.empty(n, *layer.weight.shape, dtype=backprops.dtype, device=backprops.device)
     for start in range(0, n, chunk):
         rows = slice(start * multiplicity, min(n, start + chunk) * multiplicity)
+        out = coefficient_grads[start : start + chunk]
+        if symmetries is not None:
+            _coefficient_gradients_by_symmetry(geometry, basis, symmetries, x[rows], backprops[rows], multiplicity, out)
+            continue
         filter_grads = per_example_filter_gradients(geometry, x[rows], backprops[rows], multiplicity)
         if basis is not None:
-            _coefficient_gradients(layer, basis, filter_grads, coefficient_grads[start : start + chunk])
+            _coefficient_gradients(layer, basis, filter_grads, out)
         else:
             (coefficient_grads[start : start + chunk],) = vmap(transpose)(filter_grads.flatten(3))
     if multiplicity > 1:  # the transpose is linear: divide the (fewer) coefficients, not the filters
         coefficient_grads /= multiplicity
     return {layer.weight: coefficient_grads}
-
-
-def _steerable_gradients_by_symmetry(
-    layer: SteerableConv2d,
-    symmetries: tuple[KernelSymmetry, ...],
-    x: torch.Tensor,
-    backprops: torch.Tensor,
-    multiplicity: int,
-) -> torch.Tensor:
-    """``_coefficient_gradients_by_symmetry`` a few examples at a time (its copies are o times the input)."""
-    n = x.shape[0] // multiplicity
-    copy_bytes = len(symmetries) * multiplicity * (x[0].numel() + backprops[0].numel()) * backprops.element_size()
-    budget = FILTER_GRADIENT_CHUNK_BYTES.get(backprops.device.type, ACCELERATOR_CHUNK_BYTES)
-    chunk = max(1, budget // copy_bytes)
-    coefficient_grads = torch.empty(n, *layer.weight.shape, dtype=backprops.dtype, device=backprops.device)
-    for start in range(0, n, chunk):
-        rows = slice(start * multiplicity, min(n, start + chunk) * multiplicity)
-        _coefficient_gradients_by_symmetry(
-            layer, symmetries, x[rows], backprops[rows], multiplicity, coefficient_grads[start : start + chunk]
-        )
-    if multiplicity > 1:
-        coefficient_grads /= multiplicity
-    return coefficient_grads
 
 
 def conv2d_rule(

@@ -22,8 +22,8 @@ def test_grid_permutation_moves_points_about_the_centre():
             assert sorted(grid_permutation(grid_map, size).tolist()) == list(range(size * size))
 
 
-def single_block(layer: SteerableConv2d):
-    expansion = layer.expansion
+def single_block_of(expansion):
+    """The one basis block of an expansion with one representation pair (escnn's or a SteerableConv2d's)."""
     (pair,) = expansion._representations_pairs
     return getattr(expansion, f"block_expansion_{expansion._escape_pair(pair)}")
 
@@ -33,7 +33,7 @@ def test_layers_record_exact_symmetries_where_the_group_maps_the_grid(group, ord
     gspace = make_gspace(group, order)
     regular = enn.FieldType(gspace, 2 * [gspace.regular_repr])
     layer = SteerableConv2d(regular, regular)
-    block = single_block(layer)
+    block = single_block_of(layer.expansion)
     assert (block.kernel_symmetries is not None) == found
     escnn_basis = enn.R2Conv(regular, regular, 3, padding=1).basisexpansion
     original = single_block_of(escnn_basis).sampled_basis
@@ -43,16 +43,11 @@ def test_layers_record_exact_symmetries_where_the_group_maps_the_grid(group, ord
         assert symmetries_hold(block.sampled_basis, block.kernel_symmetries, 3)
 
 
-def single_block_of(expansion):
-    (pair,) = expansion._representations_pairs
-    return getattr(expansion, f"block_expansion_{expansion._escape_pair(pair)}")
-
-
 def test_symmetrizing_removes_round_off_and_refuses_real_asymmetry():
     torch.manual_seed(0)
     gspace = make_gspace("dihedral", 4)
     regular = enn.FieldType(gspace, [gspace.regular_repr])
-    exact = single_block(SteerableConv2d(regular, regular)).sampled_basis.double()
+    exact = single_block_of(SteerableConv2d(regular, regular).expansion).sampled_basis.double()
     noisy = exact + 1e-14 * torch.randn_like(exact)  # escnn's float64 change of basis leaves ~1e-16
     symmetries = find_kernel_symmetries(noisy, 3)
     assert symmetries is not None and not symmetries_hold(noisy, symmetries, 3)

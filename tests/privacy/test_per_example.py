@@ -220,26 +220,31 @@ def test_steerable_rule_by_basis_symmetry_equals_the_loop(
         in_type = in_type.restrict((None, restrict))
     out_type = enn.FieldType(in_type.gspace, 3 * [in_type.gspace.regular_repr])
     layer = SteerableConv2d(in_type, out_type, padding=padding).double()
-    positions = k * (size + 2 * padding - 2) ** 2
-    assert (grad_samplers._exact_symmetries(layer, positions) is not None) == (route == "symmetry")
-    assert_steerable_rule_equals_the_loop(layer, torch.randn(3 * k, in_type.size, size, size, dtype=torch.float64), k)
+    x = torch.randn(3 * k, in_type.size, size, size, dtype=torch.float64)
+    assert (grad_samplers._exact_symmetries(layer, x, layer(x), k) is not None) == (route == "symmetry")
+    assert_steerable_rule_equals_the_loop(layer, x, k)
 
 
 def test_a_basis_without_exact_symmetries_takes_the_dense_transpose(monkeypatch):
     """C8's 45-degree rotations do not map the grid to itself; a checkpoint's basis that breaks the
     recorded symmetries (an older, unsymmetrized one) is caught bit for bit."""
     monkeypatch.setattr(grad_samplers, "SYMMETRY_ROUTE_POSITIONS", 10.0**9)
+
+    def symmetries(layer):
+        x = torch.zeros(1, layer.in_type.size, 3, 3)
+        return grad_samplers._exact_symmetries(layer, x, layer(x), 1)
+
     c8 = make_gspace("cyclic", 8)
     regular = enn.FieldType(c8, [c8.regular_repr])
-    assert grad_samplers._exact_symmetries(SteerableConv2d(regular, regular), 1) is None
+    assert symmetries(SteerableConv2d(regular, regular)) is None
     d4 = make_gspace("dihedral", 4)
     regular = enn.FieldType(d4, 2 * [d4.regular_repr])
     layer = SteerableConv2d(regular, regular)
-    assert grad_samplers._exact_symmetries(layer, 1) is not None
+    assert symmetries(layer) is not None
     basis = grad_samplers._single_block_basis(layer)
     with torch.no_grad():
         basis[:, 1] += 1e-7 * torch.randn_like(basis[:, 1])
-    assert grad_samplers._exact_symmetries(layer, 1) is None
+    assert symmetries(layer) is None
 
 
 def conventional_net(conv: nn.Conv2d, affine: bool = True) -> nn.Module:
