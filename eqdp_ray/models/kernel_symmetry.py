@@ -55,7 +55,7 @@ def grid_permutation(grid_map: tuple[tuple[int, int], tuple[int, int]], size: in
 
 def find_kernel_symmetries(basis: torch.Tensor, kernel_size: int) -> tuple[KernelSymmetry, ...] | None:
     """One symmetry per output channel of a (b, out, in, k*k) basis, or None where some channel has none."""
-    count, outputs, inputs, points = basis.shape
+    _, outputs, inputs, points = basis.shape
     if points != kernel_size**2:
         return None
     tolerance = MATCH_TOLERANCE * float(basis.abs().max())
