@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from opacus.grad_sample.grad_sample_module import GradSampleModule as _GSM
 from opacus.utils.module_utils import trainable_modules
 from torch import nn
+from torch.autograd.graph import GradientEdge, get_gradient_edge
 
 from eqdp_ray.privacy.clipping import PerExampleGradient
 from eqdp_ray.privacy.errors import UnsupportedModelError
@@ -61,9 +62,10 @@ class PerExampleGradients:
     A forward hook keeps each trainable layer's input and hooks its output's gradient, which hands
     both to the layer's rule: ours for steerable convolutions, field norms, nn.Conv2d, nn.GroupNorm
     and nn.Linear (they average over K inside the contraction; see grad_samplers.py), Opacus's
-    registry for any other layer (averaged after). Backward asks autograd for the gradient of the
-    *input* only, so the summed parameter gradients of ordinary training, which DP-SGD would
-    discard, are never computed: that is what keeps a DP step close to a non-private one. On the
+    registry for any other layer (averaged after). Backward asks autograd only for the gradient of
+    the outputs of the first trainable layers (those whose input needs no gradient), so neither the
+    summed parameter gradients of ordinary training, which DP-SGD would discard, nor the gradient
+    of the images are computed: that is what keeps a DP step close to a non-private one. On the
     CPU, see ``eqdp_ray.train.memory.reuse_freed_memory`` (the train loop switches it on).
     """
 
@@ -75,6 +77,7 @@ class PerExampleGradients:
         self._multiplicity = 1
         self._defer = False
         self._inputs: dict[nn.Module, list[torch.Tensor]] = {}
+        self._first_outputs: list[GradientEdge] = []
         self._grads: dict[nn.Parameter, PerExampleGradient] = {}
         self._handles = []
         for _, module in trainable_modules(model):
@@ -89,6 +92,10 @@ class PerExampleGradients:
         self._inputs[module] = [t.detach() for t in inputs]
         if output.requires_grad:
             output.register_hook(functools.partial(self._per_example_rule, module))
+            if not any(isinstance(t, torch.Tensor) and t.requires_grad for t in inputs):
+                # Backward need go no further than this; the edge, not the tensor, in case it is later
+                # modified in place.
+                self._first_outputs.append(get_gradient_edge(output))
 
     def _per_example_rule(self, module: nn.Module, grad_output: torch.Tensor) -> None:
         if not self._active:
@@ -123,12 +130,14 @@ class PerExampleGradients:
             )
         self._grads, self._multiplicity, self._defer, self._active = {}, multiplicity, defer, True
         try:
-            inputs = inputs.detach().requires_grad_(True)
-            logits = self.model(inputs)
-            torch.autograd.grad(F.cross_entropy(logits, targets, reduction="sum"), [inputs])
+            logits = self.model(inputs.detach())
+            if self._first_outputs:  # their hooks fire too; the gradients returned are not needed
+                loss = F.cross_entropy(logits, targets, reduction="sum")
+                torch.autograd.grad(loss, self._first_outputs, allow_unused=True)
         finally:
             self._active = False
             self._inputs.clear()
+            self._first_outputs.clear()
         n = len(targets) // multiplicity
         grads = [self._grads.pop(p, None) for p in self.parameters]
         grads = [

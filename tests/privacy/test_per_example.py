@@ -315,6 +315,35 @@ def test_conventional_rules_skip_frozen_and_absent_parameters():
             torch.testing.assert_close(g[i], singles[i][j], rtol=1e-9, atol=1e-11)
 
 
+class _TwoBranches(nn.Module):
+    """Two trainable first layers (backward stops at both), one of them frozen, outputs changed in place."""
+
+    def __init__(self, freeze_first: bool) -> None:
+        super().__init__()
+        self.left, self.right = nn.Conv2d(2, 3, 3), nn.Conv2d(2, 3, 1)
+        self.left.requires_grad_(not freeze_first)
+        self.body = nn.Sequential(nn.ReLU(inplace=True), nn.Conv2d(3, 4, 3), nn.ReLU(inplace=True), nn.Flatten())
+        self.head = nn.Linear(4 * 4 * 4, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        left = self.left(x)
+        left.mul_(2.0)  # in place, after the layer's output was taken as a place where backward may stop
+        return self.head(self.body(left + self.right(x)[:, :, 1:-1, 1:-1]))
+
+
+@pytest.mark.parametrize("freeze_first", [False, True])
+def test_backward_that_stops_at_the_first_trainable_layers_misses_no_gradient(freeze_first):
+    torch.manual_seed(6)
+    model = _TwoBranches(freeze_first).double()
+    x, y = torch.randn(4, 2, 8, 8, dtype=torch.float64), torch.tensor([0, 1, 2, 3])
+    singles = loop_gradients(model, x, y)
+    grads, _ = PerExampleGradients(model)(x, y)
+    for j, g in enumerate(grads):
+        assert g.abs().sum() > 0
+        for i in range(4):
+            torch.testing.assert_close(g[i], singles[i][j], rtol=1e-9, atol=1e-11)
+
+
 def test_opacus_keeps_its_own_rules_for_plain_layers():
     """The benchmark's Opacus column must run Opacus's rules, not ours."""
     from opacus.grad_sample import GradSampleModule
