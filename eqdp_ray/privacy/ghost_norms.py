@@ -14,6 +14,10 @@ matrices (n x T^2 each) and one summed weight gradient; it pays where T is small
 which is where most parameters of ResNet-9 and WRN-16-4 sit (3x3 convolutions of 256 channels on
 8x8 and 4x4 maps, the classifier). Elsewhere the per-example gradient is formed as before
 (``grad_samplers``). Both give the same numbers (tests check them against a loop in float64).
+
+The patches' Gram matrix ``a_t . a_t'`` is a sum over the kernel's offsets of windows of the Gram
+matrix of the input's (padded) positions (``patch_grams``): at stride 1 that costs about a kernel
+area fewer multiplications than unfolding the patches, and the patch tensor is never formed.
 """
 
 from __future__ import annotations
@@ -80,6 +84,70 @@ def _squared_norms_from_grams(patches: torch.Tensor, grads: torch.Tensor, k: int
     return squared / (k * k)
 
 
+def _padded_positions(x: torch.Tensor, geometry: ConvGeometry) -> int:
+    return (x.shape[2] + 2 * geometry.padding[0]) * (x.shape[3] + 2 * geometry.padding[1])
+
+
+def _grams_by_shifts_pay(x: torch.Tensor, geometry: ConvGeometry, output_size: tuple[int, int]) -> bool:
+    """Whether the padded input's position Gram (padded positions^2 x channels) costs less than the patches'
+    (positions^2 x channels x kernel area): at stride 1, not at stride 2 (four times the positions)."""
+    kernel_area = geometry.kernel[0] * geometry.kernel[1]
+    return _padded_positions(x, geometry) ** 2 <= (output_size[0] * output_size[1]) ** 2 * kernel_area
+
+
+def patch_gram_bytes(x: torch.Tensor, geometry: ConvGeometry, output_size: tuple[int, int], k: int) -> int:
+    """Bytes that ``patch_grams`` forms for one example (its input Gram, or its unfolded patches)."""
+    if _grams_by_shifts_pay(x, geometry, output_size):
+        return (geometry.groups * (k * _padded_positions(x, geometry)) ** 2 + k * x[0].numel()) * x.element_size()
+    kernel_area = geometry.kernel[0] * geometry.kernel[1]
+    return k * x.shape[1] * kernel_area * output_size[0] * output_size[1] * x.element_size()
+
+
+def patch_grams(x: torch.Tensor, geometry: ConvGeometry, output_size: tuple[int, int], k: int) -> torch.Tensor:
+    """Gram matrices of each example's patches (a_t . a_t'), (m groups, K T, K T), the K inputs side by side."""
+    if _grams_by_shifts_pay(x, geometry, output_size):
+        return _patch_grams_by_shifts(x, geometry, output_size, k)
+    m, g, positions = x.shape[0] // k, geometry.groups, output_size[0] * output_size[1]
+    patches = F.unfold(
+        x, geometry.kernel, dilation=geometry.dilation, padding=geometry.padding, stride=geometry.stride
+    )  # mK, in*kh*kw, T
+    if k == 1:  # (m g, d, T) as it lies, read transposed
+        patches = patches.view(m * g, -1, positions)
+    else:
+        patches = patches.view(m, k, g, -1, positions).permute(0, 2, 3, 1, 4).reshape(m * g, -1, k * positions)
+    return torch.bmm(patches.transpose(1, 2), patches)
+
+
+def _patch_grams_by_shifts(
+    x: torch.Tensor, geometry: ConvGeometry, output_size: tuple[int, int], k: int
+) -> torch.Tensor:
+    """``patch_grams`` without unfolding the patches.
+
+    Patch t holds the input at positions s t + d u over the kernel offsets u (stride s, dilation d,
+    in padded coordinates), so a_t . a_t' = sum_u x_{s t + d u} . x_{s t' + d u}: the sum over u of
+    a strided window of the Gram matrix of the padded input's positions. No kernel-area-times larger
+    patch tensor is formed.
+    """
+    (kh, kw), (sh, sw), (dh, dw), g = geometry.kernel, geometry.stride, geometry.dilation, geometry.groups
+    ph, pw = geometry.padding
+    padded = F.pad(x, (pw, pw, ph, ph)) if ph or pw else x
+    m, channels, height, width = x.shape[0] // k, x.shape[1] // g, padded.shape[2], padded.shape[3]
+    columns = padded.reshape(m, k, g, channels, height * width)
+    if k > 1:  # an example's K inputs side by side
+        columns = columns.transpose(1, 2).transpose(2, 3)
+    columns = columns.reshape(m * g, channels, k * height * width)
+    gram = torch.bmm(columns.transpose(1, 2), columns).view(m * g, k, height, width, k, height, width)
+    rows_out, cols_out = output_size
+    grams = None
+    for u in range(kh):
+        rows = slice(u * dh, u * dh + sh * (rows_out - 1) + 1, sh)
+        for v in range(kw):
+            cols = slice(v * dw, v * dw + sw * (cols_out - 1) + 1, sw)
+            window = gram[:, :, rows, cols, :, rows, cols]
+            grams = window.clone(memory_format=torch.contiguous_format) if grams is None else grams.add_(window)
+    return grams.view(m * g, k * rows_out * cols_out, k * rows_out * cols_out)
+
+
 class _ConvWeightGradient(DeferredGradient):
     """A Conv2d weight's per-example gradients as (inputs, output gradients); the clipped sum is one weight gradient."""
 
@@ -90,25 +158,23 @@ class _ConvWeightGradient(DeferredGradient):
     def _squared_norms(self) -> torch.Tensor:
         geometry, k, x, backprops = self.geometry, self.k, self.x, self.backprops
         n, g = x.shape[0] // k, geometry.groups
-        positions = backprops.shape[2] * backprops.shape[3]
+        output_size = backprops.shape[2:]
+        positions = output_size[0] * output_size[1]
         channels_out = backprops.shape[1]
-        patch_bytes = k * x.shape[1] * geometry.kernel[0] * geometry.kernel[1] * positions * x.element_size()
-        chunk = max(1, PATCH_CHUNK_BYTES // patch_bytes) if x.device.type == "cpu" else n
+        example_bytes = patch_gram_bytes(x, geometry, output_size, k)
+        chunk = max(1, PATCH_CHUNK_BYTES // example_bytes) if x.device.type == "cpu" else n
         norms = torch.empty(n, dtype=backprops.dtype, device=backprops.device)
         for start in range(0, n, chunk):
             stop = min(n, start + chunk)
             rows, m = slice(start * k, stop * k), stop - start
-            patches = F.unfold(
-                x[rows], geometry.kernel, dilation=geometry.dilation, padding=geometry.padding, stride=geometry.stride
-            )  # mK, in*kh*kw, L
+            gram_inputs = patch_grams(x[rows], geometry, output_size, k)
             grads = backprops[rows].reshape(m, k, g, channels_out // g, positions)
-            if k == 1:  # (m g, d, T) as it lies, read transposed
-                patches = patches.view(m * g, -1, positions).transpose(1, 2)
+            if k == 1:  # (m g, p, T) as it lies, read transposed
                 grads = grads.view(m * g, -1, positions).transpose(1, 2)
-            else:  # an example's K inputs side by side: (m g, K T, d)
-                patches = patches.view(m, k, g, -1, positions).permute(0, 2, 1, 4, 3).reshape(m * g, k * positions, -1)
+            else:  # an example's K inputs side by side: (m g, K T, p)
                 grads = grads.permute(0, 2, 1, 4, 3).reshape(m * g, k * positions, -1)
-            norms[start:stop] = _squared_norms_from_grams(patches, grads, k).view(m, g).sum(1)
+            gram_grads = torch.bmm(grads, grads.transpose(1, 2))
+            norms[start:stop] = (gram_inputs * gram_grads).sum((1, 2)).view(m, g).sum(1) / (k * k)
         return norms
 
     def weighted_sum(self, weights: torch.Tensor) -> torch.Tensor:

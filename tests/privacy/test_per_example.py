@@ -373,15 +373,18 @@ def clipped_sum_of_loop(singles: list[list[torch.Tensor]], k: int, max_norm: flo
     return summed
 
 
-@pytest.mark.parametrize("ratio", [0.0, 10**9])  # 0: ghost norms nowhere; huge: wherever a layer allows
+# nowhere: every gradient formed; shifts, unfold: ghost norms wherever a layer allows, the patches' Gram
+# matrices by that route
+@pytest.mark.parametrize("ghost", ["nowhere", "shifts", "unfold"])
 @pytest.mark.parametrize("k", [1, 3])
-@pytest.mark.parametrize("case", ["3x3 pad 1", "stride 2, no padding, bias", "groups 2, bias", "reflect padding"])
-def test_deferred_clipped_sum_equals_clipping_each_example(case, k, ratio, monkeypatch):
+@pytest.mark.parametrize("case", sorted(CONV_CASES))
+def test_deferred_clipped_sum_equals_clipping_each_example(case, k, ghost, monkeypatch):
     """Ghost norms and the clipped sum as one weighted weight gradient give DP-SGD's clipped sum exactly."""
     from eqdp_ray.privacy import clip_and_sum, ghost_norms
     from eqdp_ray.privacy.clipping import DeferredGradient
 
-    monkeypatch.setattr(ghost_norms, "GHOST_COST_RATIO", ratio)
+    monkeypatch.setattr(ghost_norms, "GHOST_COST_RATIO", 0.0 if ghost == "nowhere" else 10**9)
+    monkeypatch.setattr(ghost_norms, "_grams_by_shifts_pay", lambda *args: ghost == "shifts")
     torch.manual_seed(6)
     model = conventional_net(nn.Conv2d(4, 6, **(dict(bias=False) | CONV_CASES[case])))
     n = 4
@@ -393,7 +396,7 @@ def test_deferred_clipped_sum_equals_clipping_each_example(case, k, ratio, monke
     singles = loop_gradients(model, x, y)
     grads, _ = PerExampleGradients(model)(x, y, multiplicity=k, defer=True)
     deferred = [g for g in grads if isinstance(g, DeferredGradient)]
-    assert len(deferred) == (0 if ratio == 0 else 4)  # both convolutions and both linear layers
+    assert len(deferred) == (0 if ghost == "nowhere" else 4)  # both convolutions and both linear layers
     summed, norms = clip_and_sum(grads, max_norm := norms_median(grads))  # clips some examples, not others
     assert (norms > max_norm).any() and (norms < max_norm).any()
     for got, expected in zip(summed, clipped_sum_of_loop(singles, k, max_norm)):
