@@ -89,10 +89,13 @@ def _padded_positions(x: torch.Tensor, geometry: ConvGeometry) -> int:
 
 
 def _grams_by_shifts_pay(x: torch.Tensor, geometry: ConvGeometry, output_size: tuple[int, int]) -> bool:
-    """Whether the padded input's position Gram (padded positions^2 x channels) costs less than the patches'
-    (positions^2 x channels x kernel area): at stride 1, not at stride 2 (four times the positions)."""
+    """Whether the padded input's position Gram (padded positions^2 x channels, then kernel area windows
+    of positions^2 added) costs less than the patches' (positions^2 x channels x kernel area): at stride 1,
+    not at stride 2 (four times the positions) nor for a 1x1 kernel (no patches to save)."""
     kernel_area = geometry.kernel[0] * geometry.kernel[1]
-    return _padded_positions(x, geometry) ** 2 <= (output_size[0] * output_size[1]) ** 2 * kernel_area
+    positions, channels = output_size[0] * output_size[1], x.shape[1] // geometry.groups
+    shifts = _padded_positions(x, geometry) ** 2 * channels + kernel_area * positions**2
+    return shifts < positions**2 * channels * kernel_area
 
 
 def patch_gram_bytes(x: torch.Tensor, geometry: ConvGeometry, output_size: tuple[int, int], k: int) -> int:

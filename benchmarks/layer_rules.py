@@ -1,0 +1,119 @@
+"""Each nn.Conv2d layer's DP work against its non-private weight gradient, on the layer's real tensors.
+
+    python benchmarks/layer_rules.py --model {resnet9,wrn16_4} [--k 1] [--examples 64] [--repeats 7] [--threads 2]
+
+One DP step's forward and backward capture every convolution's input and output gradient; then, per
+layer, interleaved (each round times each once) and as the median over rounds:
+  summed     the summed weight gradient the non-private step forms
+  formed     our per-example rule, then the clipped sum (``clip_and_sum``)
+  deferred   ghost norms and the clipped sum as one weighted weight gradient
+  shifts     ghost norms alone, the patches' Gram matrix from the input positions' Gram
+  unfold     ghost norms alone, the patches' Gram matrix from the unfolded patches
+and which of formed / deferred the DP step takes (``ghost_norms_pay``) and which Gram route. Timing a
+layer on its own tensors is steadier than a whole step on a shared machine; dp_step.py gives the step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+import warnings
+
+import torch
+
+warnings.filterwarnings("ignore")
+
+from dp_step import make_model  # noqa: E402
+
+from eqdp_ray.privacy import PerExampleGradients, clip_and_sum, ghost_norms, grad_samplers  # noqa: E402  # noqa: E402
+from eqdp_ray.train.memory import reuse_freed_memory  # noqa: E402
+
+
+def capture_conv_tensors(model: torch.nn.Module, examples: int, k: int) -> list[tuple]:
+    """(layer, input, output gradient) of every nn.Conv2d in one DP step's backward."""
+    captured, rule = [], grad_samplers.AUGMENTATION_AWARE_RULES[torch.nn.Conv2d]
+
+    def keep(layer, activations, backprops, multiplicity=1):
+        captured.append((layer, activations[0], backprops))
+        return rule(layer, activations, backprops, multiplicity)
+
+    grad_samplers.AUGMENTATION_AWARE_RULES[torch.nn.Conv2d] = keep
+    try:
+        engine = PerExampleGradients(model)
+        torch.manual_seed(1)
+        x, y = torch.randn(examples * k, 3, 32, 32), torch.randint(0, 10, (examples * k,))
+        engine(x, y, k)  # formed everywhere: every layer passes through the rule
+        engine.detach()
+    finally:
+        grad_samplers.AUGMENTATION_AWARE_RULES[torch.nn.Conv2d] = rule
+    return captured
+
+
+def layer_routes(layer: torch.nn.Conv2d, x: torch.Tensor, backprops: torch.Tensor, k: int) -> dict:
+    """The five timed routes of one layer, as callables."""
+    padded, geometry = grad_samplers._conv2d_inputs(layer, x)
+    deferred = lambda: ghost_norms._ConvWeightGradient(layer, padded, geometry, backprops, k)  # noqa: E731
+    output_size = tuple(backprops.shape[2:])
+
+    def norms_by(shifts: bool):
+        def run():
+            pay = ghost_norms._grams_by_shifts_pay
+            ghost_norms._grams_by_shifts_pay = lambda *args: shifts
+            try:
+                return ghost_norms._ConvWeightGradient(layer, padded, geometry, backprops, k).squared_norms
+            finally:
+                ghost_norms._grams_by_shifts_pay = pay
+
+        return run
+
+    return {
+        "summed": lambda: grad_samplers.summed_weight_gradient(geometry, padded, backprops, layer.weight, layer.groups),
+        "formed": lambda: clip_and_sum([grad_samplers.conv2d_rule(layer, [x], backprops, k)[layer.weight]], 1.0),
+        "deferred": lambda: clip_and_sum([deferred()], 1.0),
+        "shifts": norms_by(True),
+        "unfold": norms_by(False),
+        "_gram_by_shifts": ghost_norms._grams_by_shifts_pay(padded, geometry, output_size),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=["resnet9", "wrn16_4"], default="resnet9")
+    parser.add_argument("--k", type=int, default=1, help="augmentation multiplicity")
+    parser.add_argument("--examples", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    reuse_freed_memory()
+    model = make_model(args.model, torch.device("cpu"))
+    print(
+        f"{args.model}, {args.examples} examples, K={args.k}, {args.threads} threads, torch {torch.__version__}, "
+        f"ms per layer, median of {args.repeats} interleaved rounds"
+    )
+    totals = dict.fromkeys(["summed", "ours"], 0.0)
+    for layer, x, backprops in capture_conv_tensors(model, args.examples, args.k):
+        routes = layer_routes(layer, x, backprops, args.k)
+        by_shifts = routes.pop("_gram_by_shifts")
+        times = {name: [] for name in routes}
+        for _ in range(args.repeats + 1):  # the first round warms up
+            for name, run in routes.items():
+                start = time.perf_counter()
+                run()
+                times[name].append(time.perf_counter() - start)
+        ms = {name: statistics.median(t[1:] or t) * 1e3 for name, t in times.items()}
+        contracted = args.k * backprops.shape[2] * backprops.shape[3]
+        ghost = ghost_norms.ghost_norms_pay(contracted, layer.weight[0].numel(), backprops.shape[1] // layer.groups)
+        totals["summed"] += ms["summed"]
+        totals["ours"] += ms["deferred" if ghost else "formed"]
+        print(
+            f"  {tuple(x.shape[1:])} -> {tuple(backprops.shape[1:])} kernel {layer.kernel_size} stride {layer.stride}: "
+            + "  ".join(f"{name} {value:7.1f}" for name, value in ms.items())
+            + f"   step takes {'deferred' if ghost else 'formed'}, Gram by {'shifts' if by_shifts else 'unfold'}"
+        )
+    print(f"total: summed {totals['summed']:.1f} ms, ours {totals['ours']:.1f} ms")
+
+
+if __name__ == "__main__":
+    main()
