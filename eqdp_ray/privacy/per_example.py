@@ -76,7 +76,7 @@ class PerExampleGradients:
         self._active = False
         self._multiplicity = 1
         self._defer = False
-        self._inputs: dict[nn.Module, list[torch.Tensor]] = {}
+        self._uses: dict[nn.Parameter, int] = {}  # this forward's uses of each parameter
         self._first_outputs: list[GradientEdge] = []
         self._grads: dict[nn.Parameter, PerExampleGradient] = {}
         self._handles = []
@@ -84,36 +84,38 @@ class PerExampleGradients:
             self._handles.append(module.register_forward_hook(self._keep_input))
 
     def _keep_input(self, module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-        """Keep the layer's input, and hook its output's gradient (a tensor hook: no extra autograd nodes)."""
+        """Hook the layer's output gradient (a tensor hook: no extra autograd nodes), with this call's input.
+
+        The input travels with the hook, not with the layer: a layer called twice in one forward (a shared
+        encoder, a recurrent step) gets each call's gradient from that call's input.
+        """
         if not self._active:
             return
         if not isinstance(output, torch.Tensor):
             raise UnsupportedModelError(f"{type(module).__name__} returns {type(output).__name__}, not one tensor")
-        self._inputs[module] = [t.detach() for t in inputs]
+        for p in module.parameters(recurse=False):
+            self._uses[p] = self._uses.get(p, 0) + 1
         if output.requires_grad:
-            output.register_hook(functools.partial(self._per_example_rule, module))
+            activations = [t.detach() for t in inputs]
+            output.register_hook(functools.partial(self._per_example_rule, module, activations))
             if not any(isinstance(t, torch.Tensor) and t.requires_grad for t in inputs):
                 # Backward need go no further than this; the edge, not the tensor, in case it is later
                 # modified in place.
                 self._first_outputs.append(get_gradient_edge(output))
 
-    def _per_example_rule(self, module: nn.Module, grad_output: torch.Tensor) -> None:
+    def _per_example_rule(self, module: nn.Module, activations: list[torch.Tensor], grad_output: torch.Tensor) -> None:
         if not self._active:
             return
-        activations, backprops, k = self._inputs.pop(module), grad_output.detach(), self._multiplicity
-        deferred_rule = DEFERRED_RULES.get(type(module)) if self._defer else None
+        backprops, k = grad_output.detach(), self._multiplicity
+        # A parameter used more than once (a layer called twice, or shared by two layers) sums its uses'
+        # per-example gradients, which only formed gradients can do.
+        used_once = all(self._uses.get(p, 0) == 1 for p in module.parameters(recurse=False))
+        deferred_rule = DEFERRED_RULES.get(type(module)) if self._defer and used_once else None
         grads = deferred_rule(module, activations, backprops, k) if deferred_rule is not None else None
         if grads is None:  # not deferred, or the layer's shape makes forming them cheaper
             grads = _formed_gradients(module, activations, backprops, k)
         for p, g in grads.items():
-            if p not in self._grads:
-                self._grads[p] = g
-            elif isinstance(g, torch.Tensor) and isinstance(self._grads[p], torch.Tensor):
-                self._grads[p] = self._grads[p] + g  # a parameter shared by two layers
-            else:
-                raise UnsupportedModelError(
-                    f"a parameter of shape {tuple(p.shape)} is shared by two layers; call without defer=True"
-                )
+            self._grads[p] = g if p not in self._grads else self._grads[p] + g  # the sum over a parameter's uses
 
     def __call__(
         self, inputs: torch.Tensor, targets: torch.Tensor, multiplicity: int = 1, defer: bool = False
@@ -136,7 +138,7 @@ class PerExampleGradients:
                 torch.autograd.grad(loss, self._first_outputs, allow_unused=True)
         finally:
             self._active = False
-            self._inputs.clear()
+            self._uses.clear()
             self._first_outputs.clear()
         n = len(targets) // multiplicity
         grads = [self._grads.pop(p, None) for p in self.parameters]

@@ -344,6 +344,41 @@ def test_backward_that_stops_at_the_first_trainable_layers_misses_no_gradient(fr
             torch.testing.assert_close(g[i], singles[i][j], rtol=1e-9, atol=1e-11)
 
 
+class _SharedUses(nn.Module):
+    """A layer called twice (its second call on a changed copy of its first output) and a weight two layers share."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.pool = nn.Flatten()
+        self.head, self.tied = nn.Linear(3 * 4 * 4, 6), nn.Linear(3 * 4 * 4, 6, bias=False)
+        self.tied.weight = self.head.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.pool(F.avg_pool2d(self.conv(torch.tanh(self.conv(x))), 2))
+        return self.head(features) + self.tied(features.flip(1))
+
+
+@pytest.mark.parametrize("defer", [False, True])
+def test_parameters_used_twice_get_the_sum_of_their_uses(defer, monkeypatch):
+    """A layer called twice in one forward, and a weight shared by two layers, equal the loop, deferred or not."""
+    from eqdp_ray.privacy import clip_and_sum, ghost_norms
+
+    monkeypatch.setattr(ghost_norms, "GHOST_COST_RATIO", 10**9)  # deferred wherever a layer allows
+    torch.manual_seed(9)
+    model = _SharedUses().double()
+    x, y = torch.randn(4, 3, 8, 8, dtype=torch.float64), torch.tensor([0, 1, 2, 3])
+    singles = loop_gradients(model, x, y)
+    grads, _ = PerExampleGradients(model)(x, y, defer=defer)
+    assert all(isinstance(g, torch.Tensor) for g in grads)  # every parameter here is used twice
+    for j, g in enumerate(grads):
+        for i in range(4):
+            torch.testing.assert_close(g[i], singles[i][j], rtol=1e-9, atol=1e-11)
+    summed, _ = clip_and_sum(grads, max_norm := norms_median(grads))
+    for got, expected in zip(summed, clipped_sum_of_loop(singles, 1, max_norm)):
+        torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-11)
+
+
 def test_opacus_keeps_its_own_rules_for_plain_layers():
     """The benchmark's Opacus column must run Opacus's rules, not ours."""
     from opacus.grad_sample import GradSampleModule
