@@ -96,7 +96,7 @@ class PerExampleGradients:
         for p in module.parameters(recurse=False):
             self._uses[p] = self._uses.get(p, 0) + 1
         if output.requires_grad:
-            activations = [t.detach() for t in inputs]
+            activations = [t.detach() for t in inputs]  # emptied by the rule, so they are freed as backward goes
             output.register_hook(functools.partial(self._per_example_rule, module, activations))
             if not any(isinstance(t, torch.Tensor) and t.requires_grad for t in inputs):
                 # Backward need go no further than this; the edge, not the tensor, in case it is later
@@ -106,6 +106,8 @@ class PerExampleGradients:
     def _per_example_rule(self, module: nn.Module, activations: list[torch.Tensor], grad_output: torch.Tensor) -> None:
         if not self._active:
             return
+        activations, held = list(activations), activations
+        held.clear()  # the hook stays on the graph until it is freed; the inputs need not
         backprops, k = grad_output.detach(), self._multiplicity
         # A parameter used more than once (a layer called twice, or shared by two layers) sums its uses'
         # per-example gradients, which only formed gradients can do.

@@ -379,6 +379,26 @@ def test_parameters_used_twice_get_the_sum_of_their_uses(defer, monkeypatch):
         torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-11)
 
 
+def test_a_layers_input_is_freed_once_its_rule_has_run(monkeypatch):
+    """The inputs kept for the rules go as the backward goes, not at its end: peak memory."""
+    import weakref
+
+    from eqdp_ray.privacy import per_example
+
+    kept, rule = [], per_example._formed_gradients
+
+    def remember(module, activations, backprops, k):
+        assert all(ref() is None for ref in kept)  # every earlier layer's input is gone already
+        grads = rule(module, activations, backprops, k)
+        kept.append(weakref.ref(activations[0]))
+        return grads
+
+    monkeypatch.setattr(per_example, "_formed_gradients", remember)
+    model = conventional_net(nn.Conv2d(4, 6, 3, padding=1))
+    PerExampleGradients(model)(torch.randn(3, 4, 8, 8, dtype=torch.float64), torch.tensor([0, 1, 2]))
+    assert len(kept) == 5  # each trainable layer once: two convolutions, the GroupNorm, two Linear layers
+
+
 def test_opacus_keeps_its_own_rules_for_plain_layers():
     """The benchmark's Opacus column must run Opacus's rules, not ours."""
     from opacus.grad_sample import GradSampleModule
