@@ -9,7 +9,7 @@ layer, interleaved (each round times each once) and as the median over rounds:
   deferred   ghost norms and the clipped sum as one weighted weight gradient
   shifts     ghost norms alone, the patches' Gram matrix from the input positions' Gram
   unfold     ghost norms alone, the patches' Gram matrix from the unfolded patches
-and which of formed / deferred the DP step takes (``ghost_norms_pay``) and which Gram route. Timing a
+and which of formed / deferred the DP step takes (``conv2d_ghost_norms_pay``) and which Gram route. Timing a
 layer on its own tensors is steadier than a whole step on a shared machine; dp_step.py gives the step.
 """
 
@@ -26,7 +26,7 @@ warnings.filterwarnings("ignore")
 
 from dp_step import make_model  # noqa: E402
 
-from eqdp_ray.privacy import PerExampleGradients, clip_and_sum, ghost_norms, grad_samplers  # noqa: E402  # noqa: E402
+from eqdp_ray.privacy import PerExampleGradients, clip_and_sum, ghost_norms, grad_samplers  # noqa: E402
 from eqdp_ray.train.memory import reuse_freed_memory  # noqa: E402
 
 
@@ -50,8 +50,8 @@ def capture_conv_tensors(model: torch.nn.Module, examples: int, k: int) -> list[
     return captured
 
 
-def layer_routes(layer: torch.nn.Conv2d, x: torch.Tensor, backprops: torch.Tensor, k: int) -> dict:
-    """The five timed routes of one layer, as callables."""
+def layer_routes(layer: torch.nn.Conv2d, x: torch.Tensor, backprops: torch.Tensor, k: int) -> tuple[dict, bool]:
+    """The five timed routes of one layer, as callables, and whether its Gram matrices go by shifts."""
     padded, geometry = grad_samplers._conv2d_inputs(layer, x)
     deferred = lambda: ghost_norms._ConvWeightGradient(layer, padded, geometry, backprops, k)  # noqa: E731
     output_size = tuple(backprops.shape[2:])
@@ -67,14 +67,14 @@ def layer_routes(layer: torch.nn.Conv2d, x: torch.Tensor, backprops: torch.Tenso
 
         return run
 
-    return {
+    routes = {
         "summed": lambda: grad_samplers.summed_weight_gradient(geometry, padded, backprops, layer.weight, layer.groups),
         "formed": lambda: clip_and_sum([grad_samplers.conv2d_rule(layer, [x], backprops, k)[layer.weight]], 1.0),
         "deferred": lambda: clip_and_sum([deferred()], 1.0),
         "shifts": norms_by(True),
         "unfold": norms_by(False),
-        "_gram_by_shifts": ghost_norms._grams_by_shifts_pay(padded, geometry, output_size),
     }
+    return routes, ghost_norms._grams_by_shifts_pay(padded, geometry, output_size)
 
 
 def main() -> None:
@@ -94,8 +94,7 @@ def main() -> None:
     )
     totals = dict.fromkeys(["summed", "ours"], 0.0)
     for layer, x, backprops in capture_conv_tensors(model, args.examples, args.k):
-        routes = layer_routes(layer, x, backprops, args.k)
-        by_shifts = routes.pop("_gram_by_shifts")
+        routes, by_shifts = layer_routes(layer, x, backprops, args.k)
         times = {name: [] for name in routes}
         for _ in range(args.repeats + 1):  # the first round warms up
             for name, run in routes.items():
@@ -103,8 +102,7 @@ def main() -> None:
                 run()
                 times[name].append(time.perf_counter() - start)
         ms = {name: statistics.median(t[1:] or t) * 1e3 for name, t in times.items()}
-        contracted = args.k * backprops.shape[2] * backprops.shape[3]
-        ghost = ghost_norms.ghost_norms_pay(contracted, layer.weight[0].numel(), backprops.shape[1] // layer.groups)
+        ghost = ghost_norms.conv2d_ghost_norms_pay(layer, backprops, args.k)
         totals["summed"] += ms["summed"]
         totals["ours"] += ms["deferred" if ghost else "formed"]
         print(

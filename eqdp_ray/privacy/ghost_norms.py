@@ -65,10 +65,27 @@ def ghost_norms_pay(contracted: int, inputs_per_output: int, outputs: int) -> bo
     return contracted * (inputs_per_output + outputs) <= GHOST_COST_RATIO * inputs_per_output * outputs
 
 
-def _squared_norms_from_grams(patches: torch.Tensor, grads: torch.Tensor, k: int) -> torch.Tensor:
-    """sum_{t,t'} (a_t . a_t')(g_t . g_t') / K^2 for each batch entry: patches (B, T, d), grads (B, T, p) -> (B,).
+def _gram(rows: torch.Tensor) -> torch.Tensor:
+    """(B, T, d) -> (B, T, T): the dot products of each entry's T rows (a transposed view is read as it lies)."""
+    return torch.bmm(rows, rows.transpose(1, 2))
+
+
+def _squared_norms_of_grams(gram_inputs: torch.Tensor, gram_grads: torch.Tensor, k: int) -> torch.Tensor:
+    """sum_{t,t'} (a_t . a_t')(g_t . g_t') / K^2 for each batch entry, from the two (B, T, T) Gram matrices.
 
     The 1/K^2 makes it the squared norm of the mean over an example's K inputs, not of their sum.
+    """
+    return (gram_inputs * gram_grads).sum((1, 2)) / (k * k)
+
+
+def conv2d_ghost_norms_pay(layer: nn.Conv2d, backprops: torch.Tensor, multiplicity: int) -> bool:
+    """``ghost_norms_pay`` for a convolution: its K x output positions, fan-in and fan-out (per group)."""
+    contracted = multiplicity * backprops.shape[2] * backprops.shape[3]
+    return ghost_norms_pay(contracted, layer.weight[0].numel(), backprops.shape[1] // layer.groups)
+
+
+def _squared_norms_from_grams(patches: torch.Tensor, grads: torch.Tensor, k: int) -> torch.Tensor:
+    """``_squared_norms_of_grams`` of patches (B, T, d) and grads (B, T, p) -> (B,); a single row needs no Gram.
 
     Either argument may be a transposed view (B, d, T).transpose(1, 2): the products read it as it lies.
     """
@@ -77,11 +94,8 @@ def _squared_norms_from_grams(patches: torch.Tensor, grads: torch.Tensor, k: int
             torch.linalg.vector_norm(patches, dim=(1, 2)).square()
             * torch.linalg.vector_norm(grads, dim=(1, 2)).square()
         )
-    else:
-        gram_inputs = torch.bmm(patches, patches.transpose(1, 2))
-        gram_grads = torch.bmm(grads, grads.transpose(1, 2))
-        squared = (gram_inputs * gram_grads).sum((1, 2))
-    return squared / (k * k)
+        return squared / (k * k)
+    return _squared_norms_of_grams(_gram(patches), _gram(grads), k)
 
 
 def _padded_positions(x: torch.Tensor, geometry: ConvGeometry) -> int:
@@ -118,7 +132,7 @@ def patch_grams(x: torch.Tensor, geometry: ConvGeometry, output_size: tuple[int,
         patches = patches.view(m * g, -1, positions)
     else:
         patches = patches.view(m, k, g, -1, positions).permute(0, 2, 3, 1, 4).reshape(m * g, -1, k * positions)
-    return torch.bmm(patches.transpose(1, 2), patches)
+    return _gram(patches.transpose(1, 2))
 
 
 def _patch_grams_by_shifts(
@@ -139,7 +153,7 @@ def _patch_grams_by_shifts(
     if k > 1:  # an example's K inputs side by side
         columns = columns.transpose(1, 2).transpose(2, 3)
     columns = columns.reshape(m * g, channels, k * height * width)
-    gram = torch.bmm(columns.transpose(1, 2), columns).view(m * g, k, height, width, k, height, width)
+    gram = _gram(columns.transpose(1, 2)).view(m * g, k, height, width, k, height, width)
     rows_out, cols_out = output_size
     grams = None
     for u in range(kh):
@@ -176,8 +190,7 @@ class _ConvWeightGradient(DeferredGradient):
                 grads = grads.view(m * g, -1, positions).transpose(1, 2)
             else:  # an example's K inputs side by side: (m g, K T, p)
                 grads = grads.permute(0, 2, 1, 4, 3).reshape(m * g, k * positions, -1)
-            gram_grads = torch.bmm(grads, grads.transpose(1, 2))
-            norms[start:stop] = (gram_inputs * gram_grads).sum((1, 2)).view(m, g).sum(1) / (k * k)
+            norms[start:stop] = _squared_norms_of_grams(gram_inputs, _gram(grads), k).view(m, g).sum(1)
         return norms
 
     def weighted_sum(self, weights: torch.Tensor) -> torch.Tensor:
@@ -207,10 +220,7 @@ def conv2d_deferred_rule(
     """The weight as a DeferredGradient (and the bias formed) where ghost norms pay; None where they do not."""
     if not layer.weight.requires_grad or not ghost_norms_are_consistent(backprops.device):
         return None
-    channels_out = backprops.shape[1]
-    contracted = multiplicity * backprops.shape[2] * backprops.shape[3]
-    per_output = layer.weight[0].numel()  # in/groups x kernel area
-    if not ghost_norms_pay(contracted, per_output, channels_out // layer.groups):
+    if not conv2d_ghost_norms_pay(layer, backprops, multiplicity):
         return None
     x, geometry = _conv2d_inputs(layer, activations[0].to(backprops.dtype))
     grads: dict[nn.Parameter, torch.Tensor | DeferredGradient] = {
