@@ -38,18 +38,14 @@ def draw_crop_flip(
 
     Drawing the parameters apart from applying them lets the trainer draw them once for a whole
     logical batch, so an example is augmented the same way whichever worker or micro-batch
-    it lands in.
+    it lands in. Row r's parameters come from the r-th triple of one uniform stream, so they do
+    not depend on `num`: a table for one more row extends this one and changes none of its rows.
     """
     gen_device = generator.device if generator is not None else torch.device("cpu")
-    shape = (num, multiplicity)
-    if crop_padding > 0:
-        offsets = torch.randint(0, 2 * crop_padding + 1, (*shape, 2), generator=generator, device=gen_device)
-    else:
-        offsets = torch.full((*shape, 2), 0, dtype=torch.long, device=gen_device)
-    if hflip:
-        flip = (torch.rand(shape, generator=generator, device=gen_device) < 0.5).long()[..., None]
-    else:
-        flip = torch.zeros((*shape, 1), dtype=torch.long, device=gen_device)
+    uniform = torch.rand((num, multiplicity, 3), generator=generator, device=gen_device, dtype=torch.float64)
+    choices = 2 * crop_padding + 1 if crop_padding > 0 else 1
+    offsets = (uniform[..., :2] * choices).long().clamp_(max=choices - 1)
+    flip = (uniform[..., 2:] < 0.5).long() if hflip else torch.zeros_like(offsets[..., :1])
     return torch.cat([offsets, flip], dim=-1)
 
 

@@ -1,7 +1,14 @@
 """The privacy-critical core: per-example gradients, clipping, noise, sampling, accounting of a run and of a
 search, the audit's bound."""
 
-from eqdp_ray.privacy.accounting import ACCOUNTANTS, PrivacyPlan, epsilon_spent, plan_fixed_noise, plan_privacy
+from eqdp_ray.privacy.accounting import (
+    ACCOUNTANTS,
+    PrivacyPlan,
+    check_delta_for_size,
+    epsilon_spent,
+    plan_fixed_noise,
+    plan_privacy,
+)
 from eqdp_ray.privacy.audit_bound import (
     AuditBound,
     audit_from_score_sets,
@@ -45,6 +52,7 @@ __all__ = [
     "clip_factors",
     "per_example_norms",
     "PrivacyBudgetError",
+    "check_delta_for_size",
     "PrivacyError",
     "UnsupportedModelError",
     "add_gaussian_noise",

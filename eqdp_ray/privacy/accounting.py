@@ -58,6 +58,17 @@ def check_budget(target_epsilon: float, delta: float, sample_rate: float, steps:
         raise PrivacyBudgetError(f"the number of steps must be at least 1, got {steps}")
 
 
+def check_delta_for_size(delta: float, train_size: int) -> None:
+    """Refuse a delta of 1/N or more: a mechanism that publishes one random training example in the
+    clear is (0, 1/N)-DP, so such a guarantee protects no one."""
+    if train_size > 0 and delta >= 1 / train_size:
+        raise PrivacyBudgetError(
+            f"delta={delta!r} is not below 1/N = {1 / train_size:.3g} for the {train_size} training examples: "
+            "at that delta, releasing one random example in the clear meets the guarantee. Use a delta well "
+            f"below 1/N (typical: 1e-5, or 1/N^1.1 = {train_size**-1.1:.2g})"
+        )
+
+
 def epsilon_spent(
     noise_multiplier: float, sample_rate: float, steps: int, delta: float, accountant: str = "rdp"
 ) -> float:

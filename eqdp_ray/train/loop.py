@@ -31,6 +31,7 @@ from eqdp_ray.privacy import (
     PoissonSampler,
     PrivacyPlan,
     add_gaussian_noise,
+    check_delta_for_size,
     clip_and_sum,
     epsilon_spent,
     noise_generator,
@@ -67,6 +68,7 @@ def steps_and_rate(config: RunConfig, train_size: int) -> tuple[int, float]:
     if t.batch_size > train_size:
         raise ConfigError(f"training.batch_size={t.batch_size} exceeds the {train_size} training examples; lower it")
     sample_rate = t.batch_size / train_size
+    check_delta_for_size(config.privacy.delta, train_size)
     steps = t.steps if t.steps is not None else max(1, math.ceil(t.epochs / sample_rate))
     return steps, sample_rate
 
@@ -296,6 +298,18 @@ def setup_run(
     )
 
 
+def augmentations_of(rows: torch.Tensor, run: Run, multiplicity: int, crop_padding: int) -> torch.Tensor:
+    """This step's crop and flip parameters of the sampled rows, drawn from the run's secret.
+
+    Drawn for every row of the data set and indexed by row, so an example's augmentation does
+    not depend on which others were sampled, and from the secret, like the noise and the sample:
+    with a public seed, adding one example would redraw (a known function of) the others'
+    augmentations, and the step's sensitivity would exceed C (docs/PRIVACY.md).
+    """
+    table = draw_crop_flip(run.sampler.num_examples, multiplicity, crop_padding, run.hflip, run.augment_rng)
+    return table[rows]
+
+
 def dp_sgd_step(run: Run) -> tuple[int, torch.Tensor]:
     """One DP-SGD step (see the module docstring); returns the global batch size and (loss sum,
     correct, augmented count) over all ranks."""
@@ -304,9 +318,9 @@ def dp_sgd_step(run: Run) -> tuple[int, torch.Tensor]:
     model.train()
     run.noise_rng.manual_seed(derive_seed(run.secret, "noise", state.step))
     run.sample_rng.manual_seed(derive_seed(run.secret, "sample", state.step))
-    run.augment_rng.manual_seed(derive_seed(run.config.seed, "augment", state.step))
+    run.augment_rng.manual_seed(derive_seed(run.secret, "augment", state.step))
     global_rows = run.sampler.sample_global()
-    aug_params = draw_crop_flip(len(global_rows), t.augmult, t.crop_padding, run.hflip, run.augment_rng)
+    aug_params = augmentations_of(global_rows, run, t.augmult, t.crop_padding)
     mine = run.sampler.shard_mask(global_rows)
     rows, params_mine = global_rows[mine], aug_params[mine]
     canaries = run.canaries

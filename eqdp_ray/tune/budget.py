@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from eqdp_ray.config import SpaceError, default_of
 from eqdp_ray.config.space import SearchSpace, TrialCount
-from eqdp_ray.privacy import PrivacyBudgetError
+from eqdp_ray.privacy import PrivacyBudgetError, check_delta_for_size
 from eqdp_ray.privacy.search import COMPOSITION, PAPERNOT_STEINKE, SearchPlan, TrialMechanism, TrialShape, plan_search
 from eqdp_ray.privacy.search import score_releases as releases_of
 from eqdp_ray.tune.feasibility import privacy_candidates
@@ -92,6 +92,7 @@ def plan_study_budget(space: SearchSpace, train_size: int, val_size: int) -> Bud
     shapes = trial_shapes(space, train_size)
     p = space.privacy
     try:
+        check_delta_for_size(float(p["delta"]), train_size)
         if isinstance(space.num_samples, TrialCount):
             count = space.num_samples
             plan = plan_search(

@@ -17,7 +17,7 @@ from typing import Any
 
 from eqdp_ray.config import ConfigError, SpaceError, default_of
 from eqdp_ray.config.space import CONDITION_DEFAULTS, SAMPLE_RATE, SearchSpace, trial_config
-from eqdp_ray.privacy import PrivacyBudgetError, plan_privacy
+from eqdp_ray.privacy import PrivacyBudgetError, check_delta_for_size, plan_privacy
 
 
 @dataclass(frozen=True)
@@ -163,6 +163,10 @@ def check_space(space: SearchSpace, train_size: int) -> SpaceCheck:
 
     p = space.privacy
     corners = privacy_corners(space, train_size)
+    try:
+        check_delta_for_size(float(p["delta"]), train_size)
+    except PrivacyBudgetError as exc:
+        raise SpaceError(f"{space.source + ': ' if space.source else ''}{exc}") from None
     feasible: list[tuple[float, int]] = []
     first_error = ""
     for q, steps in corners:

@@ -40,3 +40,11 @@ def test_impossible_budgets_fail_clearly(kwargs, match):
     args = dict(target_epsilon=8.0, delta=1e-5, sample_rate=0.01, steps=100, accountant="rdp") | kwargs
     with pytest.raises(PrivacyBudgetError, match=match):
         plan_privacy(**args)
+
+
+def test_a_delta_of_one_over_n_or_more_is_refused():
+    from eqdp_ray.privacy import check_delta_for_size
+
+    check_delta_for_size(1e-5, 50_000)
+    with pytest.raises(PrivacyBudgetError, match=r"not below 1/N = 0\.01 for the 100 training"):
+        check_delta_for_size(0.01, 100)

@@ -38,6 +38,7 @@ def test_train_writes_result_json(tmp_path, capsys):
         (["--set", "model.options.group=icosahedral"], "group"),
         (["--set", "privacy.target_epsilon=0"], "privacy.target_epsilon: must be > 0"),
         (["--set", "privacy.delta=1.5"], "delta"),
+        (["--set", "privacy.delta=0.01"], "not below 1/N"),
         (
             [
                 "--set",

@@ -63,3 +63,10 @@ def test_unwritable_store_fails_before_any_trial(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "results store" in err and "not writable" in err and "Traceback" not in err
     assert blocker.read_text() == "not a directory"  # nothing lost
+
+
+def test_a_delta_not_below_one_over_n_is_refused_before_any_trial(tmp_path, capsys):
+    path = write(tmp_path, SPACE.replace("delta: 1.0e-5", "delta: 0.01"))
+    assert main(["tune", path, "--check"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("eqdp-ray: error: ") and "not below 1/N" in err and "Traceback" not in err
