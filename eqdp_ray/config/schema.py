@@ -54,8 +54,9 @@ class PrivacyConfig(Block):
     noise_multiplier: PositiveNumber | None = None
     # Std of the Gaussian noise on the count of correct validation predictions; None: exact scores.
     score_noise: PositiveNumber | None = None
-    # Whether training loss/accuracy (computed on private batches without noise) leave the run.
-    release_train_metrics: Bool = True
+    # Whether training loss/accuracy (computed on private batches without noise, so not covered by
+    # epsilon) leave the run. Off by default: only accounted numbers leave a run unless asked.
+    release_train_metrics: Bool = False
 
 
 class TrainingConfig(Block):

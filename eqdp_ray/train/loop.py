@@ -424,6 +424,26 @@ def _log_start(run: Run, log: Callable[[str], None]) -> None:
         + (f"; validation scores noised (std {p.score_noise:.3g} on the count)" if p.score_noise is not None else "")
         + ("" if p.release_train_metrics else "; training loss/accuracy are not released")
     )
+    uncovered = not_covered_by_epsilon(run)
+    if uncovered:
+        log(f"[eqdp-ray] NOT covered by this epsilon (computed on private data, unaccounted): {', '.join(uncovered)}")
+
+
+def not_covered_by_epsilon(run: Run) -> list[str]:
+    """What this run releases that its epsilon (the training steps') does not cover.
+
+    In a search of scope `search` the study's ledger accounts the noised validation scores
+    (privacy.noise_multiplier is set); in a plain run it does not, and the validation split is
+    held-out private data.
+    """
+    p, uncovered = run.config.privacy, []
+    if len(run.data.val_y) and p.noise_multiplier is None:
+        uncovered.append(
+            "validation scores" + (" (noised, not accounted)" if p.score_noise is not None else " (exact)")
+        )
+    if p.release_train_metrics:
+        uncovered.append("training loss/accuracy (exact)")
+    return uncovered
 
 
 def train(
@@ -513,6 +533,7 @@ def result_record(
         "noise_source": "secure" if p.secret_seed is None else "fixed secret_seed (reproducible, NOT private)",
         "score_noise": p.score_noise,
         "score_releases": releases,
+        "not_covered_by_epsilon": not_covered_by_epsilon(run),
         "val_accuracy": val_acc,
         "best_val_accuracy": max(best_val, val_acc),
         "test_accuracy": test_acc,

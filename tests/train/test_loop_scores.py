@@ -47,8 +47,11 @@ def test_search_scope_run_uses_the_given_sigma_noises_scores_and_hides_training_
     assert any(abs(r["val_accuracy"] * n_val - round(r["val_accuracy"] * n_val)) > 1e-6 for r in records)
     assert noisy["val_accuracy"] == records[-1]["val_accuracy"]
     assert noisy["best_val_accuracy"] == max(r["val_accuracy"] for r in records)
-    # scope trial (defaults): exact scores and training metrics, as before
-    assert all("train_loss" in r for r in exact_records) and "train acc" in exact_log
+    assert noisy["not_covered_by_epsilon"] == []
+    # a plain run (defaults): exact scores, said to be outside epsilon; no training metrics
+    assert not any("train_loss" in r for r in exact_records) and "train acc" not in exact_log
+    assert exact["not_covered_by_epsilon"] == ["validation scores (exact)"]
+    assert "NOT covered by this epsilon (computed on private data, unaccounted): validation scores (exact)" in exact_log
     assert all(abs(r["val_accuracy"] * n_val - round(r["val_accuracy"] * n_val)) < 1e-9 for r in exact_records)
     assert exact["score_noise"] is None
 
