@@ -558,6 +558,11 @@ class StoreCallback(tune.Callback):
         last = trial.last_result or {}
         if self.ctx.search_plan is None or last.get("infeasible"):
             return
+        if self.ctx.space.resources.workers > 1:
+            # Ray Train's workers do not wait for Tune to take a report: by the time the trial is stopped
+            # they may have run further steps and validation passes than Tune saw, so only the
+            # reservation (the trial's worst case) bounds what it ran.
+            return
         from eqdp_ray.tune.budget import eval_every_of
         from eqdp_ray.tune.ledger import get_keeper
 
