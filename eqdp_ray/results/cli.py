@@ -61,17 +61,37 @@ def _print_privacy(lines: list[str], fmt: str) -> None:
 
 def cmd_best(args: argparse.Namespace) -> int:
     from eqdp_ray.results import export
-    from eqdp_ray.results.query import BEST_COLUMNS, best_configs, search_privacy_statements, summary_view, write_config
+    from eqdp_ray.results.query import (
+        BEST_COLUMNS,
+        best_configs,
+        beyond_best,
+        search_privacy_statements,
+        summary_view,
+        write_config,
+    )
 
     def body(store: Any) -> int:
         top = best_configs(
-            store, study=args.study, epsilon=args.epsilon, metric=args.metric, top=args.top, mode=args.mode
+            store,
+            study=args.study,
+            epsilon=args.epsilon,
+            metric=args.metric,
+            top=args.top or 5,
+            mode=args.mode,
+            covered_only=args.top is None,  # by default a Papernot-Steinke study shows only its best trial
         )
         if args.format == "table":
             _print(export(summary_view(top, BEST_COLUMNS), "table"))
         else:
             _print(export(top, args.format))
         _print_privacy(search_privacy_statements(store, top), args.format)
+        for study, extra in beyond_best(top).items():  # asked for with --top: said on stderr in every format
+            print(
+                f"[eqdp-ray] privacy: {study}: the {extra} row(s) after its best trial are NOT covered by its "
+                "Papernot-Steinke bound (it covers the best trial's configuration, score and model only): do not "
+                "release them",
+                file=sys.stderr,
+            )
         if args.emit_config:
             winner = top.iloc[0]
             emitted = write_config(winner, args.emit_config)
@@ -176,7 +196,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="max or min of the metric (default: min for epsilon/time/size, max otherwise)",
     )
-    p.add_argument("--top", type=_positive_int, default=5, help="how many trials to show (default 5)")
+    p.add_argument(
+        "--top",
+        type=_positive_int,
+        default=None,
+        help="how many trials to show (default 5, and only the best of a Papernot-Steinke study, the one output "
+        "its bound covers)",
+    )
     p.add_argument(
         "--format",
         choices=formats,

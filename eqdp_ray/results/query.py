@@ -81,8 +81,12 @@ def best_configs(
     metric: str = "val_accuracy",
     top: int | None = 5,
     mode: str | None = None,
+    covered_only: bool = False,
 ) -> pd.DataFrame:
     """The ``top`` ranked trials (full rows, leading ``rank`` column), best first.
+
+    ``covered_only``: of a Papernot-Steinke study (``best_only_studies``) keep only its best trial, the one
+    output its bound covers, before taking the ``top`` (ranks renumbered, so they reveal nothing of the rest).
 
     Raises ``NoResults`` with a message that says what was searched and what exists (an
     empty store, or no finished trial matching the filters), and ``ResultsStoreError`` for
@@ -94,9 +98,16 @@ def best_configs(
     if not store.studies():
         store.best(metric=metric, top=1, mode=mode)  # validates the metric (raises if unknown)
         raise NoResults(f"the results store {store.uri} holds no trials")
-    top_df = store.best(study=study, epsilon=epsilon, metric=metric, top=top, mode=mode)
+    top_df = store.best(study=study, epsilon=epsilon, metric=metric, top=None if covered_only else top, mode=mode)
     if top_df.empty:
         raise NoResults(_explain_empty(store, study, epsilon, metric))
+    if covered_only:
+        studies = best_only_studies(top_df)
+        names = top_df["study"].astype(str)
+        keep = ~names.isin(studies) | ~names.duplicated()
+        top_df = top_df[keep.to_numpy()].head(top) if top is not None else top_df[keep.to_numpy()]
+        top_df = top_df.reset_index(drop=True)
+        top_df["rank"] = np.arange(1, len(top_df) + 1, dtype=np.int64)
     return top_df
 
 
@@ -421,6 +432,31 @@ def trial_order(trials: pd.DataFrame) -> pd.DataFrame:
     return trials.sort_values(keys, na_position="last", kind="mergesort").reset_index(drop=True)
 
 
+#: What a Papernot-Steinke bound leaves out (the same words as `eqdp_ray.tune.budget`, which results may not import).
+PS_NOT_COVERED = (
+    "NOT covered, so do not release them: the other trials' rows and scores, the number of trials or attempts, and "
+    "the trial logs"
+)
+
+
+def best_only_studies(rows: pd.DataFrame) -> set[str]:
+    """Studies of `rows` run in scope `search` with a random count of trials (Papernot-Steinke): their bound
+    covers only the best trial's configuration, score and model, so only that trial may be shown."""
+    if rows.empty or not {"study", "budget_scope", "search_mode"} <= set(rows.columns):
+        return set()
+    mask = (rows["budget_scope"].astype(str) == "search") & (rows["search_mode"].astype(str) == "random_count")
+    return set(rows.loc[mask, "study"].astype(str))
+
+
+def beyond_best(ranked: pd.DataFrame) -> dict[str, int]:
+    """For each best-only study in the ranked `ranked`, how many of its rows come after its best one."""
+    studies = best_only_studies(ranked)
+    if not studies:
+        return {}
+    names = ranked["study"].astype(str)
+    return {s: int((names == s).sum()) - 1 for s in sorted(studies) if int((names == s).sum()) > 1}
+
+
 TRIAL_SCOPE_STATEMENT = (
     "budget scope trial: each trial alone is ({eps}, {delta})-DP, but the search as a whole, and so the best model "
     "you release, is NOT covered by a search-level bound"
@@ -437,7 +473,7 @@ def search_privacy_statements(store: Any, rows: pd.DataFrame) -> list[str]:
     """
     import json
 
-    from eqdp_ray.privacy.search import SearchLedger, SearchPlan
+    from eqdp_ray.privacy.search import PAPERNOT_STEINKE, SearchLedger, SearchPlan
 
     out = []
     if rows.empty or "study" not in rows.columns:
@@ -448,13 +484,9 @@ def search_privacy_statements(store: Any, rows: pd.DataFrame) -> list[str]:
         if "search" not in scope:
             eps = ", ".join(f"{v:g}" for v in sorted(mine["target_epsilon"].dropna().unique()))
             delta = ", ".join(f"{v:g}" for v in sorted(mine["delta"].dropna().unique()))
-            line = f"{name}: " + TRIAL_SCOPE_STATEMENT.format(eps=eps or "?", delta=delta or "?")
-            if "search_epsilon" in mine.columns and mine["search_epsilon"].notna().any():
-                line += (
-                    f"; a Papernot-Steinke bound for releasing only the best trial of its random search: epsilon "
-                    f"{mine['search_epsilon'].max():.4g}"
-                )
-            out.append(line)
+            # no Papernot-Steinke bound either, even for a random count (and whatever an older row's search_epsilon
+            # says): every trial here released its exact scores and training metrics, the bound assumes it did not
+            out.append(f"{name}: " + TRIAL_SCOPE_STATEMENT.format(eps=eps or "?", delta=delta or "?"))
             continue
         events = store.read_ledger(name).to_dict("records")
         plans = [e["plan_json"] for e in events if e.get("event") == "plan" and isinstance(e.get("plan_json"), str)]
@@ -463,7 +495,14 @@ def search_privacy_statements(store: Any, rows: pd.DataFrame) -> list[str]:
             continue
         plan = SearchPlan.from_dict(json.loads(plans[0]))
         ledger = SearchLedger.from_events(plan, events)
-        method = "adaptive composition" if plan.method == "composition" else "Papernot-Steinke (best of a random count)"
+        if plan.method == PAPERNOT_STEINKE:  # the count of attempts and their composition are not covered
+            out.append(
+                f"{name}: search-level ({plan.epsilon:.4g}, {plan.delta:.3g})-DP for the best trial's configuration, "
+                f"score and model only (target {plan.target_epsilon:g}; Papernot-Steinke, best of a secret random "
+                f"number of trials); {PS_NOT_COVERED}; each trial at most {plan.trial_epsilon:.4g}"
+            )
+            continue
+        method = "adaptive composition"
         out.append(
             f"{name}: search-level ({plan.epsilon:.4g}, {plan.delta:.3g})-DP for the whole search and the model it "
             f"releases (target {plan.target_epsilon:g}; {method}); {len(ledger.entries)} trial attempts in the "

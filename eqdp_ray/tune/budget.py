@@ -63,6 +63,13 @@ def score_noise_of(space: SearchSpace, val_size: int) -> float | None:
     return float(space.privacy["validation_noise"]) * max(1, val_size)
 
 
+#: What a Papernot-Steinke bound leaves out (Papernot & Steinke 2022 cover releasing only the best trial's output).
+PS_NOT_COVERED = (
+    "NOT covered, so do not release them: the other trials' rows and scores, the number of trials or attempts, and "
+    "the trial logs"
+)
+
+
 @dataclass(frozen=True)
 class BudgetDescription:
     plan: SearchPlan
@@ -80,10 +87,16 @@ class BudgetDescription:
             if p.score_noise
             else "validation declared public: exact scores, not accounted"
         )
+        covers = (
+            "for the whole study and the model it releases"
+            if p.method == COMPOSITION
+            else "for the best trial's configuration, score and model only"
+        )
+        tail = "" if p.method == COMPOSITION else f"; {PS_NOT_COVERED}"
         return (
-            f"search privacy: ({p.epsilon:.4g}, {p.delta:.3g})-DP for the whole study and the model it releases "
+            f"search privacy: ({p.epsilon:.4g}, {p.delta:.3g})-DP {covers} "
             f"[{how}; {p.theorem}]; each trial alone at most epsilon {p.trial_epsilon:.4g}; {noise}; training "
-            "loss/accuracy do not leave the trials"
+            f"loss/accuracy do not leave the trials{tail}"
         )
 
 

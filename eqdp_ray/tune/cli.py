@@ -62,6 +62,16 @@ def cmd_tune(args: argparse.Namespace) -> int:
         oversubscribe=args.oversubscribe,
         log=print,
     )
+    if summary.best_only:  # Papernot-Steinke: the bound covers the best trial's output alone, not the count
+        print(f"\n[eqdp-ray] study '{summary.study}': store {summary.store}; experiment {summary.experiment_path}")
+        print(
+            "[eqdp-ray] the best trial by validation accuracy, the only output its Papernot-Steinke bound covers "
+            "(test accuracy is recorded, never used to select):"
+        )
+        print(format_rows(summary.top[:1]))
+        print(f"[eqdp-ray] {summary.privacy_note}")
+        print(f"[eqdp-ray] next: eqdp-ray best --store {summary.store} --study {summary.study}")
+        return 0
     counts = ", ".join(f"{n} {s}" for s, n in sorted(summary.status_counts.items())) or "none"
     print(
         f"\n[eqdp-ray] study '{summary.study}': {summary.num_trials} trials ({counts}); store {summary.store}; "

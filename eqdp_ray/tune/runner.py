@@ -21,6 +21,7 @@ from typing import Any
 from eqdp_ray.config import SpaceError
 from eqdp_ray.config.space import CONDITION_DEFAULTS, SearchSpace, TrialCount, load_space
 from eqdp_ray.config.storage import DEFAULT_STORE_URI, canonical_location, open_location
+from eqdp_ray.privacy.search import PAPERNOT_STEINKE
 from eqdp_ray.privacy.selection import SearchPrivacy, count_distribution, search_privacy
 from eqdp_ray.train.cluster import (
     ClusterError,
@@ -31,7 +32,13 @@ from eqdp_ray.train.cluster import (
     local_cpus,
     will_start_local_ray,
 )
-from eqdp_ray.tune.budget import SCOPE_TRIAL_NOTE, BudgetDescription, in_search_scope, plan_study_budget
+from eqdp_ray.tune.budget import (
+    PS_NOT_COVERED,
+    SCOPE_TRIAL_NOTE,
+    BudgetDescription,
+    in_search_scope,
+    plan_study_budget,
+)
 from eqdp_ray.tune.feasibility import SpaceCheck, check_space, privacy_candidates, split_sizes_of
 
 logger = logging.getLogger(__name__)
@@ -43,6 +50,12 @@ ADAPTIVE_NOTE = (
     "and no early stopping; adaptive searches (TPE, ASHA) are NOT covered by it. Releasing the best trial leaks "
     "more than one trial's epsilon. For a search-level guarantee use sampler: random with num_samples: "
     "{{distribution: truncated_negative_binomial, mean: ...}}; see docs/SEARCH_SPACES.md."
+)
+
+RANDOM_COUNT_TRIAL_NOTE = (
+    "The number of trials is random, but no Papernot-Steinke bound applies either: it covers releasing only the "
+    "best trial's output, while in scope 'trial' every trial releases its exact validation accuracy and training "
+    "metrics and the best is chosen on them. Use privacy.scope: search for a bound on the best trial."
 )
 
 
@@ -86,6 +99,9 @@ class SearchSummary:
     privacy_note: str = ""
     check: SpaceCheck | None = None
     ledger: dict[str, Any] | None = None  # scope `search`: the study's ledger (tune.ledger.ledger_summary)
+    # scope `search` with a random count (Papernot-Steinke): its bound covers the best trial's configuration,
+    # score and model only, so what is printed by default is that trial alone, without counts
+    best_only: bool = False
 
 
 def default_storage(store: str) -> str:
@@ -225,17 +241,13 @@ class StudyPlan:
 
     @property
     def search_epsilon(self) -> float | None:
-        if self.budget is not None:
-            return self.budget.plan.epsilon
-        if self.resume and self.saved and self.saved.get("search_epsilon") is not None:
-            return float(self.saved["search_epsilon"])  # every row of a study carries the same number
-        return self.privacy.epsilon if self.privacy else None
+        """Scope `search` only: in scope `trial` every trial releases exact scores and training metrics, which
+        no search-level bound covers (the Papernot-Steinke one assumes only the best trial's output leaves)."""
+        return self.budget.plan.epsilon if self.budget is not None else None
 
     @property
     def search_delta(self) -> float | None:
-        if self.budget is not None:
-            return self.budget.plan.delta
-        return self.privacy.delta if self.privacy else None
+        return self.budget.plan.delta if self.budget is not None else None
 
 
 def _check_study_state(
@@ -314,6 +326,9 @@ def plan_study(
             else ""
         )
     else:
+        privacy = None  # no search-level bound in scope trial, not even for a random count: see RANDOM_COUNT_TRIAL_NOTE
+        if space.private_selection:
+            note = RANDOM_COUNT_TRIAL_NOTE
         note = SCOPE_TRIAL_NOTE.format(eps=space.privacy["target_epsilon"], delta=space.privacy["delta"]) + " " + note
     return StudyPlan(
         space,
@@ -503,12 +518,24 @@ def _ledger_summary(keeper: Any, log: Callable[[str], None]) -> dict[str, Any] |
     import ray
 
     summary = ray.get(keeper.summary.remote())
+    if summary["method"] == PAPERNOT_STEINKE:  # the number of attempts and their composition are not covered
+        log(
+            f"[eqdp-ray] search ledger: ({summary['guarantee']:.4g}, {summary['delta']:.3g})-DP guaranteed for the "
+            f"best trial's configuration, score and model only (target {summary['target_epsilon']:g}, "
+            f"{summary['method']}); {PS_NOT_COVERED}"
+        )
+        return summary
     log(
         f"[eqdp-ray] search ledger: ({summary['guarantee']:.4g}, {summary['delta']:.3g})-DP guaranteed for the study "
         f"(target {summary['target_epsilon']:g}, {summary['method']}); {summary['attempts']} trial attempts, "
         f"composition as they ran: epsilon {summary['epsilon_spent']:.4g}"
     )
     return summary
+
+
+def _best_only(plan: StudyPlan) -> bool:
+    """A Papernot-Steinke search in scope `search`: only its best trial's output is covered by its bound."""
+    return plan.budget is not None and plan.budget.plan.method == PAPERNOT_STEINKE
 
 
 def _shutdown_ray() -> None:
@@ -537,7 +564,9 @@ def _summarize(plan: StudyPlan, ctx: Any) -> SearchSummary:
     except ResultsStoreError:
         trials = None
     if trials is None or trials.empty:
-        return SearchSummary(space.study, ctx.store_uri, experiment, 0, {}, [], [], privacy, note, check)
+        return SearchSummary(
+            space.study, ctx.store_uri, experiment, 0, {}, [], [], privacy, note, check, best_only=_best_only(plan)
+        )
     counts = {str(k): int(v) for k, v in trials["status"].value_counts().items()}
     rankable = trials[trials["status"].isin(["completed", "stopped_early"])]
     rankable = rankable[rankable["best_val_accuracy"].notna()]
@@ -551,7 +580,17 @@ def _summarize(plan: StudyPlan, ctx: Any) -> SearchSummary:
         front = pareto_front(rankable, objectives).to_dict("records")
         pareto = [{k: r.get(k) for k in columns} for r in front]
     return SearchSummary(
-        space.study, ctx.store_uri, experiment, len(trials), counts, top_rows, pareto, privacy, note, check
+        space.study,
+        ctx.store_uri,
+        experiment,
+        len(trials),
+        counts,
+        top_rows,
+        pareto,
+        privacy,
+        note,
+        check,
+        best_only=_best_only(plan),
     )
 
 
@@ -560,8 +599,8 @@ def validate_space(
 ) -> tuple[SearchSpace, SpaceCheck, SearchPrivacy | BudgetDescription | None]:
     """Every check that `run_search` makes before starting Ray, without running anything.
 
-    The third item: scope `search`, the study's calibrated budget; scope `trial`, the Papernot-Steinke
-    report of a random-count search (None for an adaptive one: it has no search-level bound).
+    The third item: scope `search`, the study's calibrated budget; scope `trial`, None: it has no
+    search-level bound (its trials release exact scores, which not even a random count of trials covers).
     """
     space = load_space(space, overrides)
     if train_size is not None:
@@ -571,5 +610,6 @@ def validate_space(
     check = check_space(space, size)
     if in_search_scope(space):
         return space, check, plan_study_budget(space, size, val_size)  # the calibration the study will use
-    privacy = plan_search_privacy(space, size) if space.private_selection else None
-    return space, check, privacy
+    if space.private_selection:
+        plan_search_privacy(space, size)  # the checks that `run_search` makes (one RDP curve over all trials)
+    return space, check, None

@@ -455,3 +455,72 @@ def test_cli_constants_mirror_the_store():
     from eqdp_ray.results import cli as results_cli
 
     assert results_cli.STATUS_CHOICES == STATUSES
+
+
+# ------------------------------------------------------------------------------ Papernot-Steinke studies
+
+
+def ps_plan_json() -> str:
+    """The real calibration of a scope-search random-count (Papernot-Steinke) study, as its ledger stores it."""
+    from eqdp_ray.config.space import load_space
+    from eqdp_ray.tune.budget import plan_study_budget
+
+    space = load_space({
+        "study": "psx", "privacy": {"target_epsilon": 8.0, "delta": 1e-5, "scope": "search", "validation_noise": 0.05},
+        "data": {"name": "digits"}, "fixed": {"training.steps": 2},
+        "search": {"training.batch_size": {"type": "categorical", "choices": [32, 64]}},
+        "sampler": {"type": "random"}, "scheduler": {"type": "none"},
+        "num_samples": {"distribution": "truncated_negative_binomial", "mean": 3, "eta": 1},
+    })  # fmt: skip
+    plan = plan_study_budget(space, 1294, 144).plan
+    assert plan.method == "papernot_steinke"
+    return json.dumps(plan.to_dict())
+
+
+def add_ps_study(store: ResultsStore) -> None:
+    """Study 'psx': four trials of a Papernot-Steinke search in scope search, and its ledger's plan row."""
+    store.write_trials([
+        trial_row("psx", f"s{i}", acc, minute=20 + i, search_epsilon=7.9, search_delta=1e-5,
+                  search_mode="random_count", budget_scope="search")
+        for i, acc in enumerate([0.60, 0.95, 0.70, 0.90])
+    ])  # fmt: skip
+    store.write_ledger([
+        {"study": "psx", "trial_id": "(study)", "attempt": 0, "event": "plan", "timestamp": T0,
+         "plan_json": ps_plan_json()}
+    ])  # fmt: skip
+
+
+def test_best_of_a_papernot_steinke_study_shows_only_the_best_and_what_is_covered(store, capsys):
+    add_ps_study(store)
+    code, out, err = cli(capsys, "best", "--store", store.uri, "--study", "psx")
+    assert code == 0, err
+    rows = table_rows(out)
+    assert [r[:3] for r in rows] == [["1", "psx", "s1"]]  # the best alone: the one output the bound covers
+    assert "best trial's configuration, score and model only" in err and "the number of trials or attempts" in err
+    assert "attempts in the ledger" not in err and "whole search" not in err and "4 trial" not in err
+    # across studies: the others keep their top rows, psx contributes only its best, ranks have no gaps
+    code, out, err = cli(capsys, "best", "--store", store.uri)
+    rows = table_rows(out)
+    assert [r[2] for r in rows] == ["s1", "t01", "t05", "t00", "p1"] and [r[0] for r in rows] == list("12345")
+
+
+def test_best_top_k_of_a_papernot_steinke_study_says_the_rest_is_not_covered(store, capsys):
+    add_ps_study(store)
+    code, out, err = cli(capsys, "best", "--store", store.uri, "--study", "psx", "--top", "3")
+    assert code == 0, err
+    assert [r[2] for r in table_rows(out)] == ["s1", "s3", "s2"]
+    assert "psx: the 2 row(s) after its best trial are NOT covered by its Papernot-Steinke bound" in err
+    code, out, err = cli(capsys, "best", "--store", store.uri, "--study", "psx", "--top", "1")
+    assert len(table_rows(out)) == 1 and "after its best trial" not in err
+
+
+def test_scope_trial_random_count_gets_no_papernot_steinke_line(store, capsys):
+    """Scope trial (here rows without a scope, written with a search_epsilon): exact scores left every trial."""
+    store.write_trial(
+        trial_row("digits1", "p9", 0.5, minute=19, config=run_config(target_epsilon=1.0), search_mode="random_count",
+                  budget_scope="trial")
+    )  # fmt: skip
+    code, out, err = cli(capsys, "best", "--store", store.uri, "--study", "digits1")
+    assert code == 0, err
+    assert "NOT covered by a search-level bound" in err and "Papernot-Steinke" not in err
+    assert len(table_rows(out)) == 4  # not a best-only study: the default top 5 applies

@@ -31,8 +31,19 @@ def test_check_validates_and_prints_the_search_privacy(tmp_path, capsys):
         "study 'cli' is valid" in out
         and "Theorem 2" in out
         and "(mean 5)" in out
-        and "(2, 1e-05)-DP for the whole study" in out
+        and "(2, 1e-05)-DP for the best trial's configuration, score and model only" in out
+        and "the number of trials or attempts" in out  # what a Papernot-Steinke bound does not cover, said
+        and "for the whole study" not in out
     )
+
+
+def test_check_of_scope_trial_random_count_prints_no_search_bound(tmp_path, capsys):
+    """Scope trial: every trial releases exact scores, so no Papernot-Steinke bound is printed."""
+    space = SPACE.replace("delta: 1.0e-5}", "delta: 1.0e-5, scope: trial}")
+    assert main(["tune", write(tmp_path, space), "--check"]) == 0
+    out = capsys.readouterr().out
+    assert "study 'cli' is valid" in out
+    assert "Theorem" not in out and "search privacy" not in out and "-DP" not in out
 
 
 def test_bad_space_is_one_clear_error(tmp_path, capsys):
