@@ -606,18 +606,11 @@ def _privacy_lines(trials: pd.DataFrame) -> list[str]:
             spread = f"{low:.4g}" if f"{low:.4g}" == f"{high:.4g}" else f"{low:.4g} to {high:.4g}"
             parts.append(f"; epsilon spent by finished trials: {spread}")
         line = " ".join(parts).replace(" ;", ";") + "."
-        search_eps = [float(v) for v in _numeric(rows, "search_epsilon") if np.isfinite(v)]
-        search_delta = [float(v) for v in _numeric(rows, "search_delta") if np.isfinite(v)]
-        if search_eps:
-            line += (
-                f" Search-level guarantee (random number of trials, private selection): the whole search, "
-                f"best trial included, is ({max(search_eps):.4g}, "
-                f"{(max(search_delta) if search_delta else float('nan')):.3g})-DP."
-            )
-        else:
-            mode = rows["search_mode"].dropna().astype(str).unique() if "search_mode" in rows.columns else []
-            how = f" (search mode: {', '.join(sorted(mode))})" if len(mode) else ""
-            line += f" No search-level epsilon was recorded{how}."
+        # no search-level claim outside scope `search`, whatever an older row's search_epsilon says: these trials
+        # released exact scores, which a Papernot-Steinke bound (best trial's output only) does not cover
+        mode = rows["search_mode"].dropna().astype(str).unique() if "search_mode" in rows.columns else []
+        how = f" (search mode: {', '.join(sorted(mode))})" if len(mode) else ""
+        line += f" No search-level epsilon covers this study{how}: its trials released exact scores."
         lines.append(line)
     if lines or not scoped:
         lines.append(ADAPTIVE_SENTENCE)
