@@ -234,4 +234,5 @@ def load_cifar(name: str, root: str | Path, *, download: bool = False) -> Source
         mean=mean,
         std=std,
         hflip=True,
+        public_train_size=sum(OFFICIAL_RECORDS[name][f] for f in layout.train),
     )

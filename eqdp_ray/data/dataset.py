@@ -95,6 +95,9 @@ class SourceData:
 
     Internal hand-off between the per-data-set readers and :func:`load_dataset`, which
     carves the validation split and the subsets the same way for every data set.
+    ``public_train_size`` is the official training part's size, a constant of the data set (and
+    of the MNIST test-only layout), never the copy's own: count-valued split sizes are shares of
+    it, so that the split thresholds do not depend on the (private) data.
     """
 
     train_x: torch.Tensor
@@ -105,3 +108,4 @@ class SourceData:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     hflip: bool
+    public_train_size: int

@@ -47,4 +47,5 @@ def load_digits_source() -> SourceData:
         mean=mean,
         std=std,
         hflip=False,
+        public_train_size=len(train_y),  # sklearn's fixed 1,797 digits less the fixed test part: public
     )

@@ -14,7 +14,7 @@ from .dataset import ImageDataset, SourceData
 from .digits import load_digits_source
 from .errors import DatasetError
 from .mnist import load_mnist
-from .splits import STREAM_TEST_SUBSET, balanced_subset, hash_split, resolve_count, rng_for
+from .splits import STREAM_TEST_SUBSET, balanced_subset, hash_split, rng_for, split_rate
 
 __all__ = ["DATASETS", "default_root", "load_dataset"]
 
@@ -57,11 +57,14 @@ def load_dataset(
     """Load a data set by name and split it for training, model selection and reporting.
 
     - ``val_size`` (int count or float fraction in [0, 1)) is carved from the official
-      training data by each example's own hash with ``seed`` (about that many examples: the
-      count is binomial), so that adding or removing one training example moves no other
-      between the splits; the official test set is never touched by it.
-    - ``train_subset`` then keeps about that many of the remaining training examples, by the
-      same kind of hash; ``test_subset`` takes that many test examples, as equal a number per
+      training data by each example's own hash with ``seed``: an example is held out iff its
+      hash is below the fraction, or below count / the data set's official training size (a
+      public constant, never the copy's own size), so that adding or removing one training
+      example moves no other between the splits. The size is binomial: about the count on
+      the official data, about count * len(copy) / official size on a copy of another size.
+      The official test set is never touched by it.
+    - ``train_subset`` then keeps about that many of the remaining training examples (again
+      relative to the official size), by the same kind of hash; ``test_subset`` takes that many test examples, as equal a number per
       class as possible (public data: a seeded draw is fine there).
     - ``root`` defaults to :func:`default_root`; ``download`` fetches missing official files
       (CIFAR, MNIST). ``digits`` ships with scikit-learn and ignores both.
@@ -77,28 +80,32 @@ def load_dataset(
     for what, v in (("train_subset", train_subset), ("test_subset", test_subset)):
         if v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1):
             raise DatasetError(f"{what} must be a positive int or None, got {v!r}")
-    # Check val_size's type/range before any slow loading; the count is resolved below.
-    resolve_count(val_size, 2**62, "val_size")
+    # Check val_size's type/range before any slow loading; its threshold is set below.
+    split_rate(val_size, 2**62, "val_size")
     root_path = default_root() if root is None else Path(root).expanduser()
 
     src = _source(name, root_path, download)
 
-    # Private data is split by each example's own hash (splits.py): adding or removing one
-    # example moves no other between train and validation, or in or out of the subset.
-    n_val = resolve_count(val_size, len(src.train_y), "val_size")
+    # Private data is split by each example's own hash (splits.py) against thresholds that are
+    # public constants: a fraction, or a count over the data set's official training size,
+    # never over the copy's own size. So adding or removing one example moves no other between
+    # train and validation, or in or out of the subset (docs/PRIVACY.md).
+    public_n = src.public_train_size
+    val_rate = split_rate(val_size, public_n, "val_size")
     images = src.train_x.numpy()
-    train_idx, val_idx = hash_split(images, src.train_y.numpy(), n_val / len(src.train_y), seed, "val")
+    train_idx, val_idx = hash_split(images, src.train_y.numpy(), val_rate, seed, "val")
     train_x, train_y = _take(src.train_x, src.train_y, train_idx)
     val_x, val_y = _take(src.train_x, src.train_y, val_idx)
     test_x, test_y = src.test_x, src.test_y
 
     if train_subset is not None:
-        if not 1 <= train_subset <= len(train_y):
+        public_left = public_n * (1.0 - val_rate)  # the official training set less the validation share
+        if train_subset > public_left:
             raise DatasetError(
-                f"train_subset={train_subset} is out of range: it must be between 1 and {len(train_y)} "
-                "(the training examples left after the validation split)"
+                f"train_subset={train_subset} is out of range: it must be between 1 and {int(public_left):,} "
+                f"(the official training set's {public_n:,} examples less the validation share)"
             )
-        _, idx = hash_split(train_x.numpy(), train_y.numpy(), train_subset / len(train_y), seed, "train_subset")
+        _, idx = hash_split(train_x.numpy(), train_y.numpy(), train_subset / public_left, seed, "train_subset")
         train_x, train_y = _take(train_x, train_y, idx)
     if test_subset is not None:
         idx = balanced_subset(test_y.numpy(), test_subset, rng_for(seed, STREAM_TEST_SUBSET), "test_subset")

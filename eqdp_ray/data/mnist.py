@@ -20,6 +20,7 @@ from .dataset import SourceData
 from .download import download_file
 from .errors import DatasetError
 from .integrity import check_official_copy
+from .splits import example_hashes
 
 __all__ = [
     "MNIST_FILES",
@@ -30,6 +31,7 @@ __all__ = [
     "load_mnist",
     "read_idx",
     "rotate_images",
+    "rotation_angles",
 ]
 
 BASE_URL = "https://ossci-datasets.s3.amazonaws.com/mnist/"
@@ -53,8 +55,9 @@ _TEST = ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
 
-# Rotation angles come from this fixed seed, not from the split seed, so every run and every
-# split sees the same rotated digits (a data set, not an augmentation).
+# Each digit's rotation angle is a hash of its own pixels and label with this fixed key, not of
+# the split seed nor of its position in the file: every run and split sees the same rotated
+# digits (a data set, not an augmentation), and adding or removing one digit re-rotates no other.
 ROTATION_SEED = 12345
 # Test-set-only copies: every TEST_ONLY_TEST_EVERY-th digit (indices 4, 9, 14, ...) is the
 # test part. Striding rather than taking a block keeps both halves of the official test file
@@ -138,8 +141,9 @@ def rotate_images(x: torch.Tensor, angles_deg: torch.Tensor | np.ndarray, chunk:
     return out
 
 
-def _angles(n: int, stream: int) -> np.ndarray:
-    return np.random.default_rng([ROTATION_SEED, stream]).uniform(0.0, 360.0, size=n)
+def rotation_angles(x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
+    """Each digit's angle in [0, 360) degrees: a fixed function of that digit (pixels, label) alone."""
+    return 360.0 * example_hashes(x.numpy(), y.numpy(), ROTATION_SEED, "rotation")
 
 
 def _read_pair(d: Path, stems: tuple[str, str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -172,9 +176,12 @@ def load_mnist(root: str | Path, *, download: bool = False, rotated: bool = Fals
     independent of any seed: digits with index % 5 == 4 (2,000) form the test part, the other
     8,000 the training pool from which :func:`load_dataset` carves validation.
 
-    Rotated MNIST: each digit is turned by an angle uniform in [0, 360) drawn from the fixed
-    :data:`ROTATION_SEED` (one stream for the official training file, one for the test file),
-    bilinearly, staying 28x28. Both training and test digits are rotated.
+    Rotated MNIST: each digit is turned by an angle in [0, 360) given by a hash of its own pixels
+    and label keyed with :data:`ROTATION_SEED` (:func:`rotation_angles`; uniform for distinct
+    digits), bilinearly, staying 28x28. Both training and test digits are rotated.
+
+    ``public_train_size`` is 60,000 (the official training file) or, in the test-only layout,
+    8,000 (the official test file's 10,000 less its test part), whatever the copy holds.
     """
     root = Path(root).expanduser()
     full = _find(root, _TRAIN + _TEST)
@@ -185,13 +192,14 @@ def load_mnist(root: str | Path, *, download: bool = False, rotated: bool = Fals
                 download_file(BASE_URL + stem + ".gz", target / (stem + ".gz"), md5)
         full = _find(root, _TRAIN + _TEST)
     if full is not None:
+        public_train_size = OFFICIAL_RECORDS[_TRAIN[1]]
         train_x, train_y = _read_pair(full, _TRAIN)
         test_x, test_y = _read_pair(full, _TEST)
         counts = {full / s: len(train_y) for s in _TRAIN} | {full / s: len(test_y) for s in _TEST}  # by stem
         check_official_copy("MNIST", counts, OFFICIAL_RECORDS)
         if rotated:
-            train_x = rotate_images(train_x, _angles(len(train_x), 0))
-            test_x = rotate_images(test_x, _angles(len(test_x), 1))
+            train_x = rotate_images(train_x, rotation_angles(train_x, train_y))
+            test_x = rotate_images(test_x, rotation_angles(test_x, test_y))
     else:
         test_dir = _find(root, _TEST)
         if test_dir is None:
@@ -204,9 +212,11 @@ def load_mnist(root: str | Path, *, download: bool = False, rotated: bool = Fals
             stacklevel=4,  # the caller of load_dataset
         )
         x, y = _read_pair(test_dir, _TEST)
+        official_test = OFFICIAL_RECORDS[_TEST[1]]
+        public_train_size = official_test - official_test // TEST_ONLY_TEST_EVERY
         check_official_copy("MNIST", {test_dir / s: len(y) for s in _TEST}, OFFICIAL_RECORDS)
         if rotated:
-            x = rotate_images(x, _angles(len(x), 1))  # same angles as in full mode
+            x = rotate_images(x, rotation_angles(x, y))  # same angles as in full mode
         is_test = torch.arange(len(x)) % TEST_ONLY_TEST_EVERY == TEST_ONLY_TEST_EVERY - 1
         train_x, train_y = x[~is_test].contiguous(), y[~is_test].contiguous()
         test_x, test_y = x[is_test].contiguous(), y[is_test].contiguous()
@@ -219,4 +229,5 @@ def load_mnist(root: str | Path, *, download: bool = False, rotated: bool = Fals
         mean=MNIST_MEAN,
         std=MNIST_STD,
         hflip=False,
+        public_train_size=public_train_size,
     )

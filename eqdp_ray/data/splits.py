@@ -21,7 +21,15 @@ import numpy as np
 
 from .errors import DatasetError
 
-__all__ = ["resolve_count", "stratified_split", "balanced_subset", "rng_for", "example_hashes", "hash_split"]
+__all__ = [
+    "split_rate",
+    "resolve_count",
+    "stratified_split",
+    "balanced_subset",
+    "rng_for",
+    "example_hashes",
+    "hash_split",
+]
 
 # Separate random streams per purpose, so that e.g. changing train_subset never moves the
 # validation split.
@@ -34,6 +42,27 @@ STREAM_FIXED_TEST = 3
 def rng_for(seed: int, stream: int) -> np.random.Generator:
     """A numpy generator for ``(seed, stream)``; independent across streams."""
     return np.random.default_rng([int(seed), int(stream)])
+
+
+def split_rate(size: int | float, public_n: int, what: str) -> float:
+    """The hash threshold for ``size``: a fraction is its own threshold, a count is divided by
+    ``public_n``, the data set's official (public) training-set size, never by the copy's own
+    size, which is private: a threshold that moved with it would move other examples between
+    the splits when one is added or removed. On a copy of another size a count therefore
+    holds out about ``count * len(copy) / public_n`` examples.
+    """
+    if isinstance(size, bool) or not isinstance(size, numbers.Real):
+        raise DatasetError(f"{what} must be an int count or a float fraction, got {size!r}")
+    if isinstance(size, numbers.Integral):
+        if not 0 <= int(size) < public_n:
+            raise DatasetError(
+                f"{what}={int(size)} is out of range: it must be between 0 and {public_n - 1} "
+                f"(a count is a share of the official training set's {public_n:,} examples)"
+            )
+        return int(size) / public_n
+    if not 0.0 <= float(size) < 1.0:
+        raise DatasetError(f"{what}={size} is out of range: a fraction must be in [0, 1)")
+    return float(size)
 
 
 def resolve_count(size: int | float, n: int, what: str) -> int:

@@ -34,7 +34,8 @@ def test_one_step_of_the_recipe_spends_what_the_full_schedules_sigma_gives(tmp_p
     write_cifar10_bin(tmp_path / "data" / "cifar-10-batches-bin", PER_FILE)
     out = tmp_path / "out"
     argv = ["--eps", "8", "--device", "cpu", "--max-steps", "1", "--data-root", str(tmp_path / "data")]
-    argv += ["--val-size", "40", "--batch-size", "16", "--physical-batch-size", "16", "--out", str(out)]
+    # a count is a share of the official 50,000 training images: 10,000 holds out about 40 of these 200
+    argv += ["--val-size", "10000", "--batch-size", "16", "--physical-batch-size", "16", "--out", str(out)]
     paths = [str(BENCHMARKS_DIR.parent), os.environ.get("PYTHONPATH", "")]  # this checkout's eqdp_ray
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
     run = subprocess.run([sys.executable, str(SCRIPT), *argv], capture_output=True, text=True, timeout=600, env=env)
@@ -129,7 +130,8 @@ def test_minutes_mode_fits_the_steps_to_the_time_from_a_probe(tmp_path):
     write_cifar10_bin(tmp_path / "data" / "cifar-10-batches-bin", PER_FILE)
     out = tmp_path / "out"
     argv = ["--eps", "8", "--device", "cpu", "--minutes", "0.05", "--data-root", str(tmp_path / "data")]
-    argv += ["--val-size", "40", "--batch-size", "16", "--physical-batch-size", "16", "--out", str(out)]
+    # a count is a share of the official 50,000 training images: 10,000 holds out about 40 of these 200
+    argv += ["--val-size", "10000", "--batch-size", "16", "--physical-batch-size", "16", "--out", str(out)]
     paths = [str(BENCHMARKS_DIR.parent), os.environ.get("PYTHONPATH", "")]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
     run = subprocess.run([sys.executable, str(SCRIPT), *argv], capture_output=True, text=True, timeout=600, env=env)

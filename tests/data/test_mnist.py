@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from eqdp_ray.data import DatasetError, load_dataset
-from eqdp_ray.data.mnist import TEST_ONLY_TEST_EVERY, read_idx, rotate_images
+from eqdp_ray.data.mnist import TEST_ONLY_TEST_EVERY, read_idx, rotate_images, rotation_angles
 
 from .formats import idx_bytes, write_mnist
 
@@ -79,8 +79,9 @@ def test_full_copy_loads_without_warning(tmp_path):
     written = write_mnist(tmp_path / "mnist", n_train=40, n_test=20, gz=False)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        ds = load_dataset("mnist", tmp_path, val_size=10)
-    # val_size=10 of 40 is a hash split at rate 1/4: the sizes add up, the test set is untouched.
+        ds = load_dataset("mnist", tmp_path, val_size=15_000)
+    # A count is a share of the official 60,000: val_size=15,000 is a hash split at rate 1/4 on
+    # any copy. The sizes add up, the test set is untouched.
     assert len(ds.train_y) + len(ds.val_y) == 40 and len(ds.test_y) == 20
     assert 0 < len(ds.val_y) < 40
     assert np.array_equal(ds.test_x[:, 0].numpy(), written["t10k"][0])
@@ -152,3 +153,25 @@ def test_rotated_mnist_is_deterministic_and_independent_of_split_seed(shared_dat
     pool_a = torch.cat([rot.train_x, rot.val_x]).flatten(1).sum(1).sort().values
     pool_b = torch.cat([rot_other_split.train_x, rot_other_split.val_x]).flatten(1).sum(1).sort().values
     assert torch.equal(pool_a, pool_b)
+
+
+def test_rotating_a_digit_depends_on_that_digit_alone(tmp_path):
+    """Removing one digit must re-rotate no other (neighbouring data sets stay neighbouring).
+
+    Angles drawn by position in the file turned every digit after the removed one differently.
+    """
+    full = write_mnist(tmp_path / "d" / "mnist", n_train=60, n_test=20, gz=False)
+    x, y = full["train"]
+    d = tmp_path / "d-minus-first" / "mnist"
+    d.mkdir(parents=True)
+    for stem, arr in (("train-images-idx3-ubyte", x[1:]), ("train-labels-idx1-ubyte", y[1:])):
+        (d / stem).write_bytes(idx_bytes(arr))
+    for stem in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        (d / stem).write_bytes((tmp_path / "d" / "mnist" / stem).read_bytes())
+    a = load_dataset("rotated_mnist", tmp_path / "d", val_size=0)
+    b = load_dataset("rotated_mnist", tmp_path / "d-minus-first", val_size=0)
+    assert torch.equal(b.train_x, a.train_x[1:]) and torch.equal(b.test_x, a.test_x)
+    plain = load_dataset("mnist", tmp_path / "d", val_size=0)
+    assert (a.train_x != plain.train_x).flatten(1).any(1).all()  # every digit is rotated
+    angles = rotation_angles(plain.train_x, plain.train_y)
+    assert ((0 <= angles) & (angles < 360)).all() and len(np.unique(angles)) == len(angles)
