@@ -83,7 +83,7 @@ def test_data_the_loader_refuses_is_one_line_not_a_traceback(cifar_bench, tmp_pa
     write_cifar10_bin(tmp_path / "cifar-10-batches-bin", 3)
     argv = ["--device", "cpu", "--max-steps", "1", "--data-root", str(tmp_path), "--out", str(tmp_path / "out")]
     with pytest.raises(SystemExit, match=r"^cifar10_full: error: .*val") as refused:
-        cifar_bench.main([*argv, "--val-size", "1000"])  # more validation examples than the 15 training ones
+        cifar_bench.main([*argv, "--val-size", "50000"])  # all of the official 50,000: none left to train
     assert "\n" not in str(refused.value) and not (tmp_path / "out").exists()
 
 
