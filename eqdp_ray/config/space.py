@@ -204,7 +204,7 @@ class Scheduler(Block):
 
 
 class TrialCount(Block):
-    """A random number of trials (Papernot & Steinke): the whole search then has a privacy bound."""
+    """A random number of trials (Papernot & Steinke): releasing only the best trial then has a privacy bound."""
 
     model_config = ConfigDict(frozen=True)
 
