@@ -13,6 +13,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from eqdp_ray.audit.run import run_audit
     from eqdp_ray.cli import UserError
     from eqdp_ray.config import load_config
+    from eqdp_ray.train.output import check_output_dir
 
     config = load_config(args.config, args.set)
     if args.canaries < 1:
@@ -22,6 +23,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     if not 0 < args.confidence < 1:
         raise UserError(f"--confidence must lie strictly between 0 and 1, got {args.confidence}")
     output = Path(args.output or Path("runs") / f"{config.name}-audit")
+    check_output_dir(output)  # before the run: an audit is not lost to an unwritable place
     distributed = {"address": args.address} if args.address else {}
     record = run_audit(
         config,

@@ -12,6 +12,8 @@ import os
 import re
 from typing import TYPE_CHECKING
 
+from eqdp_ray.config.errors import ConfigError
+
 if TYPE_CHECKING:
     import pyarrow.fs as pafs
 
@@ -37,5 +39,12 @@ def open_location(location: str | os.PathLike[str]) -> tuple[pafs.FileSystem, st
 
     location = os.fspath(location)
     if is_uri(location):
-        return pafs.FileSystem.from_uri(location)
+        try:
+            return pafs.FileSystem.from_uri(location)
+        except ValueError as exc:  # pyarrow's ArrowInvalid: a scheme it does not know
+            scheme = location.split("://", 1)[0]
+            raise ConfigError(
+                f"cannot open {location}: {exc}. Unknown storage scheme '{scheme}'? Use a local path, "
+                "s3://, gs:// or another scheme pyarrow knows"
+            ) from None
     return pafs.LocalFileSystem(), canonical_location(location)

@@ -334,6 +334,7 @@ def write_config(row: Mapping[str, Any] | pd.Series, path: str | os.PathLike[str
         f"epsilon={_fmt(row.get('epsilon'))} "
         f"(target {_fmt(row.get('target_epsilon'))}, delta {_fmt(row.get('delta'))})",
         "# privacy.secret_seed is null: a fresh secret seed is drawn for the new run, so its noise is private.",
+        "# Training it again is a new release on the same data: its epsilon adds to the study's (see docs/PRIVACY.md).",
     ]
     if dropped:
         header.append(f"# dropped keys unknown to the run config: {', '.join(dropped)}")

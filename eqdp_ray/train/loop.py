@@ -51,7 +51,10 @@ EvaluationCallback = Callable[[dict[str, Any], "TrainState"], None]  # after eac
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device '{name}' is not a device torch knows; use auto, cpu, cuda, cuda:N or mps") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device '{name}' requested but no CUDA GPU is available here; use device: auto or cpu")
     return device

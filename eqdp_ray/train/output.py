@@ -25,6 +25,15 @@ def check_output_dir(output_dir: str | Path) -> None:
         raise OutputError(f"--output {output_dir}: {existing} is a file, not a directory; pass another path")
     if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
         raise OutputError(f"--output {output_dir}: {existing} is not writable; pass a writable directory")
+    if existing is not None:  # os.access says yes to root, and on some network file systems: try it for real
+        probe = existing / f".eqdp-ray-write-probe-{os.getpid()}"
+        try:
+            probe.write_text("")
+            probe.unlink()
+        except OSError as exc:
+            raise OutputError(
+                f"--output {output_dir}: {existing} cannot be written ({exc.strerror}); pass a writable directory"
+            ) from None
 
 
 def _jsonable(value: Any) -> Any:

@@ -50,3 +50,11 @@ def test_bad_input_is_one_line(extra, match, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("eqdp-ray: error:") and match in err and "\n" not in err
     assert not (tmp_path / "audit.json").exists()
+
+
+def test_an_output_that_is_a_file_fails_before_the_audit_runs(tmp_path, capsys):
+    blocker = tmp_path / "afile"
+    blocker.write_text("kept")
+    assert main(["audit", QUICKSTART, *TINY, "--output", str(blocker)]) == 2
+    captured = capsys.readouterr()
+    assert "is an existing file" in captured.err and "bound" not in captured.out and blocker.read_text() == "kept"

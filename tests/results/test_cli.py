@@ -524,3 +524,11 @@ def test_scope_trial_random_count_gets_no_papernot_steinke_line(store, capsys):
     assert code == 0, err
     assert "NOT covered by a search-level bound" in err and "Papernot-Steinke" not in err
     assert len(table_rows(out)) == 4  # not a best-only study: the default top 5 applies
+
+
+def test_an_unknown_storage_scheme_is_one_clear_error(capsys):
+    from eqdp_ray.cli import main
+
+    assert main(["best", "--store", "foo://bar"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("eqdp-ray: error: ") and "Unknown storage scheme 'foo'" in err and "Traceback" not in err

@@ -53,6 +53,7 @@ def test_train_writes_result_json(tmp_path, capsys):
         (["--set", "data.name=cifar10", "--set", "data.root=/nonexistent/dir"], "/nonexistent/dir"),
         (["--set", "training.lr_schedule=cosine"], "training.lr_schedule: unknown key; valid keys here"),
         (["--workers", "0"], "--workers must be at least 1"),
+        (["--set", "device=tpu"], "not a device torch knows"),
         (["--workers", "2", "--gpus-per-worker", "1"], "no CUDA GPU"),
     ],
 )
@@ -100,3 +101,10 @@ def test_output_that_cannot_be_a_directory_fails_before_training(tmp_path, capsy
     assert captured.err.startswith("eqdp-ray: error:") and "Traceback" not in captured.err
     assert "step" not in captured.out  # not one training step ran
     assert (tmp_path / "file").read_text() == "keep me" and [p.name for p in tmp_path.iterdir()] == ["file"]
+
+
+def test_an_output_that_cannot_be_written_fails_before_training(capsys):
+    # os.access would let root through; writing for real does not (here /proc takes no new directory)
+    assert main(["train", QUICKSTART, *TINY, "--output", "/proc/eqdp-ray-test"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot be written" in err and "eps spent" not in capsys.readouterr().out
