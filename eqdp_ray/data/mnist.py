@@ -1,8 +1,8 @@
 """MNIST and rotated MNIST from the official IDX files (plain or gzipped).
 
 Test-set-only copies (such as the offline one shipped for tests, which has just the
-``t10k-*`` files) are handled by splitting the 10,000 test digits into a training pool and a
-test part; see :func:`load_mnist`.
+``t10k-*`` files) are handled by splitting the test digits into a training pool and a test
+part by each digit's own hash; see :func:`load_mnist`.
 """
 
 from __future__ import annotations
@@ -20,18 +20,20 @@ from .dataset import SourceData
 from .download import download_file
 from .errors import DatasetError
 from .integrity import check_official_copy
-from .splits import example_hashes
+from .splits import example_hashes, hash_split
 
 __all__ = [
     "MNIST_FILES",
     "MNIST_MEAN",
     "MNIST_STD",
     "ROTATION_SEED",
-    "TEST_ONLY_TEST_EVERY",
+    "TEST_ONLY_TEST_FRACTION",
+    "TEST_ONLY_TRAIN_SIZE",
     "load_mnist",
     "read_idx",
     "rotate_images",
     "rotation_angles",
+    "split_test_only_copy",
 ]
 
 BASE_URL = "https://ossci-datasets.s3.amazonaws.com/mnist/"
@@ -59,10 +61,16 @@ MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
 # the split seed nor of its position in the file: every run and split sees the same rotated
 # digits (a data set, not an augmentation), and adding or removing one digit re-rotates no other.
 ROTATION_SEED = 12345
-# Test-set-only copies: every TEST_ONLY_TEST_EVERY-th digit (indices 4, 9, 14, ...) is the
-# test part. Striding rather than taking a block keeps both halves of the official test file
-# (the first 5,000 digits are cleaner than the last 5,000) in both parts.
-TEST_ONLY_TEST_EVERY = 5
+# Test-set-only copies: a digit is in the test part iff its own hash (pixels and label, keyed
+# with ROTATION_SEED like its angle, for another purpose) is below this fraction, so removing
+# or adding one digit moves no other between training and test (a position rule, every 5th
+# digit, moved about a fifth of the later ones). About 2,000 of the official 10,000 digits;
+# a hash, unlike a block, also mixes both halves of the official file (the first 5,000 digits
+# are cleaner than the last 5,000) into both parts.
+TEST_ONLY_TEST_FRACTION = 0.2
+# The training pool's public size in that layout (the official test file's 10,000 less the
+# test part's expected 2,000): a published constant, never the copy's own count.
+TEST_ONLY_TRAIN_SIZE = 8_000
 
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
@@ -146,6 +154,11 @@ def rotation_angles(x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
     return 360.0 * example_hashes(x.numpy(), y.numpy(), ROTATION_SEED, "rotation")
 
 
+def split_test_only_copy(x: torch.Tensor, y: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Test-set-only layout: (training pool, test part) indices, each digit's side a function of that digit alone."""
+    return hash_split(x.numpy(), y.numpy(), TEST_ONLY_TEST_FRACTION, ROTATION_SEED, "mnist-test-part")
+
+
 def _read_pair(d: Path, stems: tuple[str, str]) -> tuple[torch.Tensor, torch.Tensor]:
     images_path, labels_path = _locate(d, stems[0]), _locate(d, stems[1])
     assert images_path is not None and labels_path is not None
@@ -172,16 +185,19 @@ def load_mnist(root: str | Path, *, download: bool = False, rotated: bool = Fals
     """Load MNIST (or rotated MNIST) from IDX files in ``root/mnist``, ``root`` or ``root/MNIST/raw``.
 
     Test-set-only copies: if only the ``t10k-*`` files exist (and ``download`` is off), a
-    warning is issued and the 10,000 official test digits are split deterministically,
-    independent of any seed: digits with index % 5 == 4 (2,000) form the test part, the other
-    8,000 the training pool from which :func:`load_dataset` carves validation.
+    warning is issued and the official test digits are split deterministically, independent of
+    any seed and of every other digit: a digit whose own hash is below
+    :data:`TEST_ONLY_TEST_FRACTION` (2,020 of the official 10,000) forms
+    the test part, the others (about 8,000) the training pool from which :func:`load_dataset`
+    carves validation.
 
     Rotated MNIST: each digit is turned by an angle in [0, 360) given by a hash of its own pixels
     and label keyed with :data:`ROTATION_SEED` (:func:`rotation_angles`; uniform for distinct
     digits), bilinearly, staying 28x28. Both training and test digits are rotated.
 
     ``public_train_size`` is 60,000 (the official training file) or, in the test-only layout,
-    8,000 (the official test file's 10,000 less its test part), whatever the copy holds.
+    :data:`TEST_ONLY_TRAIN_SIZE` = 8,000 (the official test file's 10,000 less its test part's
+    expected 2,000), whatever the copy holds.
     """
     root = Path(root).expanduser()
     full = _find(root, _TRAIN + _TEST)
@@ -205,21 +221,20 @@ def load_mnist(root: str | Path, *, download: bool = False, rotated: bool = Fals
         if test_dir is None:
             raise DatasetError(_missing_message(root))
         warnings.warn(
-            f"only the MNIST test set (t10k-*) was found in {test_dir}: splitting its 10,000 "
-            "digits into 8,000 for training/validation and 2,000 for test. Pass "
+            f"only the MNIST test set (t10k-*) was found in {test_dir}: splitting its digits by "
+            "their hashes into about 8,000 for training/validation and 2,000 for test. Pass "
             "--set data.download=true for the full 60,000-digit training set",
             UserWarning,
             stacklevel=4,  # the caller of load_dataset
         )
         x, y = _read_pair(test_dir, _TEST)
-        official_test = OFFICIAL_RECORDS[_TEST[1]]
-        public_train_size = official_test - official_test // TEST_ONLY_TEST_EVERY
+        public_train_size = TEST_ONLY_TRAIN_SIZE
         check_official_copy("MNIST", {test_dir / s: len(y) for s in _TEST}, OFFICIAL_RECORDS)
+        pool, test = (torch.from_numpy(i) for i in split_test_only_copy(x, y))  # of the upright digits
         if rotated:
             x = rotate_images(x, rotation_angles(x, y))  # same angles as in full mode
-        is_test = torch.arange(len(x)) % TEST_ONLY_TEST_EVERY == TEST_ONLY_TEST_EVERY - 1
-        train_x, train_y = x[~is_test].contiguous(), y[~is_test].contiguous()
-        test_x, test_y = x[is_test].contiguous(), y[is_test].contiguous()
+        train_x, train_y = x[pool].contiguous(), y[pool].contiguous()
+        test_x, test_y = x[test].contiguous(), y[test].contiguous()
     return SourceData(
         train_x=train_x,
         train_y=train_y,

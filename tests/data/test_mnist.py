@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from eqdp_ray.data import DatasetError, load_dataset
-from eqdp_ray.data.mnist import TEST_ONLY_TEST_EVERY, read_idx, rotate_images, rotation_angles
+from eqdp_ray.data.mnist import TEST_ONLY_TEST_FRACTION, read_idx, rotate_images, rotation_angles, split_test_only_copy
 
 from .formats import idx_bytes, write_mnist
 
@@ -57,22 +57,59 @@ def test_test_only_copy_warns_and_splits_deterministically(shared_data, real_tes
     x, y = real_test_set
     with pytest.warns(UserWarning, match="only the MNIST test set"):
         ds = load_dataset("mnist", shared_data)
-    # 8,000 digits for train + val, split by each digit's hash: val ~ Binomial(8,000, 0.1), std 27.
-    assert len(ds.train_y) + len(ds.val_y) == 8_000 and len(ds.test_y) == 2_000
-    assert abs(len(ds.val_y) - 800) < 5 * 27
+    # The official 10,000 split by each digit's hash: 2,020 test (Binomial(10,000, 0.2), std 40),
+    # and val ~ Binomial(7,980, 0.1), std 27.
+    pool_size = len(ds.train_y) + len(ds.val_y)
+    assert pool_size + len(ds.test_y) == 10_000 and abs(len(ds.test_y) - 2_000) < 5 * 40
+    assert abs(len(ds.val_y) - 0.1 * pool_size) < 5 * 27
     assert (ds.in_channels, ds.image_size, ds.num_classes, ds.hflip) == (1, 28, 10, False)
     assert ds.mean == (0.1307,) and ds.std == (0.3081,)
-    # Documented rule: index % 5 == 4 is test, the rest is the pool for train + val.
-    is_test = np.arange(10_000) % TEST_ONLY_TEST_EVERY == TEST_ONLY_TEST_EVERY - 1
+    # Documented rule: a digit is test iff its own hash is below the fraction; the rest is the pool.
+    is_test = np.zeros(10_000, bool)
+    is_test[split_test_only_copy(torch.from_numpy(x[:, None]), torch.from_numpy(y.astype(np.int64)))[1]] = True
     assert np.array_equal(ds.test_x[:, 0].numpy(), x[is_test])
     assert np.array_equal(ds.test_y.numpy(), y[is_test])
     pool = np.concatenate([ds.train_y.numpy(), ds.val_y.numpy()])
     assert np.array_equal(np.bincount(pool, minlength=10), np.bincount(y[~is_test], minlength=10))
+    # both halves of the official file (the first 5,000 digits are cleaner) reach the test part
+    assert abs(is_test[:5_000].sum() - is_test[5_000:].sum()) < 5 * 40
+
+
+def _records(x: torch.Tensor, y: torch.Tensor) -> set[bytes]:
+    return {xi.numpy().tobytes() + bytes([int(yi)]) for xi, yi in zip(x, y)}
+
+
+def test_test_only_copy_splits_each_digit_by_itself(tmp_path, quiet_test_only):
+    """Adding or removing one digit must move no other between the training pool and the test part.
+
+    The old rule (index % 5 == 4 is test) moved about a fifth of the digits after the removed one.
+    """
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 256, size=(501, 28, 28), dtype=np.uint8)
+    y = rng.integers(0, 10, size=501).astype(np.uint8)
+    copies = {"D": (x[1:], y[1:]), "D+z": (x, y), "D-w": (np.delete(x[1:], 100, 0), np.delete(y[1:], 100, 0))}
+    for name, (xs, ys) in copies.items():
+        d = tmp_path / name / "mnist"
+        d.mkdir(parents=True)
+        (d / "t10k-images-idx3-ubyte").write_bytes(idx_bytes(xs))
+        (d / "t10k-labels-idx1-ubyte").write_bytes(idx_bytes(ys))
+    for dataset in ("mnist", "rotated_mnist"):
+        parts = {}
+        for name in copies:
+            ds = load_dataset(dataset, tmp_path / name, val_size=0)
+            parts[name] = (_records(ds.train_x, ds.train_y), _records(ds.test_x, ds.test_y))
+        (t, e), (tz, ez), (tw, ew) = parts["D"], parts["D+z"], parts["D-w"]
+        assert len(t) + len(e) == 500 and len(tz) + len(ez) == 501 and len(tw) + len(ew) == 499
+        # z joins exactly one side and w leaves exactly one; every other digit stays where it was
+        assert t <= tz and e <= ez and len(tz - t) + len(ez - e) == 1, dataset
+        assert tw <= t and ew <= e and len(t - tw) + len(e - ew) == 1, dataset
+    share = len(parts["D"][1]) / 500
+    assert abs(share - TEST_ONLY_TEST_FRACTION) < 5 * 0.018  # Binomial(500, 0.2): std 0.018
 
 
 def test_root_may_be_the_mnist_folder(mnist_dir, quiet_test_only):
     ds = load_dataset("mnist", mnist_dir, val_size=0)
-    assert len(ds.train_y) == 8_000
+    assert len(ds.train_y) == 7_980  # the official file's training pool (see above)
 
 
 def test_full_copy_loads_without_warning(tmp_path):
@@ -126,7 +163,7 @@ def rotated_pair(shared_data):
 def test_rotated_mnist_is_rotated_and_labels_unchanged(rotated_pair):
     plain, rot, _ = rotated_pair
     # The split hashes each (rotated) image, so the two splits differ; the pools and tests do not.
-    assert len(rot.train_y) + len(rot.val_y) == len(plain.train_y) + len(plain.val_y) == 8_000
+    assert len(rot.train_y) + len(rot.val_y) == len(plain.train_y) + len(plain.val_y) == 7_980
     assert rot.train_x.shape[1:] == (1, 28, 28) and rot.train_x.dtype == torch.uint8
     pool = lambda d: torch.bincount(torch.cat([d.train_y, d.val_y]), minlength=10)  # noqa: E731
     assert torch.equal(pool(rot), pool(plain)) and torch.equal(rot.test_y, plain.test_y)
