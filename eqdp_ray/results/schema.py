@@ -510,12 +510,43 @@ def merge_types(types: Iterable[pa.DataType]) -> pa.DataType | None:
     return pa.string()
 
 
+def readable_as(dtype: pa.DataType, canonical: pa.DataType) -> bool:
+    """Whether a file's column of type ``dtype`` can be read as a column of ``canonical`` type.
+
+    Numbers read as numbers (bool < int < float, as ``merge_types``), timestamps as timestamps,
+    anything flat as text; a missing (null) column as anything. Text where a number or a
+    timestamp belongs (``best_val_accuracy: "high"``) is not: it would turn the store's metric
+    column into text for every file, so such a file is skipped instead (``canonical_conflicts``).
+    """
+    dtype, canonical = _base_type(dtype), _base_type(canonical)
+    if pa.types.is_null(dtype) or dtype.equals(canonical):
+        return True
+    if _is_nested(dtype) or _is_nested(canonical):
+        return False
+    if _is_numeric(canonical):
+        return _is_numeric(dtype)
+    if pa.types.is_timestamp(canonical):
+        return pa.types.is_timestamp(dtype)
+    return pa.types.is_string(canonical)
+
+
+def canonical_conflicts(schema: pa.Schema, canonical: Mapping[str, pa.DataType]) -> list[str]:
+    """Why a file cannot be read with the others, one phrase per canonical column of the wrong type."""
+    return [
+        f"column {field.name!r} is {_base_type(field.type)}, not {canonical[field.name]}"
+        for field in schema
+        if field.name in canonical and not readable_as(field.type, canonical[field.name])
+    ]
+
+
 def unify_schemas(schemas: Iterable[pa.Schema], canonical: Mapping[str, pa.DataType]) -> tuple[pa.Schema, list[str]]:
     """Unified read schema over many files, canonical columns first (always present).
 
     Returns the schema and the names of columns dropped for irreconcilable types.
     Column order: canonical (minus bookkeeping), ``config.*`` sorted, other extras
     sorted, then ``config_json``/``written_at``: stable output whatever the file order.
+    A canonical column keeps its kind whatever the files say: a type it cannot be read as
+    (``readable_as``) is ignored here, and the store skips such files (``canonical_conflicts``).
     """
     unique: dict[str, pa.Schema] = {}  # files mostly share a schema: merge each once
     for schema in schemas:
@@ -523,6 +554,8 @@ def unify_schemas(schemas: Iterable[pa.Schema], canonical: Mapping[str, pa.DataT
     by_name: dict[str, list[pa.DataType]] = {name: [dtype] for name, dtype in canonical.items()}
     for schema in unique.values():
         for field in schema:
+            if field.name in canonical and not readable_as(field.type, canonical[field.name]):
+                continue
             by_name.setdefault(field.name, []).append(field.type)
     dropped: list[str] = []
     merged: dict[str, pa.DataType] = {}

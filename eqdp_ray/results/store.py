@@ -29,7 +29,9 @@ Why this shape:
   when it ends: it rewrites the study as one file. ``best`` only scans the few columns
   it ranks on and reads full rows for the winners alone.
 * **Foreign or damaged files** are warned about (``SkippedFileWarning``), listed in
-  ``skipped_files`` and ignored; the store never modifies or deletes them.
+  ``skipped_files`` and ignored; the store never modifies or deletes them. That includes
+  a file whose store column has a type it cannot be read as (text in ``best_val_accuracy``):
+  read with the others, it would make that column text for the whole study.
 * **Readable without eqdp-ray.** ``pandas.read_parquet("<root>/trials")`` works on a
   store whose files agree on types (``study`` comes back as a categorical, because it
   is also the hive partition key); mixed-type stores need ``ResultsStore.read_trials``.
@@ -70,6 +72,7 @@ from eqdp_ray.results.schema import (
     STATUSES,
     TRIAL_COLUMNS,
     WRITTEN_AT,
+    canonical_conflicts,
     normalize_history,
     normalize_ledger,
     normalize_trial,
@@ -463,7 +466,7 @@ class ResultsStore:
         if len(paths) <= 1:
             return CompactionResult(table_name, study, 0, 0, 0, None)
         canonical = TRIAL_COLUMNS if table_name == TRIALS else HISTORY_COLUMNS
-        fragments = self._open(paths)
+        fragments = self._open(paths, canonical)
         if len(fragments) <= 1:
             return CompactionResult(table_name, study, 0, 0, 0, None)
         schema, _ = unify_schemas([f.physical_schema for _, f in fragments], canonical)
@@ -542,11 +545,12 @@ class ResultsStore:
                 names.append(unquote(info.base_name[len("study=") :]))
         return sorted(names)
 
-    def _open(self, paths: Sequence[str]) -> list[tuple[str, ds.Fragment]]:
+    def _open(self, paths: Sequence[str], canonical: Mapping[str, pa.DataType]) -> list[tuple[str, ds.Fragment]]:
         """Fragments of the usable files (footers read in parallel, cached on the fragment).
 
-        Unusable files are reported from the calling thread, so that warning filters
-        (``warnings.catch_warnings``, ``pytest.warns``) see them.
+        Unusable files (not Parquet, no key columns, a canonical column of a type it cannot be read
+        as) are reported from the calling thread, so that warning filters (``warnings.catch_warnings``,
+        ``pytest.warns``) see them.
         """
 
         def one(path: str) -> tuple[str, ds.Fragment | None, str | None]:
@@ -562,6 +566,16 @@ class ResultsStore:
             missing = [c for c in KEY_COLUMNS if c not in schema.names]
             if missing:
                 return path, None, f"Parquet file without the {'/'.join(missing)} column(s): not written by this store"
+            conflicts = canonical_conflicts(schema, canonical)
+            if conflicts:
+                return (
+                    path,
+                    None,
+                    (
+                        f"{'; '.join(conflicts)} as this store writes it, so it cannot be read with the other files; "
+                        "fix the column's type in that file or move the file out of the store"
+                    ),
+                )
             return path, fragment, None
 
         if len(paths) > 8:
@@ -590,8 +604,8 @@ class ResultsStore:
             # the study's directory plus any stray files at the top level
             paths = self._list_dir(self._study_path(table, study), recursive=True)
             paths += self._list_dir(base, recursive=False)
-        fragments = self._open(paths)
         canonical = {TRIALS: TRIAL_COLUMNS, HISTORY: HISTORY_COLUMNS, LEDGER: LEDGER_COLUMNS}[table]
+        fragments = self._open(paths, canonical)
         schema, dropped = unify_schemas([f.physical_schema for _, f in fragments], canonical)
         for name in dropped:
             self._skip(f"{base}#column={name}", f"column {name!r} has incompatible nested types across files; not read")

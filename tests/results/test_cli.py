@@ -379,6 +379,32 @@ def test_corrupt_and_foreign_files_are_reported_and_skipped(store, capsys):
     assert os.path.exists(bad) and os.path.exists(foreign)  # never deleted
 
 
+def test_a_file_with_text_in_a_metric_column_is_skipped_and_the_study_still_answers(store, capsys):
+    """Its string best_val_accuracy used to win the merge: `best` said the metric was not numeric for the whole
+    store, and `results` ended in a traceback (could not convert string to float)."""
+    foreign = os.path.join(store.trials_path, "study=digits8", "exported-by-hand.parquet")
+    table = pa.table({"study": ["digits8"], "trial_id": ["zz"], "status": ["completed"], "best_val_accuracy": ["high"]})
+    pq.write_table(table, foreign)
+    before = Path(foreign).read_bytes()
+
+    for argv, first in (
+        (["best", "--top", "2"], ["1", "digits8", "t01"]),
+        (["best", "--study", "digits8", "--top", "2"], ["1", "digits8", "t01"]),
+        (["results", "--study", "digits8"], ["t00", "completed"]),
+        (["results"], ["digits1", "3"]),
+    ):
+        code, out, err = cli(capsys, *argv, "--store", store.uri)
+        assert code == 0, err
+        assert table_rows(out)[0][: len(first)] == first
+        assert "zz" not in out and "Traceback" not in err
+        skipped = [line for line in err.splitlines() if "exported-by-hand" in line]
+        assert skipped == [
+            f"skipped {foreign}: column 'best_val_accuracy' is string, not double as this store writes it, so it "
+            "cannot be read with the other files; fix the column's type in that file or move the file out of the store"
+        ], err
+    assert Path(foreign).read_bytes() == before  # left as it was
+
+
 # ------------------------------------------------------------------------------ results
 
 

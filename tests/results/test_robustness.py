@@ -198,3 +198,50 @@ def test_corrupt_file_among_many_is_reported(store):
         top = store.best(top=1)
     assert top["trial_id"].tolist() == ["t11"]
     assert [s.path for s in store.skipped_files] == [bad]
+
+
+def test_a_file_whose_store_column_has_an_unreadable_type_is_skipped_not_merged(store):
+    """Text where the store writes a number or a timestamp: skipped (trials and history), never merged nor
+    compacted away; a type that does read as the store's (an int metric, a text status) still counts."""
+    store.write_trial(trial(trial_id="good", best_val_accuracy=0.7))
+    store.write_trial(trial(trial_id="good2", best_val_accuracy=0.6))
+    text_metric = _write_foreign_version(
+        store, "text-metric.parquet", pa.table({"study": ["s"], "trial_id": ["x"], "best_val_accuracy": ["0.9"]})
+    )
+    text_time = _write_foreign_version(
+        store, "text-time.parquet", pa.table({"study": ["s"], "trial_id": ["y"], "finished_at": ["yesterday"]})
+    )
+    castable = _write_foreign_version(
+        store,
+        "castable.parquet",
+        pa.table({"study": ["s"], "trial_id": ["z"], "status": ["completed"], "best_val_accuracy": pa.array([1])}),
+    )
+    store.write_history([{"study": "s", "trial_id": "good", "epoch": 1, "val_accuracy": 0.5}])
+    history_dir = _study_dir(store, table="history")
+    text_history = os.path.join(history_dir, "text-history.parquet")
+    pq.write_table(
+        pa.table({"study": ["s"], "trial_id": ["good"], "epoch": [2], "val_accuracy": ["n/a"]}), text_history
+    )
+
+    with pytest.warns(SkippedFileWarning) as record:
+        df = store.read_trials()
+    assert sorted(os.path.basename(str(w.message).split(": ")[1]) for w in record) == [
+        "text-metric.parquet",
+        "text-time.parquet",
+    ]
+    assert df["trial_id"].tolist() == ["good", "good2", "z"]
+    assert df["best_val_accuracy"].dtype == "float64" and df["finished_at"].dtype.kind == "M"
+    assert store.best()["trial_id"].tolist() == ["z", "good", "good2"]
+    reasons = {os.path.basename(s.path): s.reason for s in store.skipped_files}
+    assert set(reasons) == {"text-metric.parquet", "text-time.parquet"}
+    assert reasons["text-metric.parquet"].startswith("column 'best_val_accuracy' is string, not double")
+    assert reasons["text-time.parquet"].startswith("column 'finished_at' is string, not timestamp[us, tz=UTC]")
+
+    with pytest.warns(SkippedFileWarning, match="text-history.parquet"):
+        history = store.read_history("s")
+    assert history["epoch"].tolist() == [1] and history["val_accuracy"].dtype == "float64"
+
+    store.compact("s")
+    assert os.path.exists(text_metric) and os.path.exists(text_time) and os.path.exists(text_history)
+    assert not os.path.exists(castable)  # merged into the compacted file, like any readable file
+    assert store.read_trials()["trial_id"].tolist() == ["good", "good2", "z"]
