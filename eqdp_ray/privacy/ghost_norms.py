@@ -26,9 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from eqdp_ray.privacy import grad_samplers
 from eqdp_ray.privacy.clipping import DeferredGradient
 from eqdp_ray.privacy.grad_samplers import (
-    PATCH_CHUNK_BYTES,
     ConvGeometry,
     _conv2d_inputs,
     _per_example_channel_sums,
@@ -179,7 +179,8 @@ class _ConvWeightGradient(DeferredGradient):
         positions = output_size[0] * output_size[1]
         channels_out = backprops.shape[1]
         example_bytes = patch_gram_bytes(x, geometry, output_size, k)
-        chunk = max(1, PATCH_CHUNK_BYTES // example_bytes) if x.device.type == "cpu" else n
+        # grad_samplers.PATCH_CHUNK_BYTES read here, at call time, so that one setting (and a test) governs both
+        chunk = max(1, grad_samplers.PATCH_CHUNK_BYTES // example_bytes) if x.device.type == "cpu" else n
         norms = torch.empty(n, dtype=backprops.dtype, device=backprops.device)
         for start in range(0, n, chunk):
             stop = min(n, start + chunk)

@@ -45,7 +45,9 @@ from eqdp_ray.models.layers import FieldGroupNorm, SteerableConv2d
 GROUPED_CONV_MIN_POSITIONS = 64
 
 # The unfold route forms a patch tensor (in x kernel area times the input); it is formed this
-# many bytes at a time, and each chunk's product is written straight into the result.
+# many bytes at a time, and each chunk's product is written straight into the result. Ghost
+# norms (ghost_norms.py) form their patches' Gram matrices under the same budget, reading it
+# from here at call time.
 PATCH_CHUNK_BYTES = 8 * 2**20
 
 

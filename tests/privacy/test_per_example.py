@@ -301,6 +301,59 @@ def test_conventional_rules_equal_the_loop(case, k, route, monkeypatch):
             torch.testing.assert_close(g[i], expected, rtol=1e-9, atol=1e-11)
 
 
+def mixed_field_net() -> nn.Module:
+    """Steerable layers with several field types in or out: every one takes the general expansion's vjp."""
+    gspace = make_gspace("dihedral", 4)
+    trivial = enn.FieldType(gspace, 2 * [gspace.trivial_repr])
+    mixed = enn.FieldType(gspace, [gspace.regular_repr, gspace.irrep(1, 1), gspace.trivial_repr])
+    regular = enn.FieldType(gspace, 2 * [gspace.regular_repr])
+    return nn.Sequential(
+        SteerableConv2d(trivial, mixed),
+        nn.Mish(),
+        SteerableConv2d(mixed, mixed, stride=2),
+        nn.Mish(),
+        SteerableConv2d(mixed, regular),
+        FieldGroupNorm(2, gspace.regular_repr.size, 2),
+        GroupPool(gspace.regular_repr.size),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(2, 5),
+    ).double()
+
+
+@pytest.mark.parametrize("chunk_bytes", [None, 1])  # 1: the vjp vmapped over one example at a time
+@pytest.mark.parametrize("k", [1, 2])
+def test_a_model_of_mixed_field_types_equals_the_loop(k, chunk_bytes, monkeypatch):
+    """The general route (the expansion's vector-Jacobian product) through a whole model, clipped sum included."""
+    from eqdp_ray.privacy import clip_and_sum
+
+    if chunk_bytes is not None:
+        monkeypatch.setitem(grad_samplers.FILTER_GRADIENT_CHUNK_BYTES, "cpu", chunk_bytes)
+    torch.manual_seed(10)
+    model = mixed_field_net()
+    steerable = [m for m in model if isinstance(m, SteerableConv2d)]
+    assert all(grad_samplers._single_block_basis(m) is None for m in steerable)  # no one-block product
+    n = 4
+    x = (
+        torch.randn(n * k, 2, 7, 7, dtype=torch.float64)
+        * torch.logspace(-1, 1, n).repeat_interleave(k)[:, None, None, None]
+    )
+    y = torch.arange(n).repeat_interleave(k)
+    singles = loop_gradients(model, x, y)
+    grads, _ = PerExampleGradients(model)(x, y, multiplicity=k)
+    params = [p for p in model.parameters() if p.requires_grad]
+    assert len(grads) == len(params)
+    for j, (p, g) in enumerate(zip(params, grads)):
+        assert g.shape == (n, *p.shape) and g.abs().sum() > 0
+        for i in range(n):
+            expected = torch.stack([singles[i * k + a][j] for a in range(k)]).mean(0)
+            torch.testing.assert_close(g[i], expected, rtol=1e-9, atol=1e-11)
+    summed, norms = clip_and_sum(grads, max_norm := norms_median(grads))
+    assert (norms > max_norm).any() and (norms < max_norm).any()
+    for got, expected in zip(summed, clipped_sum_of_loop(singles, k, max_norm)):
+        torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-11)
+
+
 def test_conventional_rules_skip_frozen_and_absent_parameters():
     torch.manual_seed(5)
     model = conventional_net(nn.Conv2d(4, 6, 3, bias=True), affine=False)
@@ -453,6 +506,55 @@ def test_deferred_clipped_sum_equals_clipping_each_example(case, k, ghost, monke
     deferred = [g for g in grads if isinstance(g, DeferredGradient)]
     assert len(deferred) == (0 if ghost == "nowhere" else 4)  # both convolutions and both linear layers
     summed, norms = clip_and_sum(grads, max_norm := norms_median(grads))  # clips some examples, not others
+    assert (norms > max_norm).any() and (norms < max_norm).any()
+    for got, expected in zip(summed, clipped_sum_of_loop(singles, k, max_norm)):
+        torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("grams", ["shifts", "unfold"])
+@pytest.mark.parametrize("k", [1, 3])
+def test_ghost_norms_in_several_chunks_equal_the_loop(grams, k, monkeypatch):
+    """Ghost norms formed a few examples at a time (PATCH_CHUNK_BYTES), the last chunk shorter, give the loop's
+    norms and clipped sum; the chunk budget is read at call time, so this runs the chunked path."""
+    from eqdp_ray.privacy import clip_and_sum, ghost_norms, per_example_norms
+
+    monkeypatch.setattr(ghost_norms, "GHOST_COST_RATIO", 10**9)
+    monkeypatch.setattr(ghost_norms, "_grams_by_shifts_pay", lambda *args: grams == "shifts")
+    torch.manual_seed(11)
+    model = conventional_net(nn.Conv2d(4, 6, 3, padding=1))
+    n = 5
+    x = (
+        torch.randn(n * k, 4, 9, 9, dtype=torch.float64)
+        * torch.logspace(-1, 1, n).repeat_interleave(k)[:, None, None, None]
+    )
+    y = torch.arange(n).repeat_interleave(k) % 4
+    inputs, geometry = grad_samplers._conv2d_inputs(model[0], x)
+    two_examples = 2 * ghost_norms.patch_gram_bytes(inputs, geometry, (9, 9), k) + 1  # of the first convolution
+    monkeypatch.setattr(grad_samplers, "PATCH_CHUNK_BYTES", two_examples)
+    chunks, patch_grams = [], ghost_norms.patch_grams
+
+    def counted(x, *args):
+        chunks.append(x.shape[0] // args[-1])
+        return patch_grams(x, *args)
+
+    monkeypatch.setattr(ghost_norms, "patch_grams", counted)
+    singles = loop_gradients(model, x, y)
+    grads, _ = PerExampleGradients(model)(x, y, multiplicity=k, defer=True)
+    assert chunks[-3:] == [2, 2, 1], chunks  # the first convolution (backward reaches it last), in 3 chunks
+    assert len(chunks) >= 6 and max(chunks) <= 2  # and the second in at least 3
+    loop_norms = torch.stack(
+        [
+            torch.cat(
+                [
+                    torch.stack([singles[i * k + a][j] for a in range(k)]).mean(0).flatten()
+                    for j in range(len(singles[0]))
+                ]
+            ).norm()
+            for i in range(n)
+        ]
+    )
+    torch.testing.assert_close(per_example_norms(grads), loop_norms, rtol=1e-9, atol=1e-11)
+    summed, norms = clip_and_sum(grads, max_norm := norms_median(grads))
     assert (norms > max_norm).any() and (norms < max_norm).any()
     for got, expected in zip(summed, clipped_sum_of_loop(singles, k, max_norm)):
         torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-11)
