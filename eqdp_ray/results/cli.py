@@ -65,6 +65,7 @@ def cmd_best(args: argparse.Namespace) -> int:
         BEST_COLUMNS,
         best_configs,
         beyond_best,
+        check_config_path,
         search_privacy_statements,
         summary_view,
         write_config,
@@ -94,7 +95,7 @@ def cmd_best(args: argparse.Namespace) -> int:
             )
         if args.emit_config:
             winner = top.iloc[0]
-            emitted = write_config(winner, args.emit_config)
+            emitted = write_config(winner, args.emit_config, force=args.force)
             note = f"; dropped keys unknown to the run config: {', '.join(emitted.dropped)}" if emitted.dropped else ""
             print(
                 f"[eqdp-ray] wrote the config of trial {winner['trial_id']} (study {winner['study']}) to "
@@ -103,6 +104,8 @@ def cmd_best(args: argparse.Namespace) -> int:
             )
         return 0
 
+    if args.emit_config:
+        check_config_path(args.emit_config, args.force)  # before the query: say it now, not after the table
     return _run(args, body)
 
 
@@ -213,8 +216,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--emit-config",
         default=None,
         metavar="PATH",
-        help="write the winner's config as YAML for `eqdp-ray train PATH` (secret seed left null)",
+        help="write the winner's config as YAML for `eqdp-ray train PATH` (secret seed left null); an existing "
+        "file is refused unless --force",
     )
+    p.add_argument("--force", action="store_true", help="with --emit-config: replace an existing file")
     p.set_defaults(handler=cmd_best)
 
     p = subparsers.add_parser("results", help="list the studies of the results store, or the trials of one")

@@ -321,10 +321,31 @@ def emit_config(row: Mapping[str, Any] | pd.Series) -> dict[str, Any]:
     return _emit(row)[0]
 
 
-def write_config(row: Mapping[str, Any] | pd.Series, path: str | os.PathLike[str]) -> EmittedConfig:
-    """Write ``emit_config(row)`` as YAML (with a provenance comment) that ``eqdp-ray train`` accepts."""
+#: The flag that names ``write_config``'s path on the command line (its errors say what to pass there).
+EMIT_CONFIG_FLAG = "--emit-config"
+
+
+def check_config_path(path: str | os.PathLike[str], force: bool = False) -> None:
+    """Fail before any work when ``path`` cannot take the emitted config: a directory, an existing file
+    (unless ``force``: a config someone edited is not replaced silently), or an unwritable place."""
+    from eqdp_ray.config.paths import check_output_file
+
+    check_output_file(path, EMIT_CONFIG_FLAG, overwrite=force)
+
+
+def write_config(
+    row: Mapping[str, Any] | pd.Series, path: str | os.PathLike[str], force: bool = False
+) -> EmittedConfig:
+    """Write ``emit_config(row)`` as YAML (with a provenance comment) that ``eqdp-ray train`` accepts.
+
+    Refuses an existing ``path`` unless ``force`` (``check_config_path``), and writes through a temporary
+    file and a rename, so the path holds the old file or the whole new one, even after a kill.
+    """
     import yaml
 
+    from eqdp_ray.config.paths import write_text_atomic
+
+    check_config_path(path, force)
     config, dropped = _emit(row)
     dumper = _dumper()
     target = Path(path)
@@ -339,9 +360,7 @@ def write_config(row: Mapping[str, Any] | pd.Series, path: str | os.PathLike[str
     if dropped:
         header.append(f"# dropped keys unknown to the run config: {', '.join(dropped)}")
     text = "\n".join(header) + "\n" + yaml.dump(config, Dumper=dumper, sort_keys=False)
-    if target.parent and not target.parent.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(text)
+    write_text_atomic(target, text)
     return EmittedConfig(target, config, tuple(dropped))
 
 

@@ -133,6 +133,9 @@ def build_report(
     utility curve compares studies); the chosen study is marked on it. Raises ``NoResults``
     for an empty store or study, ``ResultsStoreError`` for an unknown study.
     """
+    from eqdp_ray.config.paths import check_output_dir
+
+    check_output_dir(out_dir, flag="--out")  # a file or an unwritable place: said before any plot is drawn
     store = as_store(store)
     if not store.studies():
         raise NoResults(f"the results store {store.uri} holds no trials")

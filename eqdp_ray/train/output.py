@@ -8,32 +8,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from eqdp_ray.config import ConfigError
+from eqdp_ray.config.paths import OutputError, check_output_dir  # their home is config; re-exported for callers
 
-
-class OutputError(ConfigError):
-    """The output directory cannot take the result: checked before training, so no run is lost."""
-
-
-def check_output_dir(output_dir: str | Path) -> None:
-    """Fail now, not after training, when `output_dir` cannot hold result.json."""
-    output_dir = Path(output_dir)
-    if output_dir.exists() and not output_dir.is_dir():
-        raise OutputError(f"--output {output_dir} is an existing file, not a directory; pass a directory")
-    existing = next((p for p in [output_dir, *output_dir.parents] if p.exists()), None)
-    if existing is not None and not existing.is_dir():
-        raise OutputError(f"--output {output_dir}: {existing} is a file, not a directory; pass another path")
-    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
-        raise OutputError(f"--output {output_dir}: {existing} is not writable; pass a writable directory")
-    if existing is not None:  # os.access says yes to root, and on some network file systems: try it for real
-        probe = existing / f".eqdp-ray-write-probe-{os.getpid()}"
-        try:
-            probe.write_text("")
-            probe.unlink()
-        except OSError as exc:
-            raise OutputError(
-                f"--output {output_dir}: {existing} cannot be written ({exc.strerror}); pass a writable directory"
-            ) from None
+__all__ = ["OutputError", "check_output_dir", "write_result"]
 
 
 def _jsonable(value: Any) -> Any:

@@ -303,6 +303,92 @@ def test_emit_config_of_an_invalid_config_is_a_clear_error(tmp_path, capsys):
     assert not (tmp_path / "a.yaml").exists()
 
 
+def test_emit_config_refuses_an_existing_file_unless_force(store, capsys, tmp_path):
+    """It used to replace the file silently: a hand-edited config was lost."""
+    path = tmp_path / "mine.yaml"
+    path.write_text("# my edited config\n")
+    code, out, err = cli(capsys, "best", "--store", store.uri, "--emit-config", str(path))
+    assert code == 2 and out == "", err  # refused before the query: no table either
+    assert (
+        err
+        == f"eqdp-ray: error: --emit-config {path} already exists; pass another path, or add --force to replace it\n"
+    )
+    assert path.read_text() == "# my edited config\n"
+
+    code, _, err = cli(capsys, "best", "--store", store.uri, "--emit-config", str(path), "--force")
+    assert code == 0, err
+    assert load_config(path).privacy.secret_seed is None and "t01" in path.read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.yaml", "store"]  # no temporary file left
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("a-dir", "--emit-config {tmp}/a-dir is a directory; pass a file path, e.g. {tmp}/a-dir/best.yaml"),
+        (
+            "a-file/best.yaml",
+            "--emit-config {tmp}/a-file/best.yaml: {tmp}/a-file is a file, not a directory; pass another path",
+        ),
+    ],
+)
+def test_emit_config_to_a_path_of_the_wrong_kind_is_one_clear_line(store, capsys, tmp_path, target, message):
+    """Both used to print the table and then a raw errno line ([Errno 21] Is a directory)."""
+    (tmp_path / "a-dir").mkdir()
+    (tmp_path / "a-file").write_text("keep")
+    code, out, err = cli(capsys, "best", "--store", store.uri, "--emit-config", str(tmp_path / target))
+    assert code == 2 and out == ""
+    assert err == "eqdp-ray: error: " + message.format(tmp=tmp_path) + "\n"
+    assert (tmp_path / "a-file").read_text() == "keep" and list((tmp_path / "a-dir").iterdir()) == []
+
+
+def test_emit_config_to_an_unwritable_place_is_one_clear_line(store, capsys):
+    code, out, err = cli(capsys, "best", "--store", store.uri, "--emit-config", "/proc/eqdp-ray-best.yaml")
+    assert code == 2 and out == ""
+    assert err.startswith("eqdp-ray: error: --emit-config /proc/eqdp-ray-best.yaml: /proc cannot be written (")
+    assert err.endswith("); pass a writable directory\n")
+
+
+_KILLED_WRITERS = """
+import os, resource, signal, sys
+from eqdp_ray.cli import main  # imported once; each writer below is a fork of this process
+for argv in (line.split("\\t") for line in sys.argv[1:]):
+    pid = os.fork()
+    if pid == 0:
+        signal.signal(signal.SIGXFSZ, signal.SIG_DFL)  # Python ignores it; the kernel's default is to kill
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (300, 300))  # no file may grow past 300 bytes
+        os._exit(main(argv))
+    print("exit", os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+"""
+
+
+def test_emit_config_killed_mid_write_leaves_no_half_config(store, tmp_path):
+    """The old code wrote the path in place: a kill left the first 300 bytes of a config there."""
+    import signal
+
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        "PYTHONUNBUFFERED": "1",
+    }
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    fresh, kept = tmp_path / "fresh.yaml", tmp_path / "kept.yaml"
+    kept.write_text("# the config I had\n")
+    runs = ["\t".join(["best", "--store", store.uri, "--emit-config", str(fresh)])]
+    runs.append("\t".join(["best", "--store", store.uri, "--emit-config", str(kept), "--force"]))
+    proc = subprocess.run(
+        [sys.executable, "-c", _KILLED_WRITERS, *runs], capture_output=True, text=True, timeout=180, env=env
+    )
+    assert proc.returncode == 0, proc.stderr
+    statuses = [int(line.split()[1]) for line in proc.stdout.splitlines() if line.startswith("exit ")]
+    assert statuses == [-signal.SIGXFSZ, -signal.SIGXFSZ], proc.stdout + proc.stderr  # both killed while writing
+    assert not fresh.exists()
+    assert kept.read_text() == "# the config I had\n"
+    leftovers = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("."))
+    assert [name.split(".")[1] for name in leftovers] == ["fresh", "kept"]  # the partial temporaries, hidden
+    assert all(name.endswith(".tmp") for name in leftovers)
+
+
 def test_empty_store_is_no_results_exit_1(tmp_path, capsys):
     code, out, err = cli(capsys, "best", "--store", str(tmp_path))
     assert code == 1 and out == ""

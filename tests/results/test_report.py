@@ -226,3 +226,22 @@ def test_a_plot_that_fails_is_a_note_not_a_crash(tmp_path, monkeypatch):
     rep = build_report(store, tmp_path / "out", study="digits8")
     assert rep.images["pareto"] is None and "KeyError" in rep.notes["pareto"]
     assert rep.images["history"] is not None and rep.images["importance"] is not None
+
+
+def test_report_out_of_the_wrong_kind_is_one_clear_line(tmp_path, capsys):
+    """A file as --out (or under it) used to end in a raw errno line ([Errno 17] File exists)."""
+    store = ResultsStore(str(tmp_path / "s"))
+    store.write_trial(trial_row("one", "a", 0.5))
+    (tmp_path / "a-file").write_text("keep")
+    for out, message in (
+        (tmp_path / "a-file", f"--out {tmp_path}/a-file is an existing file, not a directory; pass a directory"),
+        (tmp_path / "a-file" / "sub", f"--out {tmp_path}/a-file/sub: {tmp_path}/a-file is a file, not a directory"),
+    ):
+        assert main(["report", "--store", store.uri, "--out", str(out)]) == 2
+        captured = capsys.readouterr()
+        assert captured.out == "" and captured.err.startswith(f"eqdp-ray: error: {message}")
+        assert len(captured.err.splitlines()) == 1
+    assert main(["report", "--store", store.uri, "--out", "/proc/eqdp-ray-report"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("eqdp-ray: error: --out /proc/eqdp-ray-report: /proc cannot be written")
+    assert (tmp_path / "a-file").read_text() == "keep"
