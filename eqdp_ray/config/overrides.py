@@ -48,7 +48,10 @@ def apply_overrides(
     Directly under a block of `dotted_blocks` (a space's `fixed` and `search`) the keys are dotted
     config keys themselves: `search.training.lr.high=3` sets `high` of the searched `training.lr`.
     Under a block of `whole_blocks` a key that is not there yet must be set as a whole mapping.
+    The same key given twice, or a key and a key inside it, is refused: which one wins would
+    depend on their order on the command line.
     """
+    given: dict[KeyPath, str] = {}  # key path -> the override that set it
     for item in overrides:
         key, value = parse_assignment(item, error)
         parts = key.split(".")
@@ -67,7 +70,17 @@ def apply_overrides(
                         f"--set {key}: no key of '{path[0]}' matches '{parts[0]}'; add it to the file, "
                         f"or set it as a whole: {path[0]}.<key>={{type: ..., ...}}"
                     )
+        target = path + (parts[0],)
+        for seen, earlier in given.items():
+            if seen == target:
+                raise error(f"--set {key} is given twice ({earlier!r}, then {item!r}); give it once")
+            if seen[: len(target)] == target or target[: len(seen)] == seen:
+                raise error(
+                    f"--set {key}: overlaps the earlier --set {earlier!r} (one key holds the other); "
+                    "give the value once, either as the whole mapping or key by key"
+                )
+        given[target] = item
         node[parts[0]] = value
         if source is not None:
-            source.overridden.add(path + (parts[0],))
+            source.overridden[target] = key
     return data

@@ -12,7 +12,7 @@ import functools
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError, ValidationInfo, model_validator
 
 from eqdp_ray.config.errors import ConfigError
 from eqdp_ray.config.overrides import apply_overrides
@@ -93,10 +93,32 @@ class RunConfig(Block):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
 
     @model_validator(mode="after")
-    def _steps_or_epochs(self) -> RunConfig:
-        if (self.training.steps is None) == (self.training.epochs is None):
-            raise fail("set exactly one of 'steps' and 'epochs'", at=("training",))
-        return self
+    def _steps_or_epochs(self, info: ValidationInfo) -> RunConfig:
+        """Exactly one length of training; when an override clashes with the file, say which key to unset."""
+        t = self.training
+        if (t.steps is None) != (t.epochs is None):
+            return self
+        source: Source = (info.context or {}).get("source") or Source()
+        paths = {name: ("training", name) for name in ("steps", "epochs")}
+        overridden = [name for name, path in paths.items() if source.override_of(path) == f"training.{name}"]
+        if t.steps is None:
+            raise fail(
+                "set exactly one of 'steps' and 'epochs': neither is set; "
+                "add e.g. training.epochs: 10 to the config, or --set training.steps=1000",
+                at=paths[overridden[0]] if overridden else ("training",),
+            )
+        if len(overridden) == 1:  # the user's --set wins: unset the other one
+            other = "epochs" if overridden[0] == "steps" else "steps"
+            raise fail(
+                f"set exactly one of 'steps' and 'epochs': the config also sets 'training.{other}' "
+                f"({source.origin(paths[other])}); unset it with --set training.{other}=null",
+                at=paths[overridden[0]],
+            )
+        raise fail(
+            "set exactly one of 'steps' and 'epochs': both are set; unset one "
+            "(e.g. --set training.epochs=null to train by steps)",
+            at=("training",),
+        )
 
 
 # ------------------------------------------------------------------------------------------
@@ -145,7 +167,7 @@ def default_of(key: str) -> Any:
 def parse_config(data: dict[str, Any] | None, source: Source | None = None) -> RunConfig:
     """Validate plain data (what YAML gives) into a RunConfig; errors name the line when `source` knows it."""
     try:
-        return RunConfig.model_validate(data or {})
+        return RunConfig.model_validate(data or {}, context={"source": source})
     except ValidationError as exc:
         raise as_error(exc, source, ConfigError) from None
 

@@ -24,20 +24,40 @@ class Source:
 
     name: str | None = None  # file name, or None for a dict built in Python
     lines: dict[KeyPath, int] = field(default_factory=dict)
-    overridden: set[KeyPath] = field(default_factory=set)
+    # key path set by an override -> that override's key as the user typed it after `--set`
+    overridden: dict[KeyPath, str] = field(default_factory=dict)
+
+    def override_of(self, path: KeyPath) -> str | None:
+        """The `--set` key that set `path`, a key above it or a key inside it (None: no override did)."""
+        for o in sorted(self.overridden):
+            if o[: len(path)] == path or path[: len(o)] == o:
+                return self.overridden[o]
+        return None
 
     def where(self, path: KeyPath) -> str:
         """The prefix of an error about `path`: `file:line: 'dotted.key': ` (or the override that set it)."""
         dotted = ".".join(path)
         named = f"'{dotted}': " if dotted else ""
-        for o in sorted(self.overridden):  # an override at, above or inside the key
-            if o[: len(path)] == path or path[: len(o)] == o:
-                return f"--set {'.'.join(o)}: " + ("" if o == path else named)
+        override = self.override_of(path)
+        if override is not None:
+            return f"--set {override}: " + ("" if override == dotted else named)
         for i in range(len(path), 0, -1):
             if path[:i] in self.lines:
                 prefix = f"{self.name}:" if self.name else "line "
                 return f"{prefix}{self.lines[path[:i]]}: {named}"
         return f"{self.name}: {named}" if self.name else named
+
+    def origin(self, path: KeyPath, *, file: bool = True) -> str:
+        """Where `path` was set, for a message about another key: `--set k`, `file.yaml:12`, `line 12` or '?'.
+
+        `file=False` when the message already names the file: `line 12`.
+        """
+        override = self.override_of(path)
+        if override is not None:
+            return f"--set {override}"
+        if path in self.lines:
+            return f"{self.name}:{self.lines[path]}" if self.name and file else f"line {self.lines[path]}"
+        return "?"
 
 
 def _record_lines(node: yaml.Node, prefix: KeyPath, lines: dict[KeyPath, int], file: str, error: type) -> None:

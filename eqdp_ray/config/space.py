@@ -376,6 +376,7 @@ class SearchSpace(Block):
     )
 
     _source: str | None = PrivateAttr(default=None)
+    _key_source: Source = PrivateAttr(default_factory=Source)  # config key path -> where the space set it
 
     # Each validator below is one named step of parsing a space, in the order they run.
 
@@ -437,15 +438,29 @@ class SearchSpace(Block):
     @model_validator(mode="after")
     def _blocks_agree(self, info: ValidationInfo) -> SearchSpace:
         """Rules across blocks: one home per key, a length of training, a search the privacy bound covers."""
-        lines = (info.context or {}).get("lines", {})
+        source: Source = (info.context or {}).get("source") or Source()
         for key in self.search:
             if key in self.fixed:
-                where = lines.get(("fixed", key), "?")
-                raise fail(f"is both fixed (line {where}) and searched; keep one", at=("search", key))
+                fixed, searched = ("fixed", key), ("search", key)
+                if source.override_of(fixed) and not source.override_of(searched):  # name the --set
+                    raise fail(
+                        f"'{key}' is both fixed and searched ({source.origin(searched)}); keep one: "
+                        f"drop this --set, or remove '{key}' from the space's search block",
+                        at=fixed,
+                    )
+                raise fail(
+                    f"is both fixed ({source.origin(fixed, file=bool(source.override_of(searched)))}) and searched; keep one",
+                    at=searched,
+                )
         for a, b in (("training.batch_size", SAMPLE_RATE), ("training.steps", "training.epochs")):
             if all(k in self.search or k in self.fixed for k in (a, b)):
-                at = ("search", b) if b in self.search else ("fixed", b)
-                raise fail(f"set only one of '{a}' and '{b}' (fixed or searched)", at=at)
+                at_a, at_b = (("search" if k in self.search else "fixed", k) for k in (a, b))
+                at, other = (at_a, at_b) if source.override_of(at_a) and not source.override_of(at_b) else (at_b, at_a)
+                raise fail(
+                    f"set only one of '{a}' and '{b}' (fixed or searched); '{other[1]}' is also set "
+                    f"({source.origin(other, file=bool(source.override_of(at)))} under '{other[0]}'): remove one of the two",
+                    at=at,
+                )
         if not any(k in self.search or k in self.fixed for k in ("training.steps", "training.epochs")):
             raise fail("the space must fix or search 'training.steps' or 'training.epochs'", at=("fixed",))
         if len(self.objectives) > 1 and self.scheduler.type == "asha":
@@ -484,6 +499,11 @@ class SearchSpace(Block):
         return self._source
 
     @property
+    def key_source(self) -> Source:
+        """Where the space set each config key of a trial config (a file line or a `--set`), for errors."""
+        return self._key_source
+
+    @property
     def multi_objective(self) -> bool:
         return len(self.objectives) > 1
 
@@ -514,11 +534,29 @@ def parse_space(data: Mapping[str, Any], source: Source | None = None) -> Search
     """Check the shape of a space given as plain data (what YAML gives)."""
     source = source or Source()
     try:
-        space = SearchSpace.model_validate(dict(data), context={"lines": source.lines})
+        space = SearchSpace.model_validate(dict(data), context={"source": source})
     except ValidationError as exc:
         raise as_error(exc, source, SpaceError) from None
     space._source = source.name
+    space._key_source = _key_source(space, source)
     return space
+
+
+def _key_source(space: SearchSpace, source: Source) -> Source:
+    """Where each config key of `fixed` and `search` was written (line or `--set`), by its path in a trial config.
+
+    A trial config that fails to parse is then blamed on the file line or the `--set` that set the key.
+    """
+    out = Source()  # no file name: the caller names the space file once
+    for block in ("fixed", "search"):
+        for key in getattr(space, block):
+            path = tuple(key.split("."))
+            if (block, key) in source.lines:
+                out.lines[path] = source.lines[(block, key)]
+            override = source.override_of((block, key))
+            if override is not None:
+                out.overridden[path] = override
+    return out
 
 
 def load_space(space: str | Path | Mapping[str, Any] | SearchSpace, overrides: Iterable[str] = ()) -> SearchSpace:
@@ -586,4 +624,4 @@ def trial_config(
             _set_dotted(data, "training.batch_size", max(1, round(rate * train_size)))
         else:
             _set_dotted(data, key, value)
-    return parse_config(data)
+    return parse_config(data, space._key_source)

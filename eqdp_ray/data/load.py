@@ -16,7 +16,7 @@ from .errors import DatasetError
 from .mnist import load_mnist
 from .splits import STREAM_TEST_SUBSET, balanced_subset, hash_split, rng_for, split_rate
 
-__all__ = ["DATASETS", "default_root", "load_dataset"]
+__all__ = ["DATASETS", "default_root", "batch_too_large_message", "load_dataset"]
 
 DATASETS: tuple[str, ...] = ("cifar10", "cifar100", "mnist", "rotated_mnist", "digits")
 
@@ -124,3 +124,23 @@ def load_dataset(
         std=tuple(float(s) for s in src.std),
         hflip=src.hflip,
     )
+
+
+def batch_too_large_message(
+    batch_key: str, batch: int, train_size: int, *, train_subset: int | None, val_size: int | float
+) -> str:
+    """The error for an expected batch above the training size, naming the config keys that made the
+    training set small: a tiny `train_subset` is the usual cause, not the batch size it would blame."""
+    held_out = f"data.val_size={val_size!r} holds out the validation split"
+    if train_subset is not None:
+        why = (
+            f"the training set is only {train_size} examples because data.train_subset={train_subset} keeps "
+            f"about that many (chosen by hash, after {held_out})"
+        )
+        fix = "raise data.train_subset (or remove it)"
+    else:
+        why = f"the training set is only {train_size} examples ({held_out})"
+        fix = "lower data.val_size"
+    if train_size == 0:
+        return f"{why}: nothing to train on; {fix}"
+    return f"'{batch_key}' gives an expected batch of {batch}, but {why}; {fix}, or lower '{batch_key}' to at most {train_size}"

@@ -23,7 +23,14 @@ from torch import nn
 
 from eqdp_ray import __version__
 from eqdp_ray.config import ConfigError, RunConfig, config_to_dict
-from eqdp_ray.data import ImageDataset, apply_crop_flip, draw_crop_flip, load_dataset, normalize
+from eqdp_ray.data import (
+    ImageDataset,
+    apply_crop_flip,
+    batch_too_large_message,
+    draw_crop_flip,
+    load_dataset,
+    normalize,
+)
 from eqdp_ray.models import build_model, count_parameters, describe_group
 from eqdp_ray.privacy import (
     GradientCanaries,
@@ -67,9 +74,13 @@ def derive_seed(secret: int, purpose: str, step: int) -> int:
 
 
 def steps_and_rate(config: RunConfig, train_size: int) -> tuple[int, float]:
-    t = config.training
+    t, d = config.training, config.data
     if t.batch_size > train_size:
-        raise ConfigError(f"training.batch_size={t.batch_size} exceeds the {train_size} training examples; lower it")
+        raise ConfigError(
+            batch_too_large_message(
+                "training.batch_size", t.batch_size, train_size, train_subset=d.train_subset, val_size=d.val_size
+            )
+        )
     sample_rate = t.batch_size / train_size
     check_delta_for_size(config.privacy.delta, train_size)
     steps = t.steps if t.steps is not None else max(1, math.ceil(t.epochs / sample_rate))

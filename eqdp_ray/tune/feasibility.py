@@ -17,6 +17,7 @@ from typing import Any
 
 from eqdp_ray.config import ConfigError, SpaceError, default_of
 from eqdp_ray.config.space import CONDITION_DEFAULTS, SAMPLE_RATE, SearchSpace, trial_config
+from eqdp_ray.data import batch_too_large_message
 from eqdp_ray.privacy import PrivacyBudgetError, check_delta_for_size, plan_privacy
 
 
@@ -150,16 +151,18 @@ def check_space(space: SearchSpace, train_size: int) -> SpaceCheck:
             resolve_options(config.model.name, **config.model.options)  # names only: building takes seconds
         except (ConfigError, ValueError) as exc:
             keys = ", ".join(f"{k}={v!r}" for k, v in params.items()) or "(nothing searched)"
+            # a config error names its key already; the model registry's names only the option
+            blame = "" if isinstance(exc, ConfigError) else space.key_source.where(("model", "options"))
             raise SpaceError(
-                f"{space.source + ': ' if space.source else ''}the trial config at {keys} is invalid: {exc}"
+                f"{space.source + ': ' if space.source else ''}the trial config at {keys} is invalid: {blame}{exc}"
             ) from None
         if config.training.batch_size > train_size:
             which = SAMPLE_RATE if SAMPLE_RATE in params else "training.batch_size"
-            raise SpaceError(
-                f"{space.source + ': ' if space.source else ''}'{which}' reaches an expected batch of "
-                f"{config.training.batch_size}, more than the {train_size} training examples of "
-                f"{space.data.get('name')}; lower it"
+            d = space.data
+            message = batch_too_large_message(
+                which, config.training.batch_size, train_size, train_subset=d["train_subset"], val_size=d["val_size"]
             )
+            raise SpaceError(f"{space.source + ': ' if space.source else ''}{message}")
 
     p = space.privacy
     corners = privacy_corners(space, train_size)

@@ -33,7 +33,37 @@ def test_dotted_blocks_take_the_longest_existing_key_and_record_the_override():
         whole_blocks=("search",),
     )
     assert data["search"]["training.lr"]["high"] == 3 and data["fixed"] == {"training.steps": 9}
-    assert source.overridden == {("search", "training.lr", "high"), ("fixed", "training.steps")}
+    assert source.overridden == {
+        ("search", "training.lr", "high"): "search.training.lr.high",
+        ("fixed", "training.steps"): "fixed.training.steps",
+    }
     assert source.where(("search", "training.lr")) == "--set search.training.lr.high: 'search.training.lr': "
     with pytest.raises(ConfigError, match="no key of 'search' matches 'training.momentum'"):
         apply_overrides(data, ["search.training.momentum=0.5"], dotted_blocks=("search",), whole_blocks=("search",))
+
+
+@pytest.mark.parametrize(
+    "items, match",
+    [
+        (
+            ["training.lr=1", "training.lr=2"],
+            r"--set training.lr is given twice \('training.lr=1', then 'training.lr=2'\)",
+        ),
+        (["training={lr: 3}", "training.lr=2"], r"--set training.lr: overlaps the earlier --set 'training=\{lr: 3\}'"),
+        (["training.lr=2", "training={lr: 3}"], r"--set training: overlaps the earlier --set 'training.lr=2'"),
+    ],
+)
+def test_a_key_given_twice_is_refused_not_last_wins(items, match):
+    with pytest.raises(ConfigError, match=match):
+        apply_overrides({"training": {"lr": 1.0}}, items)
+
+
+def test_a_key_given_twice_in_a_space_block_is_refused():
+    data = {"search": {"training.lr": {"type": "float", "low": 0.1, "high": 1.0}}, "fixed": {}}
+    with pytest.raises(ConfigError, match=r"--set search.training.lr.high is given twice"):
+        apply_overrides(
+            data,
+            ["search.training.lr.high=3", "search.training.lr.high=4"],
+            dotted_blocks=("fixed", "search"),
+            whole_blocks=("search",),
+        )

@@ -118,3 +118,22 @@ def test_config_round_trips_through_its_dict():
 
     config = parse_config({"data": {"val_size": 50}, "training": {"epochs": 2}})
     assert parse_config(config_to_dict(config)) == config
+
+
+def test_steps_set_over_a_config_with_epochs_says_which_to_unset(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("training:\n  batch_size: 64\n  epochs: 3\n")
+    with pytest.raises(
+        ConfigError,
+        match=r"^--set training\.steps: set exactly one of 'steps' and 'epochs': the config also sets "
+        r"'training\.epochs' \(\S*run\.yaml:3\); unset it with --set training\.epochs=null$",
+    ):
+        load_config(path, ["training.steps=5"])
+    assert load_config(path, ["training.steps=5", "training.epochs=null"]).training.steps == 5
+    with pytest.raises(ConfigError, match=r"^--set training\.epochs: .*neither is set"):
+        load_config(path, ["training.epochs=null"])
+
+
+def test_a_config_key_set_twice_is_refused():
+    with pytest.raises(ConfigError, match=r"^--set training\.lr is given twice"):
+        load_config(None, ["training.steps=5", "training.lr=1", "training.lr=2"])

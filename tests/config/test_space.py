@@ -203,3 +203,28 @@ def test_fixed_values_have_the_type_of_their_key(tmp_path):
         load_space(write(tmp_path, text))
     with pytest.raises(SpaceError, match=r"--set fixed\.training\.steps: expected an integer"):
         load_space(write(tmp_path, VALID_YAML), ["fixed.training.steps=abc"])
+
+
+def test_a_set_that_fixes_a_searched_key_names_the_set(tmp_path):
+    """It used to blame the file's search line and say 'fixed (line ?)'."""
+    with pytest.raises(
+        SpaceError,
+        match=r"^--set fixed\.training\.lr: 'training\.lr' is both fixed and searched \(\S*space\.yaml:7\); keep one",
+    ):
+        load_space(write(tmp_path, VALID_YAML), ["fixed.training.lr=1.0"])
+
+
+def test_a_set_length_of_training_against_the_files_names_the_set_and_the_other_key(tmp_path):
+    with pytest.raises(
+        SpaceError,
+        match=r"^--set fixed\.training\.epochs: set only one of 'training\.steps' and 'training\.epochs'.*"
+        r"'training\.steps' is also set \(\S*space\.yaml:5 under 'fixed'\): remove one",
+    ):
+        load_space(write(tmp_path, VALID_YAML), ["fixed.training.epochs=3"])
+    with pytest.raises(SpaceError, match=r"^--set fixed\.sample_rate: set only one of 'training\.batch_size'"):
+        load_space(write(tmp_path, VALID_YAML), ["fixed.sample_rate=0.1"])
+
+
+def test_a_space_key_set_twice_is_refused(tmp_path):
+    with pytest.raises(SpaceError, match=r"--set fixed\.training\.steps is given twice"):
+        load_space(write(tmp_path, VALID_YAML), ["fixed.training.steps=5", "fixed.training.steps=6"])

@@ -39,17 +39,7 @@ def test_train_writes_result_json(tmp_path, capsys):
         (["--set", "privacy.target_epsilon=0"], "privacy.target_epsilon: must be > 0"),
         (["--set", "privacy.delta=1.5"], "delta"),
         (["--set", "privacy.delta=0.01"], "not below 1/N"),
-        (
-            [
-                "--set",
-                "privacy.target_epsilon=0.0001",
-                "--set",
-                "training.batch_size=1000",
-                "--set",
-                "training.steps=5000",
-            ],
-            "no noise multiplier",
-        ),
+        (["--set", "privacy.target_epsilon=0.00001"], "no noise multiplier"),
         (["--set", "data.name=cifar10", "--set", "data.root=/nonexistent/dir"], "/nonexistent/dir"),
         (["--set", "training.lr_schedule=cosine"], "training.lr_schedule: unknown key; valid keys here"),
         (["--workers", "0"], "--workers must be at least 1"),
@@ -108,3 +98,31 @@ def test_an_output_that_cannot_be_written_fails_before_training(capsys):
     assert main(["train", QUICKSTART, *TINY, "--output", "/proc/eqdp-ray-test"]) == 2
     err = capsys.readouterr().err
     assert "cannot be written" in err and "eps spent" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        (  # it blamed training.batch_size alone, when the tiny subset was what the user had to change
+            ["--set", "training.steps=2", "--set", "training.epochs=null", "--set", "data.train_subset=10"],
+            r"only \d+ examples because data\.train_subset=10 keeps about that many.*raise data\.train_subset",
+        ),
+        (  # it said 'set exactly one', not which
+            ["--set", "training.steps=2"],
+            r"--set training\.steps: .*the config also sets 'training\.epochs' .*--set training\.epochs=null",
+        ),
+        (  # the last one silently won
+            ["--set", "training.lr=1", "--set", "training.lr=3"],
+            r"--set training\.lr is given twice",
+        ),
+    ],
+)
+def test_set_mistakes_are_one_line_that_says_what_to_change(tmp_path, capsys, extra, expected):
+    import re
+
+    code = main(["train", QUICKSTART, *extra, "--output", str(tmp_path / "out")])
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("eqdp-ray: error: "), captured.err
+    assert re.search(expected, lines[0]), lines[0]
+    assert "step" not in captured.out and not (tmp_path / "out").exists()

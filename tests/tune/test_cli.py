@@ -61,6 +61,19 @@ def test_set_overrides_reach_the_space(tmp_path, capsys):
     assert main(["tune", path, "--check", "--set", "fixed.training.steps=20"]) == 0
 
 
+def test_a_set_that_conflicts_with_the_space_names_the_set(tmp_path, capsys):
+    """Fixing a searched key with --set used to blame the file's line and say 'fixed (line ?)'."""
+    path = write(tmp_path, SPACE)
+    for extra, expected in (
+        (["--set", "fixed.training.lr=1.0"], "eqdp-ray: error: --set fixed.training.lr: 'training.lr' is both fixed"),
+        (["--set", "fixed.training.epochs=2"], "eqdp-ray: error: --set fixed.training.epochs: set only one of"),
+        (["--set", "num_samples=3", "--set", "num_samples=4"], "eqdp-ray: error: --set num_samples is given twice"),
+    ):
+        assert main(["tune", path, "--check", *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(expected) and "\n" not in err, err
+
+
 def test_resume_without_a_study_fails_cleanly(tmp_path, capsys):
     path = write(tmp_path, SPACE)
     assert main(["tune", path, "--resume", "--store", str(tmp_path / "store")]) == 2

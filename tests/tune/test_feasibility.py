@@ -31,8 +31,28 @@ def test_sampled_configs_must_parse():
 def test_batch_larger_than_the_training_set_is_caught():
     space = base()
     space["search"]["training.batch_size"] = {"type": "categorical", "choices": [128, 4096]}
-    with pytest.raises(SpaceError, match="expected batch of 4096, more than the 1294 training examples"):
+    with pytest.raises(SpaceError, match="expected batch of 4096, but the training set is only 1294 examples"):
         check_space(load_space(space), TRAIN_SIZE)
+
+
+def test_a_batch_over_a_tiny_train_subset_blames_the_subset():
+    """It used to say only 'lower the batch', when the subset the user set was what made the data small."""
+    space = base(data={"name": "digits", "train_subset": 50})
+    with pytest.raises(
+        SpaceError,
+        match=r"only 41 examples because data\.train_subset=50 keeps about that many.*raise data\.train_subset",
+    ):
+        check_space(load_space(space), 41)
+
+
+def test_a_fixed_key_set_by_set_is_named_when_a_trial_config_fails():
+    """A --set that makes every trial config invalid used to be reported without the --set that caused it."""
+    with pytest.raises(
+        SpaceError, match=r"is invalid: --set fixed\.training\.nesterov: 'training\.nesterov': Nesterov"
+    ):
+        check_space(load_space(base(), ["fixed.training.nesterov=true"]), TRAIN_SIZE)
+    with pytest.raises(SpaceError, match=r"is invalid: --set fixed\.model\.options\.bogus: .*unknown option"):
+        check_space(load_space(base(), ["fixed.model.options.bogus=1"]), TRAIN_SIZE)
 
 
 def test_corner_points_activate_conditional_keys():
