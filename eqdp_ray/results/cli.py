@@ -44,6 +44,25 @@ def _run(args: argparse.Namespace, body: Callable[[Any], int]) -> int:
     finally:
         for skipped in store.skipped_files:
             print(f"skipped {skipped.path}: {skipped.reason}", file=sys.stderr)
+        _note_leftovers(store.leftover_temp_files)
+
+
+def _note_leftovers(paths: list[str]) -> None:
+    """One line for the temporary files of killed writers: not read, not deleted (the user decides)."""
+    if not paths:
+        return
+    from eqdp_ray.results.export import plural
+
+    one = len(paths) == 1
+    what = plural(len(paths), "temporary file") + (
+        " left by an interrupted write" if one else " left by interrupted writes"
+    )
+    where = sorted(paths)[0] if one else f"e.g. {sorted(paths)[0]}"
+    print(
+        f"[eqdp-ray] note: not read: {what} ({where}); {'its' if one else 'their'} rows were never recorded, and "
+        f"{'it' if one else 'they'} can be deleted once no eqdp-ray process writes to this store",
+        file=sys.stderr,
+    )
 
 
 def _print(text: str) -> None:

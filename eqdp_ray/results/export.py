@@ -19,6 +19,11 @@ from eqdp_ray.results.errors import ResultsStoreError
 FORMATS: tuple[str, ...] = ("table", "json", "csv")
 
 
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """``"1 trial"``, ``"2 trials"``: counts in messages read as English (``many`` for irregular plurals)."""
+    return f"{n} {word if n == 1 else (many or word + 's')}"
+
+
 def _cell(value: Any) -> str:
     if value is None or value is pd.NaT or value is pd.NA:
         return "-"

@@ -13,7 +13,10 @@ Why this shape:
   new, uniquely named file (a temp name + rename on local disks; object stores make a
   PUT visible atomically). Threads, processes and whole studies can write at once and
   no row is lost or torn. Readers ignore names starting with ``.`` or ``_`` (temp
-  files), exactly as pyarrow/pandas do.
+  files), exactly as pyarrow/pandas do, and names ending in ``.tmp``. A writer killed
+  mid-write (``kill -9``) leaves its hidden ``.<name>.<uuid>.tmp`` behind: never read, and
+  listed in ``leftover_temp_files`` once older than ``LEFTOVER_TEMP_AGE_S`` (a younger one
+  may be a write in flight); the store never deletes them.
 * **Last writer wins.** Every row carries a store-set ``written_at`` (UTC, microseconds,
   strictly increasing within a process). On read, for each ``(study, trial_id)`` the
   row with the latest ``written_at`` is the trial (ties: latest ``finished_at``, then
@@ -88,6 +91,10 @@ LEDGER = "ledger"
 EPSILON_TOL = 1e-9
 
 _FILENAME = "__filename"
+#: Suffix of the temporary files of in-flight writes (``_write_file``); readers never open them.
+TEMP_SUFFIX = ".tmp"
+#: A temporary file older than this is a leftover of an interrupted write, not a write in flight.
+LEFTOVER_TEMP_AGE_S = 600.0
 _RETRIES = 12
 _T = TypeVar("_T")
 
@@ -161,6 +168,8 @@ class ResultsStore:
         self._warned: set[str] = set()
         #: Files reads have ignored (not Parquet, no study/trial_id, unreadable data).
         self.skipped_files: list[SkippedFile] = []
+        #: Temporary files of interrupted writes that listings have passed over (never read, never deleted).
+        self.leftover_temp_files: list[str] = []
 
     def __repr__(self) -> str:
         return f"ResultsStore({self.uri!r})"
@@ -257,7 +266,7 @@ class ResultsStore:
         if not self._local:  # object stores: a PUT becomes visible atomically
             pq.write_table(table, final, filesystem=self.fs)
             return final
-        tmp = f"{directory}/.{name}.{uuid.uuid4().hex}.tmp"
+        tmp = f"{directory}/.{name}.{uuid.uuid4().hex}{TEMP_SUFFIX}"
         try:
             pq.write_table(table, tmp, filesystem=self.fs)
             self.fs.move(tmp, final)
@@ -531,11 +540,23 @@ class ResultsStore:
         for info in infos:
             if info.type != pafs.FileType.File:
                 continue
+            if info.base_name.endswith(TEMP_SUFFIX):  # a write in flight, or one that was killed: never read
+                self._note_temp(info)
+                continue
             rel = info.path[len(directory) :].lstrip("/")
             if any(part.startswith((".", "_")) for part in rel.split("/")):
-                continue  # temp files of in-flight writes, _SUCCESS markers, ...
+                continue  # _SUCCESS markers, hidden files of other tools, ...
             out.append(info.path)
         return sorted(out)
+
+    def _note_temp(self, info: pafs.FileInfo) -> None:
+        """Remember a temporary file old enough to be a leftover of a killed writer (the CLI says so once)."""
+        mtime = info.mtime.timestamp() if info.mtime is not None else None
+        if mtime is None or time.time() - mtime < LEFTOVER_TEMP_AGE_S:
+            return
+        with self._lock:
+            if info.path not in self.leftover_temp_files:
+                self.leftover_temp_files.append(info.path)
 
     def _study_dirs(self, table: str) -> list[str]:
         selector = pafs.FileSelector(self.table_path(table), recursive=False, allow_not_found=True)

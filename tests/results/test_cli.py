@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -489,6 +490,60 @@ def test_a_file_with_text_in_a_metric_column_is_skipped_and_the_study_still_answ
             "cannot be read with the other files; fix the column's type in that file or move the file out of the store"
         ], err
     assert Path(foreign).read_bytes() == before  # left as it was
+
+
+_KILLED_STORE_WRITER = """
+import os, resource, signal, sys
+from eqdp_ray.results import ResultsStore
+rows = [
+    {"study": "digits8", "trial_id": f"big{i}", "status": "completed", "best_val_accuracy": 0.999,
+     "config": {"blob": os.urandom(64).hex()}}
+    for i in range(2000)
+]
+signal.signal(signal.SIGXFSZ, signal.SIG_DFL)  # Python ignores it; the kernel's default is to kill
+resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+resource.setrlimit(resource.RLIMIT_FSIZE, (8192, 8192))  # the batch's file outgrows this: killed mid-write
+ResultsStore(sys.argv[1]).write_trials(rows)
+"""
+
+
+def test_temporary_files_of_killed_writers_are_never_read_and_noted_once_old(store, capsys):
+    """A writer killed mid-write leaves its hidden temporary file; `best`/`results` answer from the rest, and
+    once it is old enough to be no write in flight, say in one line that it is not read (it is never deleted)."""
+    import signal
+
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run([sys.executable, "-c", _KILLED_STORE_WRITER, store.uri], capture_output=True, env=env)
+    assert proc.returncode == -signal.SIGXFSZ, proc.stderr  # killed while writing its file
+    study_dir = Path(store.trials_path) / "study=digits8"
+    partial = [p for p in study_dir.iterdir() if p.name.endswith(".tmp")]
+    assert len(partial) == 1 and partial[0].name.startswith(".batch-") and 0 < partial[0].stat().st_size <= 8192
+    # a whole Parquet file under a temporary name (another tool's upload in flight): not read either
+    complete = study_dir / "batch-upload.parquet.tmp"
+    pq.write_table(pa.table({"study": ["digits8"], "trial_id": ["zz"], "status": ["completed"],
+                             "best_val_accuracy": [1.0]}), complete)  # fmt: skip
+
+    for argv, first in ((["best"], "t01"), (["results", "--study", "digits8"], "t00")):
+        code, out, err = cli(capsys, *argv, "--store", store.uri)
+        assert code == 0, err
+        rows = table_rows(out)
+        assert first in rows[0] and not any("big" in c or c == "zz" for r in rows for c in r)
+        assert "skipped" not in err and "note" not in err  # young: may be a write in flight, so not a leftover
+
+    old = time.time() - 3600
+    for path in (partial[0], complete):
+        os.utime(path, (old, old))
+    code, out, err = cli(capsys, "best", "--store", store.uri, "--top", "1")
+    assert code == 0 and table_rows(out)[0][2] == "t01", err
+    notes = [line for line in err.splitlines() if "note" in line]
+    assert notes == [
+        f"[eqdp-ray] note: not read: 2 temporary files left by interrupted writes (e.g. {partial[0]}); their rows "
+        "were never recorded, and they can be deleted once no eqdp-ray process writes to this store"
+    ]
+    complete.unlink()
+    code, _, err = cli(capsys, "results", "--store", store.uri)
+    assert code == 0 and f"1 temporary file left by an interrupted write ({partial[0]}); its rows" in err
+    assert partial[0].exists()  # never deleted by the store
 
 
 # ------------------------------------------------------------------------------ results
