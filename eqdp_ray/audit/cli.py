@@ -10,18 +10,12 @@ from pathlib import Path
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from eqdp_ray.audit.run import run_audit
-    from eqdp_ray.cli import UserError
+    from eqdp_ray.audit.run import check_audit_arguments, run_audit
     from eqdp_ray.config import load_config
     from eqdp_ray.train.output import check_output_dir
 
+    check_audit_arguments(args.canaries, args.workers, args.confidence)  # before any work: nothing drawn yet
     config = load_config(args.config, args.set)
-    if args.canaries < 1:
-        raise UserError(f"--canaries must be at least 1, got {args.canaries}")
-    if args.workers < 1:
-        raise UserError(f"--workers must be at least 1, got {args.workers}")
-    if not 0 < args.confidence < 1:
-        raise UserError(f"--confidence must lie strictly between 0 and 1, got {args.confidence}")
     output = Path(args.output or Path("runs") / f"{config.name}-audit")
     check_output_dir(output)  # before the run: an audit is not lost to an unwritable place
     distributed = {"address": args.address} if args.address else {}
@@ -46,6 +40,21 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0 if record["epsilon_lower_bound"] <= claimed else 1
 
 
+def _whole_number(text: str) -> int:
+    """An integer, also written as 1e4: the range is checked with the other arguments, in one clear line."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not value.is_integer():
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
+    return int(value)
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `audit` subcommand to the top-level parser (called by eqdp_ray.cli)."""
     p = subparsers.add_parser(
@@ -55,7 +64,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. training.steps=10"
     )
-    p.add_argument("--canaries", type=int, default=1000, help="number of gradient canaries M (default 1000)")
+    p.add_argument("--canaries", type=_whole_number, default=1000, help="number of gradient canaries M (default 1000)")
     p.add_argument("--workers", type=int, default=1, help="Ray Train workers (default: one process, no Ray)")
     p.add_argument("--address", default=None, help="Ray cluster address for --workers; default: a local Ray")
     p.add_argument("--confidence", type=float, default=0.95, help="confidence of the lower bound (default 0.95)")

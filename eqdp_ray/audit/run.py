@@ -23,12 +23,32 @@ import torch
 
 from eqdp_ray import __version__
 from eqdp_ray.config import RunConfig, config_to_dict
+from eqdp_ray.config.errors import UserError
 from eqdp_ray.privacy import GradientCanaries, audit_from_score_sets
 from eqdp_ray.privacy.canaries import SCORES
 
 logger = logging.getLogger(__name__)
 
 AUDIT_FILE = "audit.json"
+
+#: The most canaries an audit takes. Each is a coin drawn up front, a row of scores updated at
+#: every step and written to audit.json, and a dense gradient row whenever it is sampled; beyond
+#: this the bound gains little (about log M) while memory and the record grow with M.
+MAX_CANARIES = 100_000
+
+
+def check_audit_arguments(canaries: int, workers: int, confidence: float) -> None:
+    """Refuse bad audit arguments before anything is drawn, loaded or trained."""
+    if isinstance(canaries, bool) or not isinstance(canaries, int) or not 1 <= canaries <= MAX_CANARIES:
+        raise UserError(
+            f"--canaries must be at least 1 and at most {MAX_CANARIES:,}, got {canaries!r}: each canary is a coin "
+            "drawn before training and a row of scores kept every step and written to audit.json (and it needs a "
+            "model coordinate of its own, so at most the model's trainable parameters)"
+        )
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise UserError(f"--workers must be at least 1, got {workers!r}")
+    if not (isinstance(confidence, (int, float)) and 0 < confidence < 1):
+        raise UserError(f"--confidence must lie strictly between 0 and 1 (e.g. 0.95), got {confidence!r}")
 
 
 def draw_coins(count: int, seed: int | None = None) -> list[bool]:
@@ -67,10 +87,7 @@ def run_audit(
     """Train `config` once with `canaries` gradient canaries and return the audit record."""
     from eqdp_ray.train import train
 
-    if canaries < 1:
-        raise ValueError(f"--canaries must be at least 1, got {canaries}")
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
+    check_audit_arguments(canaries, workers, confidence)
     coins = draw_coins(canaries, coin_seed)
     spec = GradientCanaries(coins, coordinate_seed=coordinate_seed, norm_multiple=norm_multiple)
     started = time.time()

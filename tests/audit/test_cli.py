@@ -42,6 +42,8 @@ def test_audit_prints_the_bound_beside_the_claim_and_writes_audit_json(tmp_path,
         (["--workers", "0"], "--workers must be at least 1"),
         (["--confidence", "1.5"], "--confidence must lie strictly between 0 and 1"),
         (["--canaries", "100000"], "use fewer canaries"),
+        (["--canaries", "1e8"], "--canaries must be at least 1 and at most 100,000, got 100000000"),
+        (["--confidence", "nan"], "--confidence must lie strictly between 0 and 1"),
         (["--set", "privacy.target_epsilon=0"], "target_epsilon"),
     ],
 )
@@ -58,3 +60,18 @@ def test_an_output_that_is_a_file_fails_before_the_audit_runs(tmp_path, capsys):
     assert main(["audit", QUICKSTART, *TINY, "--output", str(blocker)]) == 2
     captured = capsys.readouterr()
     assert "is an existing file" in captured.err and "bound" not in captured.out and blocker.read_text() == "kept"
+
+
+@pytest.mark.parametrize("extra", [["--canaries", "100000000"], ["--canaries", "1e8"], ["--workers", "-1"]])
+def test_bad_audit_arguments_are_refused_before_any_coin_is_drawn(extra, tmp_path, capsys, monkeypatch):
+    """A huge --canaries used to draw every coin (minutes, gigabytes) before anything checked the count."""
+    import eqdp_ray.audit.run
+
+    def no_coins(*args, **kwargs):
+        raise AssertionError("coins were drawn before the arguments were checked")
+
+    monkeypatch.setattr(eqdp_ray.audit.run, "draw_coins", no_coins)
+    assert main(["audit", QUICKSTART, *TINY, *extra, "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("eqdp-ray: error: --") and "\n" not in err and "must be at least 1" in err
+    assert not (tmp_path / "out").exists()
