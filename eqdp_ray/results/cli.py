@@ -80,6 +80,7 @@ def _print_privacy(lines: list[str], fmt: str) -> None:
 
 def cmd_best(args: argparse.Namespace) -> int:
     from eqdp_ray.results import export
+    from eqdp_ray.results.export import plural
     from eqdp_ray.results.query import (
         BEST_COLUMNS,
         best_configs,
@@ -107,7 +108,8 @@ def cmd_best(args: argparse.Namespace) -> int:
         _print_privacy(search_privacy_statements(store, top), args.format)
         for study, extra in beyond_best(top).items():  # asked for with --top: said on stderr in every format
             print(
-                f"[eqdp-ray] privacy: {study}: the {extra} row(s) after its best trial are NOT covered by its "
+                f"[eqdp-ray] privacy: {study}: the {plural(extra, 'row')} after its best trial "
+                f"{'is' if extra == 1 else 'are'} NOT covered by its "
                 "Papernot-Steinke bound (it covers the best trial's configuration, score and model only): do not "
                 "release them",
                 file=sys.stderr,

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from eqdp_ray.results.errors import ResultsStoreError
+from eqdp_ray.results.export import plural
 from eqdp_ray.results.schema import METRIC_ALIASES, RANKABLE_STATUSES, config_from_row, is_missing
 from eqdp_ray.results.store import ResultsStore
 
@@ -38,8 +39,11 @@ BEST_COLUMNS: tuple[str, ...] = (
 TRIAL_LIST_COLUMNS: tuple[str, ...] = (
     "trial_id", "status", "model", "group", "best_val_accuracy", "test_accuracy", "epsilon",
     "trial_search_epsilon", "target_epsilon", "search_epsilon", "sigma", "sample_rate", "steps", "num_params",
-    "wall_time_s", "finished_at",
+    "wall_time_s", "finished_at", "error",
 )  # fmt: skip
+#: Columns a readable view shows only when some row has a value: why a trial failed or was refused
+#: (``eqdp_ray.tune`` records it in the row's free-form ``error`` column).
+SPARSE_COLUMNS: frozenset[str] = frozenset({"error"})
 #: Columns of the readable study listing.
 STUDY_LIST_COLUMNS: tuple[str, ...] = (
     "study", "n_trials", "n_completed", "n_stopped_early", "n_failed", "n_running",
@@ -213,8 +217,8 @@ def group_label(row: Mapping[str, Any] | pd.Series) -> str | None:
 def summary_view(df: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
     """The readable subset of a results frame: derived ``model``/``group`` plus ``columns``.
 
-    Columns that are absent are left out, and ``group`` only appears when some row has one,
-    so a table of baselines carries no empty column.
+    Columns that are absent are left out, and ``group`` and the ``SPARSE_COLUMNS`` (``error``) only
+    appear when some row has one, so a table of baselines, or of trials that all ran, carries no empty column.
     """
     view = pd.DataFrame(index=df.index)
     records = df.to_dict("records")
@@ -227,6 +231,8 @@ def summary_view(df: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
                 view["group"] = groups
         elif column in df.columns:
             series = df[column]
+            if column in SPARSE_COLUMNS and not any(not is_missing(v) and v != "" for v in series):
+                continue
             if isinstance(series.dtype, pd.CategoricalDtype):
                 series = series.astype(str)
             elif column in INT_COLUMNS and pd.api.types.is_float_dtype(series):
@@ -525,7 +531,7 @@ def search_privacy_statements(store: Any, rows: pd.DataFrame) -> list[str]:
         method = "adaptive composition"
         out.append(
             f"{name}: search-level ({plan.epsilon:.4g}, {plan.delta:.3g})-DP for the whole search and the model it "
-            f"releases (target {plan.target_epsilon:g}; {method}); {len(ledger.entries)} trial attempts in the "
+            f"releases (target {plan.target_epsilon:g}; {method}); {plural(len(ledger.entries), 'trial attempt')} in the "
             f"ledger, their composition as they ran: epsilon {ledger.epsilon_spent():.4g}; each trial at most "
             f"{plan.trial_epsilon:.4g}"
         )

@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from eqdp_ray.results.export import _cell as format_cell
+from eqdp_ray.results.export import plural
 from eqdp_ray.results.query import (
     NoResults,
     as_store,
@@ -296,7 +297,8 @@ def plot_history(trials: pd.DataFrame, path: Path) -> str:
         )
     _finish(fig, ax, path, xlabel="trial (in start order)", ylabel="validation accuracy", title="Optimisation history")
     n = int(np.isfinite(values).sum())
-    return f"{n} of {len(trials)} trials have a validation accuracy; the line is the best finished trial so far."
+    verb = "has" if n == 1 else "have"
+    return f"{n} of {plural(len(trials), 'trial')} {verb} a validation accuracy; the line is the best finished trial so far."
 
 
 def plot_pareto(trials: pd.DataFrame, path: Path) -> str:
@@ -331,7 +333,7 @@ def plot_pareto(trials: pd.DataFrame, path: Path) -> str:
         title="Accuracy against model size",
     )
     ids = ", ".join(str(t) for t in front["trial_id"])
-    return f"{len(ranked)} finished trials; Pareto front (max accuracy, min parameters): {ids}."
+    return f"{plural(len(ranked), 'finished trial')}; Pareto front (max accuracy, min parameters): {ids}."
 
 
 def plot_epsilon(trials: pd.DataFrame, path: Path, highlight: str | None = None) -> str:
@@ -384,10 +386,10 @@ def plot_importances(importances: Importances, path: Path) -> None:
     ax.barh([k for k, _ in items], [v for _, v in items], color=color)
     if importances.from_optuna:
         ax.set_xlabel("importance (Optuna fANOVA, normalised to sum 1)")
-        ax.set_title(f"Parameter importances ({importances.n_trials} trials)")
+        ax.set_title(f"Parameter importances ({plural(importances.n_trials, 'trial')})")
     else:
         ax.set_xlabel("spread of mean validation accuracy across the parameter's values")
-        ax.set_title(f"Fallback (not fANOVA): accuracy spread ({importances.n_trials} trials)")
+        ax.set_title(f"Fallback (not fANOVA): accuracy spread ({plural(importances.n_trials, 'trial')})")
     ax.grid(alpha=0.3, axis="x")
     _save(fig, path)
 
@@ -530,8 +532,9 @@ def param_importances(trials: pd.DataFrame, metric: str = METRIC) -> Importances
                     values = {k: float(v) for k, v in values.items() if np.isfinite(v)}
                     if values:
                         left_out = sorted(set(distributions) - set(values))
-                        note = f"Optuna fANOVA importances over {n} finished trials (study rebuilt from the store)." + (
-                            f" Left out (not set in every trial): {', '.join(left_out)}." if left_out else ""
+                        note = (
+                            f"Optuna fANOVA importances over {plural(n, 'finished trial')} (study rebuilt from the store)."
+                            + (f" Left out (not set in every trial): {', '.join(left_out)}." if left_out else "")
                         )
                         return Importances(values, "optuna-fanova", note, n, left_out)
                     reason = "Optuna returned no importances (no parameter is set in every trial)"
@@ -661,7 +664,7 @@ def render_markdown(page: Mapping[str, Any]) -> str:
     """``report.md``: the same content as the HTML page, readable as text and on GitHub."""
     out = [f"# {page['title']}", ""]
     out.append(
-        f"Store `{page['store']}`; {page['n_trials']} trials ({page['counts']}); "
+        f"Store `{page['store']}`; {plural(page['n_trials'], 'trial')} ({page['counts']}); "
         f"studies: {', '.join(page['studies'])}. Generated {page['generated']}."
     )
     out += ["", "## Best trials (by validation accuracy)", ""]
@@ -703,7 +706,7 @@ def render_html(page: Mapping[str, Any]) -> str:
         f"<title>{esc(page['title'])}</title>",
         f"<style>{_CSS}</style></head><body>",
         f"<h1>{esc(page['title'])}</h1>",
-        f"<p>Store <code>{esc(page['store'])}</code>; {page['n_trials']} trials ({esc(page['counts'])}); "
+        f"<p>Store <code>{esc(page['store'])}</code>; {plural(page['n_trials'], 'trial')} ({esc(page['counts'])}); "
         f"studies: {esc(', '.join(page['studies']))}. Generated {esc(page['generated'])}.</p>",
         "<h2>Best trials (by validation accuracy)</h2>",
         _html_table(page["top"]) if page["top"] is not None else f"<p>{NO_RANKED}</p>",

@@ -577,6 +577,28 @@ def test_results_lists_a_studys_trials_with_filters(store, capsys):
     assert code == 1 and "study 'digits1' has no trials matching status=failed" in err
 
 
+def test_results_of_a_study_says_why_trials_failed_or_were_refused(store, capsys):
+    """The rows carried the reason (tune writes `error`), but the table had no column for it."""
+    refused = "refused: the search budget has no room for this trial"
+    store.write_trials([
+        trial_row("digits8", "t03", None, minute=3, status="failed", error="RuntimeError: worker died"),
+        trial_row("digits8", "t07", None, minute=7, status="failed", error=refused),
+    ])  # fmt: skip
+    code, out, err = cli(capsys, "results", "--store", store.uri, "--study", "digits8")
+    assert code == 0, err
+    header = out.splitlines()[0].split()
+    assert header[-1] == "error"
+    lines = {line.split()[0]: line for line in out.splitlines()[2:]}
+    assert lines["t03"].endswith("RuntimeError: worker died")
+    assert lines["t07"].endswith("refused: the search budget has no roo...")  # cut at 40; json/csv: whole
+    assert lines["t01"].endswith(" -")
+    code, out, _ = cli(capsys, "results", "--store", store.uri, "--study", "digits8", "--format", "json")
+    assert {r["trial_id"]: r["error"] for r in json.loads(out)}["t07"] == refused
+
+    code, out, _ = cli(capsys, "results", "--store", store.uri, "--study", "digits1")  # no trial failed there
+    assert code == 0 and "error" not in out.splitlines()[0].split()
+
+
 def test_results_csv_of_a_study_has_full_rows(store, capsys):
     code, out, _ = cli(capsys, "results", "--store", store.uri, "--study", "digits1", "--format", "csv")
     assert code == 0
@@ -676,7 +698,9 @@ def test_best_top_k_of_a_papernot_steinke_study_says_the_rest_is_not_covered(sto
     code, out, err = cli(capsys, "best", "--store", store.uri, "--study", "psx", "--top", "3")
     assert code == 0, err
     assert [r[2] for r in table_rows(out)] == ["s1", "s3", "s2"]
-    assert "psx: the 2 row(s) after its best trial are NOT covered by its Papernot-Steinke bound" in err
+    assert "psx: the 2 rows after its best trial are NOT covered by its Papernot-Steinke bound" in err
+    code, out, err = cli(capsys, "best", "--store", store.uri, "--study", "psx", "--top", "2")
+    assert "psx: the 1 row after its best trial is NOT covered by its Papernot-Steinke bound" in err
     code, out, err = cli(capsys, "best", "--store", store.uri, "--study", "psx", "--top", "1")
     assert len(table_rows(out)) == 1 and "after its best trial" not in err
 

@@ -245,3 +245,14 @@ def test_report_out_of_the_wrong_kind_is_one_clear_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("eqdp-ray: error: --out /proc/eqdp-ray-report: /proc cannot be written")
     assert (tmp_path / "a-file").read_text() == "keep"
+
+
+def test_report_counts_read_as_english_for_one_trial(tmp_path):
+    """It said "1 trials" and "1 of 1 trials have"."""
+    store = ResultsStore(str(tmp_path / "s"))
+    store.write_trial(trial_row("one", "a", 0.5))
+    rep = build_report(store, tmp_path / "out")
+    md = rep.markdown.read_text()
+    assert "; 1 trial (1 completed);" in md and "1 trials" not in md
+    assert "1 of 1 trial has a validation accuracy" in md and "1 finished trial;" in md
+    assert "; 1 trial (1 completed);" in rep.html.read_text()
