@@ -6,7 +6,8 @@ matplotlib) is imported at module level.
 Exit codes: 0 with output; 1 when the store (or the filtered part of it) has no results;
 2 for input the user must fix (raised as `eqdp_ray.config.errors.UserError` subclasses, printed by eqdp_ray.cli).
 Files of the store that could not be read are listed on stderr, one line each, and never
-stop the command: a stray file should not hide a week of tuning results.
+stop the command: a stray file should not hide a week of tuning results. Temporary files that
+killed writers left behind get one note line; neither kind is ever modified or deleted.
 """
 
 from __future__ import annotations
