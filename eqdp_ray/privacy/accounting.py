@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from opacus.accountants import create_accountant
 from opacus.accountants.utils import get_noise_multiplier
 
+from eqdp_ray.privacy.epsilon_format import format_epsilon
 from eqdp_ray.privacy.errors import PrivacyBudgetError
 
 ACCOUNTANTS = ("rdp", "prv")
@@ -98,13 +99,13 @@ def plan_privacy(
             )
     except ValueError as exc:  # Opacus: "The privacy budget is too low."
         raise PrivacyBudgetError(
-            f"no noise multiplier reaches epsilon={target_epsilon} at delta={delta} with sample rate {sample_rate:.4g} "
+            f"no noise multiplier reaches epsilon={format_epsilon(target_epsilon)} at delta={delta} with sample rate {sample_rate:.4g} "
             f"over {steps} steps ({exc}); raise epsilon or delta, or lower the sample rate or the number of steps"
         ) from None
     spent = epsilon_spent(sigma, sample_rate, steps, delta, accountant)
     if not spent <= target_epsilon:  # never report more than the budget, whatever the search did
         raise PrivacyBudgetError(
-            f"calibration gave sigma={sigma:.4f} spending epsilon={spent:.4f} > target {target_epsilon}; "
+            f"calibration gave sigma={sigma:.4f} spending epsilon={format_epsilon(spent)} > target {format_epsilon(target_epsilon)}; "
             "this is a bug in eqdp-ray, please report it"
         )
     return PrivacyPlan(target_epsilon, delta, sample_rate, steps, float(sigma), accountant, spent)
@@ -129,7 +130,7 @@ def plan_fixed_noise(
     spent = epsilon_spent(noise_multiplier, sample_rate, steps, delta, accountant)
     if not spent <= target_epsilon * (1 + 1e-9):
         raise PrivacyBudgetError(
-            f"noise multiplier {noise_multiplier:.4f} spends epsilon={spent:.4f} over {steps} steps at sample rate "
-            f"{sample_rate:.4g}, above this run's target {target_epsilon}; raise the noise or lower the steps"
+            f"noise multiplier {noise_multiplier:.4f} spends epsilon={format_epsilon(spent)} over {steps} steps at sample rate "
+            f"{sample_rate:.4g}, above this run's target {format_epsilon(target_epsilon)}; raise the noise or lower the steps"
         )
     return PrivacyPlan(target_epsilon, delta, sample_rate, steps, float(noise_multiplier), accountant, spent)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from eqdp_ray.privacy.epsilon_format import format_epsilon
 from eqdp_ray.privacy.rdp import ORDERS, rdp_to_delta, rdp_to_epsilon, subsampled_gaussian_rdp
 
 THEOREM_TNB = "Papernot & Steinke (ICLR 2022), Theorem 2 (truncated negative binomial number of trials)"
@@ -222,9 +223,9 @@ class SearchPrivacy:
 
     def describe(self) -> str:
         return (
-            f"search privacy: ({self.epsilon:.4g}, {self.delta:.3g})-DP for releasing the best trial of a random "
+            f"search privacy: ({format_epsilon(self.epsilon)}, {self.delta:.3g})-DP for releasing the best trial of a random "
             f"search with E[K]={self.expected_trials:.3g} trials [{self.theorem}]; each trial alone: "
-            f"epsilon <= {self.trial_epsilon:.4g} by its RDP curve. Covers only the best trial's output, not the "
+            f"epsilon <= {format_epsilon(self.trial_epsilon)} by its RDP curve. Covers only the best trial's output, not the "
             "other trials' numbers nor the number of trials."
         )
 

@@ -499,6 +499,7 @@ def search_privacy_statements(store: Any, rows: pd.DataFrame) -> list[str]:
     """
     import json
 
+    from eqdp_ray.privacy import format_epsilon
     from eqdp_ray.privacy.search import PAPERNOT_STEINKE, SearchLedger, SearchPlan
 
     out = []
@@ -508,7 +509,7 @@ def search_privacy_statements(store: Any, rows: pd.DataFrame) -> list[str]:
         mine = rows[rows["study"].astype(str) == name]
         scope = mine["budget_scope"].dropna().astype(str).unique() if "budget_scope" in mine.columns else []
         if "search" not in scope:
-            eps = ", ".join(f"{v:g}" for v in sorted(mine["target_epsilon"].dropna().unique()))
+            eps = ", ".join(format_epsilon(v) for v in sorted(mine["target_epsilon"].dropna().unique()))
             delta = ", ".join(f"{v:g}" for v in sorted(mine["delta"].dropna().unique()))
             # no Papernot-Steinke bound either, even for a random count (and whatever an older row's search_epsilon
             # says): every trial here released its exact scores and training metrics, the bound assumes it did not
@@ -523,16 +524,16 @@ def search_privacy_statements(store: Any, rows: pd.DataFrame) -> list[str]:
         ledger = SearchLedger.from_events(plan, events)
         if plan.method == PAPERNOT_STEINKE:  # the count of attempts and their composition are not covered
             out.append(
-                f"{name}: search-level ({plan.epsilon:.4g}, {plan.delta:.3g})-DP for the best trial's configuration, "
-                f"score and model only (target {plan.target_epsilon:g}; Papernot-Steinke, best of a secret random "
-                f"number of trials); {PS_NOT_COVERED}; each trial at most {plan.trial_epsilon:.4g}"
+                f"{name}: search-level ({format_epsilon(plan.epsilon)}, {plan.delta:.3g})-DP for the best trial's configuration, "
+                f"score and model only (target {format_epsilon(plan.target_epsilon)}; Papernot-Steinke, best of a secret random "
+                f"number of trials); {PS_NOT_COVERED}; each trial at most {format_epsilon(plan.trial_epsilon)}"
             )
             continue
         method = "adaptive composition"
         out.append(
-            f"{name}: search-level ({plan.epsilon:.4g}, {plan.delta:.3g})-DP for the whole search and the model it "
-            f"releases (target {plan.target_epsilon:g}; {method}); {plural(len(ledger.entries), 'trial attempt')} in the "
-            f"ledger, their composition as they ran: epsilon {ledger.epsilon_spent():.4g}; each trial at most "
-            f"{plan.trial_epsilon:.4g}"
+            f"{name}: search-level ({format_epsilon(plan.epsilon)}, {plan.delta:.3g})-DP for the whole search and "
+            f"the model it releases (target {format_epsilon(plan.target_epsilon)}; {method}); "
+            f"{plural(len(ledger.entries), 'trial attempt')} in the ledger, their composition as they ran: "
+            f"epsilon {format_epsilon(ledger.epsilon_spent())}; each trial at most {format_epsilon(plan.trial_epsilon)}"
         )
     return out

@@ -591,6 +591,8 @@ def _page_data(store: ResultsStore, trials: pd.DataFrame, study: str | None, rep
 
 def _privacy_lines(trials: pd.DataFrame) -> list[str]:
     """Per-trial and search-level privacy statements, per study, from what the rows recorded."""
+    from eqdp_ray.privacy import format_epsilon  # lazily: the results layer loads without torch
+
     lines = []
     scoped = False
     for name in sorted(trials["study"].astype(str).unique()):
@@ -604,12 +606,13 @@ def _privacy_lines(trials: pd.DataFrame) -> list[str]:
         finished = spent[rows["status"].astype(str).isin(RANKABLE_STATUSES)]
         parts = [f"Study {name}: each trial is differentially private on its own"]
         if targets:
-            parts.append(f"with target epsilon {', '.join(f'{t:g}' for t in targets)}")
+            parts.append(f"with target epsilon {', '.join(format_epsilon(t) for t in targets)}")
         if deltas:
             parts.append(f"(delta {', '.join(f'{d:g}' for d in deltas)})")
         if np.isfinite(finished).any():
             low, high = np.nanmin(finished), np.nanmax(finished)
-            spread = f"{low:.4g}" if f"{low:.4g}" == f"{high:.4g}" else f"{low:.4g} to {high:.4g}"
+            low, high = format_epsilon(low), format_epsilon(high)
+            spread = low if low == high else f"{low} to {high}"
             parts.append(f"; epsilon spent by finished trials: {spread}")
         line = " ".join(parts).replace(" ;", ";") + "."
         # no search-level claim outside scope `search`, whatever an older row's search_epsilon says: these trials

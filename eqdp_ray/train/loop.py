@@ -41,6 +41,7 @@ from eqdp_ray.privacy import (
     check_delta_for_size,
     clip_and_sum,
     epsilon_spent,
+    format_epsilon,
     noise_generator,
     noisy_accuracy,
     plan_fixed_noise,
@@ -432,7 +433,7 @@ def _log_start(run: Run, log: Callable[[str], None]) -> None:
         f"{len(data.val_y)} val / {len(data.test_y)} test, device {run.device}, workers {run.comm.world_size}"
     )
     log(
-        f"[eqdp-ray] privacy: target eps={plan.target_epsilon} delta={plan.delta} ({plan.accountant}); "
+        f"[eqdp-ray] privacy: target eps={format_epsilon(plan.target_epsilon)} delta={plan.delta} ({plan.accountant}); "
         f"q={run.sample_rate:.5f} (expected batch {t.batch_size}), {run.steps} steps, "
         f"sigma={plan.noise_multiplier:.4f}, C={p.max_grad_norm}, K={t.augmult}"
         + (f"; validation scores noised (std {p.score_noise:.3g} on the count)" if p.score_noise is not None else "")
@@ -502,7 +503,7 @@ def train(
             )
             log(
                 f"[eqdp-ray] epoch {record['epoch']:.2f} step {state.step}/{run.steps}: {train_part}"
-                f"val acc {record['val_accuracy']:.4f} eps {record['epsilon']:.3f} "
+                f"val acc {record['val_accuracy']:.4f} eps {format_epsilon(record['epsilon'])} "
                 f"{record['samples_per_s']:.1f} samples/s"
             )
             window = _Tally()
@@ -564,7 +565,7 @@ def result_record(
     if run.canaries is not None:  # never a release: eqdp_ray.audit keeps it inside audit.json only
         result["audit"] = {"canaries": run.canaries.count, "steps_observed": run.canaries.steps_observed}
     log(
-        f"[eqdp-ray] done: val acc {val_acc:.4f}, test acc {test_acc:.4f}, eps spent {spent:.4f} "
-        f"(target {p.target_epsilon}), {wall:.1f} s"
+        f"[eqdp-ray] done: val acc {val_acc:.4f}, test acc {test_acc:.4f}, eps spent {format_epsilon(spent)} "
+        f"(target {format_epsilon(p.target_epsilon)}), {wall:.1f} s"
     )
     return result

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from eqdp_ray.config import SpaceError, default_of
 from eqdp_ray.config.space import SearchSpace, TrialCount
-from eqdp_ray.privacy import PrivacyBudgetError, check_delta_for_size
+from eqdp_ray.privacy import PrivacyBudgetError, check_delta_for_size, format_epsilon
 from eqdp_ray.privacy.search import COMPOSITION, PAPERNOT_STEINKE, SearchPlan, TrialMechanism, TrialShape, plan_search
 from eqdp_ray.privacy.search import score_releases as releases_of
 from eqdp_ray.tune.feasibility import privacy_candidates
@@ -94,8 +94,8 @@ class BudgetDescription:
         )
         tail = "" if p.method == COMPOSITION else f"; {PS_NOT_COVERED}"
         return (
-            f"search privacy: ({p.epsilon:.4g}, {p.delta:.3g})-DP {covers} "
-            f"[{how}; {p.theorem}]; each trial alone at most epsilon {p.trial_epsilon:.4g}; {noise}; training "
+            f"search privacy: ({format_epsilon(p.epsilon)}, {p.delta:.3g})-DP {covers} "
+            f"[{how}; {p.theorem}]; each trial alone at most epsilon {format_epsilon(p.trial_epsilon)}; {noise}; training "
             f"loss/accuracy do not leave the trials{tail}"
         )
 

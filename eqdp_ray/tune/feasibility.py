@@ -18,7 +18,7 @@ from typing import Any
 from eqdp_ray.config import ConfigError, SpaceError, default_of
 from eqdp_ray.config.space import CONDITION_DEFAULTS, SAMPLE_RATE, SearchSpace, trial_config
 from eqdp_ray.data import batch_too_large_message
-from eqdp_ray.privacy import PrivacyBudgetError, check_delta_for_size, plan_privacy
+from eqdp_ray.privacy import PrivacyBudgetError, check_delta_for_size, format_epsilon, plan_privacy
 
 
 @dataclass(frozen=True)
@@ -183,13 +183,13 @@ def check_space(space: SearchSpace, train_size: int) -> SpaceCheck:
     if not feasible:
         raise SpaceError(
             f"{space.source + ': ' if space.source else ''}no trial of this space can meet the privacy budget "
-            f"epsilon={p['target_epsilon']}, delta={p['delta']}: even the smallest sample rate "
+            f"epsilon={format_epsilon(p['target_epsilon'])}, delta={p['delta']}: even the smallest sample rate "
             f"{easiest[0]:.4g} with {easiest[1]} steps fails ({first_error})"
         )
     warnings = []
     if hardest not in feasible:
         warnings.append(
-            f"some trials cannot meet epsilon={p['target_epsilon']} (e.g. q={hardest[0]:.4g}, {hardest[1]} steps); "
+            f"some trials cannot meet epsilon={format_epsilon(p['target_epsilon'])} (e.g. q={hardest[0]:.4g}, {hardest[1]} steps); "
             "they are recorded as failed with val_accuracy 0 and do not stop the search"
         )
     return SpaceCheck(train_size, len(points), easiest, hardest, hardest in feasible, tuple(warnings))

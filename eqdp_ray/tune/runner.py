@@ -21,6 +21,7 @@ from typing import Any
 from eqdp_ray.config import SpaceError
 from eqdp_ray.config.space import CONDITION_DEFAULTS, SearchSpace, TrialCount, load_space
 from eqdp_ray.config.storage import DEFAULT_STORE_URI, canonical_location, open_location
+from eqdp_ray.privacy.epsilon_format import format_epsilon
 from eqdp_ray.privacy.search import PAPERNOT_STEINKE
 from eqdp_ray.privacy.selection import SearchPrivacy, count_distribution, search_privacy
 from eqdp_ray.train.cluster import (
@@ -520,15 +521,15 @@ def _ledger_summary(keeper: Any, log: Callable[[str], None]) -> dict[str, Any] |
     summary = ray.get(keeper.summary.remote())
     if summary["method"] == PAPERNOT_STEINKE:  # the number of attempts and their composition are not covered
         log(
-            f"[eqdp-ray] search ledger: ({summary['guarantee']:.4g}, {summary['delta']:.3g})-DP guaranteed for the "
-            f"best trial's configuration, score and model only (target {summary['target_epsilon']:g}, "
+            f"[eqdp-ray] search ledger: ({format_epsilon(summary['guarantee'])}, {summary['delta']:.3g})-DP guaranteed for the "
+            f"best trial's configuration, score and model only (target {format_epsilon(summary['target_epsilon'])}, "
             f"{summary['method']}); {PS_NOT_COVERED}"
         )
         return summary
     log(
-        f"[eqdp-ray] search ledger: ({summary['guarantee']:.4g}, {summary['delta']:.3g})-DP guaranteed for the study "
-        f"(target {summary['target_epsilon']:g}, {summary['method']}); {summary['attempts']} trial attempts, "
-        f"composition as they ran: epsilon {summary['epsilon_spent']:.4g}"
+        f"[eqdp-ray] search ledger: ({format_epsilon(summary['guarantee'])}, {summary['delta']:.3g})-DP guaranteed for the study "
+        f"(target {format_epsilon(summary['target_epsilon'])}, {summary['method']}); {summary['attempts']} trial attempts, "
+        f"composition as they ran: epsilon {format_epsilon(summary['epsilon_spent'])}"
     )
     return summary
 

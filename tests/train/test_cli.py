@@ -126,3 +126,19 @@ def test_set_mistakes_are_one_line_that_says_what_to_change(tmp_path, capsys, ex
     assert code == 2 and len(lines) == 1 and lines[0].startswith("eqdp-ray: error: "), captured.err
     assert re.search(expected, lines[0]), lines[0]
     assert "step" not in captured.out and not (tmp_path / "out").exists()
+
+
+def test_printed_epsilons_are_rounded_up_never_down(tmp_path, capsys):
+    """The target used to print unrounded (7.999999999) and the epsilon spent rounded to nearest, which can
+    read below what was accounted."""
+    import re
+
+    assert (
+        main(["train", QUICKSTART, *TINY, "--set", "privacy.target_epsilon=7.999999999", "--output", str(tmp_path)])
+        == 0
+    )
+    out = capsys.readouterr().out
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert "target eps=8 " in out and "(target 8)" in out and "7.999" not in out, out
+    spent = re.search(r"eps spent (\S+) ", out).group(1)
+    assert len(spent.replace(".", "").lstrip("0")) <= 4 and float(spent) >= result["epsilon"]
