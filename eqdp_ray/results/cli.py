@@ -40,12 +40,19 @@ def _run(args: argparse.Namespace, body: Callable[[Any], int]) -> int:
     except NoResults as exc:
         print(f"eqdp-ray: no results: {exc}", file=sys.stderr)
         return 1
-    except OSError as exc:  # unreachable store, missing credentials, unwritable output
-        raise ResultsStoreError(f"{exc}") from None
+    except OSError as exc:  # unreachable store, missing credentials, an output path that changed under us
+        raise ResultsStoreError(_os_error_text(exc)) from None
     finally:
         for skipped in store.skipped_files:
             print(f"skipped {skipped.path}: {skipped.reason}", file=sys.stderr)
         _note_leftovers(store.leftover_temp_files)
+
+
+def _os_error_text(exc: OSError) -> str:
+    """The path and what is wrong with it, in words, instead of Python's "[Errno 21] ...: 'path'"."""
+    if exc.filename and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}; fix that path (or pass another one) and run again"
+    return str(exc)  # pyarrow's errors of remote stores say what failed in their own words
 
 
 def _note_leftovers(paths: list[str]) -> None:

@@ -256,3 +256,15 @@ def test_report_counts_read_as_english_for_one_trial(tmp_path):
     assert "; 1 trial (1 completed);" in md and "1 trials" not in md
     assert "1 of 1 trial has a validation accuracy" in md and "1 finished trial;" in md
     assert "; 1 trial (1 completed);" in rep.html.read_text()
+
+
+def test_report_page_path_taken_by_a_directory_is_one_clear_line(tmp_path, capsys):
+    """It used to say "[Errno 21] Is a directory: '.../report.md'"."""
+    store = ResultsStore(str(tmp_path / "s"))
+    store.write_trial(trial_row("one", "a", 0.5))
+    (tmp_path / "out" / "report.md").mkdir(parents=True)
+    assert main(["report", "--store", store.uri, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"eqdp-ray: error: {tmp_path}/out/report.md: Is a directory; fix that path (or pass another one) and run again\n"
+    )
