@@ -9,6 +9,20 @@ from pathlib import Path
 
 from eqdp_ray.config.errors import UserError
 
+DESCRIPTION = """\
+eqdp-ray: differentially private training (DP-SGD) of E(2)-equivariant CNNs,
+on one machine or a Ray cluster. Train one model at a fixed (epsilon, delta),
+search hyperparameters under a budget that covers the whole search, keep every
+trial in a Parquet results store, and audit a run's privacy empirically."""
+
+EPILOG = """\
+start here (offline, CPU, minutes):
+  eqdp-ray train configs/quickstart.yaml
+  eqdp-ray tune search_spaces/quickstart.yaml
+  eqdp-ray best --study quickstart
+
+`eqdp-ray COMMAND --help` lists its options; README.md and docs/ say more."""
+
 
 def cmd_train(args: argparse.Namespace) -> int:
     from eqdp_ray.config import load_config
@@ -57,8 +71,13 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="eqdp-ray", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="eqdp-ray",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,  # keep the paragraphs and the example lines
+    )
+    sub = parser.add_subparsers(dest="command", required=True, title="commands", metavar="COMMAND")
 
     p = sub.add_parser("train", help="train one model with DP-SGD from a YAML config")
     p.add_argument("config", help="YAML run config (see configs/)")

@@ -42,3 +42,20 @@ def test_models_table_describes_every_model(capsys):
     for name, spec in MODELS.items():
         row = next(line for line in lines if line.startswith(name + " "))
         assert spec.description in row  # the column used to be empty
+
+
+def test_top_level_help_says_what_the_tool_does_and_lists_every_command_on_one_line(monkeypatch, capsys):
+    """The help used to open with 'a thin command-line face over the Python API'."""
+    import re
+
+    monkeypatch.setenv("COLUMNS", "80")
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["--help"])
+    out = capsys.readouterr().out
+    assert exited.value.code == 0 and "differentially private training (DP-SGD)" in out and "a thin command-line face" not in out
+    assert "eqdp-ray train configs/quickstart.yaml" in out
+    assert max(len(line) for line in out.splitlines()) <= 80
+    commands = cli.build_parser()._subparsers._group_actions[0].choices  # every registered command
+    assert set(commands) >= {"train", "models", "audit", "tune", "best", "results", "report"}
+    for name in commands:
+        assert re.search(rf"^    {name} +\S.*\w$", out, re.M), f"{name} has no one-line help:\n{out}"

@@ -58,9 +58,7 @@ def _whole_number(text: str) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `audit` subcommand to the top-level parser (called by eqdp_ray.cli)."""
-    p = subparsers.add_parser(
-        "audit", help="one training run with canaries: an empirical lower bound on epsilon beside the claimed one"
-    )
+    p = subparsers.add_parser("audit", help="one run with canaries: an empirical lower bound on epsilon")
     p.add_argument("config", help="YAML run config (see configs/); the run is exactly what `train` would run")
     p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. training.steps=10"

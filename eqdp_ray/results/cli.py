@@ -208,7 +208,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `best`, `results` and `report` to the top-level parser (called by eqdp_ray.cli)."""
     formats = ("table", "json", "csv")
 
-    p = subparsers.add_parser("best", help="the best trials of the results store, and the winner's config")
+    p = subparsers.add_parser("best", help="the best trials in the results store, and a config")
     _store_arg(p)
     p.add_argument("--study", default=None, help="only this study (default: all studies)")
     p.add_argument(
@@ -251,7 +251,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="with --emit-config: replace an existing file")
     p.set_defaults(handler=cmd_best)
 
-    p = subparsers.add_parser("results", help="list the studies of the results store, or the trials of one")
+    p = subparsers.add_parser("results", help="list the studies in the store, or one's trials")
     _store_arg(p)
     p.add_argument("--study", default=None, help="list this study's trials (default: list the studies)")
     p.add_argument("--status", choices=STATUS_CHOICES, default=None, help="only trials with this status")
@@ -259,7 +259,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=formats, default="table", help="table, json or csv (full rows)")
     p.set_defaults(handler=cmd_results)
 
-    p = subparsers.add_parser("report", help="plots and a Markdown/HTML page of a study (or of the whole store)")
+    p = subparsers.add_parser("report", help="plots and a Markdown/HTML report of the results")
     _store_arg(p)
     p.add_argument("--study", default=None, help="report on this study (default: every study in the store)")
     p.add_argument("--out", required=True, help="output directory (created if missing)")

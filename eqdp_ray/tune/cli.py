@@ -89,7 +89,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `tune` subcommand to the top-level parser (called by eqdp_ray.cli)."""
-    p = subparsers.add_parser("tune", help="search hyperparameters under a fixed privacy budget (Ray Tune + Optuna)")
+    p = subparsers.add_parser("tune", help="search hyperparameters within one privacy budget")
     p.add_argument("space", help="search space YAML (see search_spaces/ and docs/SEARCH_SPACES.md)")
     p.add_argument(
         "--store",
