@@ -52,7 +52,11 @@ def test_top_level_help_says_what_the_tool_does_and_lists_every_command_on_one_l
     with pytest.raises(SystemExit) as exited:
         cli.main(["--help"])
     out = capsys.readouterr().out
-    assert exited.value.code == 0 and "differentially private training (DP-SGD)" in out and "a thin command-line face" not in out
+    assert (
+        exited.value.code == 0
+        and "differentially private training (DP-SGD)" in out
+        and "a thin command-line face" not in out
+    )
     assert "eqdp-ray train configs/quickstart.yaml" in out
     assert max(len(line) for line in out.splitlines()) <= 80
     commands = cli.build_parser()._subparsers._group_actions[0].choices  # every registered command
