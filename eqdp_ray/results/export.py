@@ -49,7 +49,8 @@ def _numeric(series: pd.Series) -> bool:
 def format_table(df: pd.DataFrame, columns: Sequence[str] | None = None, *, max_width: int = 40) -> str:
     """Aligned plain-text table (numbers right-aligned, text left) for terminals.
 
-    Missing values show as ``-``; floats with 4 decimals (scientific when tiny/huge);
+    Missing values show as ``-``; floats with 4 decimals (scientific when tiny/huge), epsilons with 4
+    significant digits rounded up;
     timestamps to the second; cells longer than ``max_width`` are cut with ``...``.
     Unknown column names raise ResultsStoreError listing the available ones.
     """
@@ -63,7 +64,14 @@ def format_table(df: pd.DataFrame, columns: Sequence[str] | None = None, *, max_
     def clip(text: str) -> str:
         return text if len(text) <= max_width else text[: max(1, max_width - 3)] + "..."
 
-    cells = [[clip(_cell(v)) for v in df[c].tolist()] for c in cols]
+    from eqdp_ray.privacy import format_epsilon  # lazily: the results layer loads without torch
+
+    def cell(column: Any, value: Any) -> str:  # an epsilon is rounded up: never more privacy than accounted
+        if "epsilon" in str(column) and isinstance(value, (float, np.floating)) and not math.isnan(value):
+            return format_epsilon(float(value))
+        return _cell(value)
+
+    cells = [[clip(cell(c, v)) for v in df[c].tolist()] for c in cols]
     headers = [clip(str(c)) for c in cols]
     widths = [max([len(h)] + [len(x) for x in col]) for h, col in zip(headers, cells)]
     right = [_numeric(df[c]) for c in cols]

@@ -358,8 +358,8 @@ def write_config(
     header = [
         f"# Config of trial {row.get('trial_id')} of study {row.get('study')}, written by `eqdp-ray best`.",
         f"# best_val_accuracy={_fmt(row.get('best_val_accuracy'))} test_accuracy={_fmt(row.get('test_accuracy'))} "
-        f"epsilon={_fmt(row.get('epsilon'))} "
-        f"(target {_fmt(row.get('target_epsilon'))}, delta {_fmt(row.get('delta'))})",
+        f"epsilon={_fmt_epsilon(row.get('epsilon'))} "
+        f"(target {_fmt_epsilon(row.get('target_epsilon'))}, delta {_fmt(row.get('delta'))})",
         "# privacy.secret_seed is null: a fresh secret seed is drawn for the new run, so its noise is private.",
         "# Training it again is a new release on the same data: its epsilon adds to the study's (see docs/PRIVACY.md).",
     ]
@@ -386,6 +386,15 @@ def _fmt(value: Any) -> str:
     if isinstance(value, (float, np.floating)):
         return f"{float(value):.4g}"
     return str(value)
+
+
+def _fmt_epsilon(value: Any) -> str:
+    """An epsilon rounded up (eqdp_ray.privacy.format_epsilon): a comment never claims more privacy than spent."""
+    if is_missing(value) or not isinstance(value, (int, float, np.number)):
+        return _fmt(value)
+    from eqdp_ray.privacy import format_epsilon
+
+    return format_epsilon(float(value))
 
 
 # ------------------------------------------------------------------------------ analysis

@@ -30,8 +30,15 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
     """A plain aligned table (the same columns for every row)."""
     if not rows:
         return "(no trials)"
+    from eqdp_ray.privacy import format_epsilon
+
+    def cell(column: str, value: Any) -> str:  # an epsilon is rounded up: never more privacy than accounted
+        if column == "epsilon" and isinstance(value, float) and not math.isnan(value):
+            return format_epsilon(value)
+        return _fmt(value)
+
     columns = [c for c in TABLE_COLUMNS if c in rows[0]]
-    table = [columns] + [[_fmt(r.get(c)) for c in columns] for r in rows]
+    table = [columns] + [[cell(c, r.get(c)) for c in columns] for r in rows]
     widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in table)
 

@@ -55,3 +55,10 @@ def test_json_and_csv_exports(top):
     assert back["trial_id"].tolist() == ["short", "a-much-longer-trial-id"]
     with pytest.raises(ResultsStoreError, match="table, json, csv"):
         export(top, "xml")
+
+
+def test_format_table_rounds_epsilons_up():
+    """Epsilon columns used to print with 4 decimals rounded to nearest: 2.45932 read 2.4593, below what was spent."""
+    df = pd.DataFrame({"epsilon": [2.45932, 7.999999999], "target_epsilon": [8.0, 0.12341], "val": [2.45932, 0.5]})
+    rows = [line.split() for line in format_table(df).splitlines()[2:]]
+    assert rows == [["2.46", "8", "2.4593"], ["8", "0.1235", "0.5000"]]
