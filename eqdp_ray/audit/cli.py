@@ -32,7 +32,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
     verdict = "consistent with the claim" if record["epsilon_lower_bound"] <= claimed else "VIOLATES the claim"
     print(
         f"[eqdp-ray] audit: epsilon lower bound {record['epsilon_lower_bound']:.3f} "
-        f"({record['confidence']:.0%} confidence, {record['canaries']} canaries) vs claimed epsilon {format_epsilon(claimed)} "
+        f"({record['confidence']:.0%} confidence, {record['canaries']} canaries) "
+        f"vs claimed epsilon {format_epsilon(claimed)} "
         f"at delta {record['delta']:g}: {verdict}"
     )
     if record["ranks_diverged"]:

@@ -448,17 +448,16 @@ class SearchSpace(Block):
                         f"drop this --set, or remove '{key}' from the space's search block",
                         at=fixed,
                     )
-                raise fail(
-                    f"is both fixed ({source.origin(fixed, file=bool(source.override_of(searched)))}) and searched; keep one",
-                    at=searched,
-                )
+                fixed_at = source.origin(fixed, file=bool(source.override_of(searched)))
+                raise fail(f"is both fixed ({fixed_at}) and searched; keep one", at=searched)
         for a, b in (("training.batch_size", SAMPLE_RATE), ("training.steps", "training.epochs")):
             if all(k in self.search or k in self.fixed for k in (a, b)):
                 at_a, at_b = (("search" if k in self.search else "fixed", k) for k in (a, b))
                 at, other = (at_a, at_b) if source.override_of(at_a) and not source.override_of(at_b) else (at_b, at_a)
+                other_at = source.origin(other, file=bool(source.override_of(at)))
                 raise fail(
                     f"set only one of '{a}' and '{b}' (fixed or searched); '{other[1]}' is also set "
-                    f"({source.origin(other, file=bool(source.override_of(at)))} under '{other[0]}'): remove one of the two",
+                    f"({other_at} under '{other[0]}'): remove one of the two",
                     at=at,
                 )
         if not any(k in self.search or k in self.fixed for k in ("training.steps", "training.epochs")):

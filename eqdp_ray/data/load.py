@@ -143,4 +143,7 @@ def batch_too_large_message(
         fix = "lower data.val_size"
     if train_size == 0:
         return f"{why}: nothing to train on; {fix}"
-    return f"'{batch_key}' gives an expected batch of {batch}, but {why}; {fix}, or lower '{batch_key}' to at most {train_size}"
+    return (
+        f"'{batch_key}' gives an expected batch of {batch}, but {why}; "
+        f"{fix}, or lower '{batch_key}' to at most {train_size}"
+    )
