@@ -86,6 +86,18 @@ def _print_privacy(lines: list[str], fmt: str) -> None:
         print(f"[eqdp-ray] privacy: {line}", file=sys.stderr)
 
 
+def _print_searcher_only(studies: set[str], what: str) -> None:
+    """One line per Papernot-Steinke study: what was just shown of it is not covered (said in every format)."""
+    from eqdp_ray.results.query import PS_SEARCHER_ONLY
+
+    for study in sorted(studies):
+        print(
+            f"[eqdp-ray] privacy: {study}: {what} {PS_SEARCHER_ONLY} (its Papernot-Steinke bound covers the best "
+            "trial's configuration, score and model only)",
+            file=sys.stderr,
+        )
+
+
 def cmd_best(args: argparse.Namespace) -> int:
     from eqdp_ray.results import export
     from eqdp_ray.results.export import plural
@@ -143,6 +155,8 @@ def cmd_results(args: argparse.Namespace) -> int:
     from eqdp_ray.results.query import (
         STUDY_LIST_COLUMNS,
         TRIAL_LIST_COLUMNS,
+        best_only_in_store,
+        best_only_studies,
         list_results,
         search_privacy_statements,
         summary_view,
@@ -158,6 +172,9 @@ def cmd_results(args: argparse.Namespace) -> int:
             _print(export(summary_view(df, TRIAL_LIST_COLUMNS), "table"))
         if args.study is not None:
             _print_privacy(search_privacy_statements(store, df), args.format)
+            _print_searcher_only(best_only_studies(df), "these rows and their number are")
+        else:
+            _print_searcher_only(best_only_in_store(store, df["study"].astype(str)), "its trial counts are")
         return 0
 
     return _run(args, body)
@@ -167,10 +184,17 @@ def cmd_report(args: argparse.Namespace) -> int:
     from eqdp_ray.results.report import build_report
 
     def body(store: Any) -> int:
-        report = build_report(store, args.out, study=args.study)
+        report = build_report(store, args.out, study=args.study, all_trials=args.all_trials)
         for name, path in report.images.items():
             print(f"[eqdp-ray] {name}: {path}" if path else f"[eqdp-ray] {name}: skipped ({report.notes[name]})")
         print(f"[eqdp-ray] report: {report.html} (and {report.markdown})")
+        for study in report.best_only:
+            print(
+                f"[eqdp-ray] privacy: {study}: a Papernot-Steinke study: the report shows only its best trial, the one "
+                "output its bound covers (--all-trials adds the rest, for the searcher only)",
+                file=sys.stderr,
+            )
+        _print_searcher_only(set(report.searcher_only), "the report's trials beyond the best and their number are")
         return 0
 
     return _run(args, body)
@@ -263,4 +287,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _store_arg(p)
     p.add_argument("--study", default=None, help="report on this study (default: every study in the store)")
     p.add_argument("--out", required=True, help="output directory (created if missing)")
+    p.add_argument(
+        "--all-trials",
+        action="store_true",
+        help="of a Papernot-Steinke study, show every trial and their number, not only the best trial its bound "
+        "covers; the page is then marked NOT covered: for the searcher only, do not publish",
+    )
     p.set_defaults(handler=cmd_report)

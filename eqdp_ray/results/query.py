@@ -122,14 +122,23 @@ def _explain_empty(store: ResultsStore, study: str | None, epsilon: float | None
     if epsilon is not None:
         parts.append(f"with target_epsilon={epsilon:g}")
     try:
-        trials = store.read_trials(study, columns=["study", "status", "target_epsilon"])
+        trials = store.read_trials(study)
     except ResultsStoreError:
         trials = pd.DataFrame(columns=["study", "status", "target_epsilon"])
+    # a Papernot-Steinke study's number of trials and their statuses are not covered by its bound: never stated
+    hidden = best_only_studies(trials)
+    shown = trials[~trials["study"].astype(str).isin(hidden)] if hidden else trials
     if trials.empty:
         parts.append("(it holds no readable trials)")
     else:
-        counts = trials["status"].astype(str).value_counts().sort_index()
-        parts.append("(trials there: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + ")")
+        if not shown.empty:
+            counts = shown["status"].astype(str).value_counts().sort_index()
+            parts.append("(trials there: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + ")")
+        if hidden:
+            parts.append(
+                f"({', '.join(sorted(hidden))}: Papernot-Steinke, so how many trials ran and their statuses are not "
+                "shown: its bound does not cover them)"
+            )
         targets = sorted({float(t) for t in trials["target_epsilon"] if not is_missing(t)})
         if epsilon is not None and targets:
             parts.append("target epsilons present: " + ", ".join(f"{t:g}" for t in targets))
@@ -481,6 +490,38 @@ def best_only_studies(rows: pd.DataFrame) -> set[str]:
         return set()
     mask = (rows["budget_scope"].astype(str) == "search") & (rows["search_mode"].astype(str) == "random_count")
     return set(rows.loc[mask, "study"].astype(str))
+
+
+def covered_rows(rows: pd.DataFrame, metric: str = "best_val_accuracy") -> pd.DataFrame:
+    """The rows whose release their study's bound covers: every row of an ordinary study, and of a
+    Papernot-Steinke study (``best_only_studies``) only its best rankable trial (ranked as ``best`` ranks: the
+    metric, then trial_id), or nothing when it has none."""
+    studies = best_only_studies(rows)
+    if not studies:
+        return rows
+    rows = rows.reset_index(drop=True)
+    names = rows["study"].astype(str)
+    ranked = rankable(rows[names.isin(studies)], metric)
+    ranked = ranked.assign(__score=pd.to_numeric(ranked[metric], errors="coerce"), __study=names[ranked.index])
+    ranked = ranked.sort_values(["__score", "trial_id"], ascending=[False, True], kind="mergesort")
+    best = ranked.groupby("__study", sort=False).head(1).index
+    keep = ~names.isin(studies) | rows.index.isin(best)
+    return rows[keep.to_numpy()].reset_index(drop=True)
+
+
+def best_only_in_store(store: ResultsStore, studies: Sequence[str] | None = None) -> set[str]:
+    """``best_only_studies`` of the whole store (or of ``studies``), read from the few columns that say it."""
+    columns = ["study", "budget_scope", "search_mode"]
+    try:
+        rows = store.read_trials(columns=columns)
+    except ResultsStoreError:  # rows written before scopes or random counts existed: none is best-only
+        return set()
+    found = best_only_studies(rows)
+    return found if studies is None else found & {str(s) for s in studies}
+
+
+#: Said of what a Papernot-Steinke study shows beyond its best trial (`results`, `report --all-trials`).
+PS_SEARCHER_ONLY = "NOT covered by the search's epsilon: for the searcher only, do not publish"
 
 
 def beyond_best(ranked: pd.DataFrame) -> dict[str, int]:

@@ -31,9 +31,12 @@ import pandas as pd
 from eqdp_ray.results.export import _cell as format_cell
 from eqdp_ray.results.export import plural
 from eqdp_ray.results.query import (
+    PS_SEARCHER_ONLY,
     NoResults,
     as_store,
+    best_only_studies,
     best_per_epsilon,
+    covered_rows,
     group_label,
     model_name,
     pareto_front,
@@ -68,6 +71,12 @@ ADAPTIVE_SENTENCE = (
 )
 
 NO_RANKED = "No finished trial has a validation accuracy."
+
+#: Why the trial-by-trial plots leave a Papernot-Steinke study out by default.
+BEST_ONLY_NOTE = (
+    "a Papernot-Steinke study shows only its best trial, the one output its bound covers; its other trials and "
+    "their number are not covered (`eqdp-ray report --all-trials` shows them, for the searcher only)"
+)
 
 #: Config keys that differ between trials without being hyperparameters.
 NOT_HYPERPARAMETERS: frozenset[str] = frozenset(
@@ -117,6 +126,9 @@ class Report:
     notes: dict[str, str]
     importances: Importances | None
     top: pd.DataFrame
+    #: Papernot-Steinke studies reduced to their best trial (the default), and those shown in full (``all_trials``).
+    best_only: tuple[str, ...] = ()
+    searcher_only: tuple[str, ...] = ()
 
 
 # ------------------------------------------------------------------------------ entry point
@@ -127,12 +139,17 @@ def build_report(
     out_dir: str | os.PathLike[str],
     study: str | None = None,
     top: int = 5,
+    all_trials: bool = False,
 ) -> Report:
     """Write the four plots, ``report.md`` and ``index.html`` for ``study`` (or every study).
 
     The accuracy-against-epsilon plot always spans every study of the store (a privacy/
     utility curve compares studies); the chosen study is marked on it. Raises ``NoResults``
     for an empty store or study, ``ResultsStoreError`` for an unknown study.
+
+    A report is a document people share, so of a Papernot-Steinke study (``query.best_only_studies``) it shows
+    only what the study's bound covers: its best trial, without its number of trials. ``all_trials`` shows the
+    rest, and the page then says, at its top, that it is NOT covered: for the searcher only.
     """
     from eqdp_ray.config.paths import check_output_dir
 
@@ -144,6 +161,18 @@ def build_report(
     if trials.empty:
         raise NoResults(f"study {study!r} has no readable trials" if study else f"{store.uri} holds no readable trials")
     every = store.read_trials() if study is not None else trials
+    ps_studies = tuple(sorted(best_only_studies(trials)))
+    hidden: set[str] = set()
+    if not all_trials and ps_studies:
+        hidden = set(ps_studies)
+        trials, every = covered_rows(trials), covered_rows(every)
+        if trials.empty:
+            raise NoResults(
+                f"{', '.join(ps_studies)}: no finished trial with a validation accuracy, so the search has no output "
+                "to report (how many trials ran is not covered by its Papernot-Steinke bound and is not shown)"
+            )
+    # the trial-by-trial views (history, importances, counts) leave out the studies reduced to their best trial
+    searched = trials[~trials["study"].astype(str).isin(hidden)] if hidden else trials
 
     studies = sorted(trials["study"].astype(str).unique())
     out = Path(out_dir)
@@ -168,7 +197,9 @@ def build_report(
 
     def importance_plot(path: Path) -> str:
         nonlocal importances
-        subset = _importance_trials(trials, study)
+        if searched.empty:
+            raise CannotPlot(f"not drawn: {BEST_ONLY_NOTE}")
+        subset = _importance_trials(searched, study)
         importances = param_importances(subset)
         plot_importances(importances, path)
         if study is None and len(studies) > 1:
@@ -176,17 +207,38 @@ def build_report(
             return f"Study {chosen} (the one with most finished trials): {importances.note}"
         return importances.note
 
-    draw("history", lambda p: plot_history(trials, p))
-    draw("pareto", lambda p: plot_pareto(trials, p))
+    def history_plot(path: Path) -> str:
+        if searched.empty:
+            raise CannotPlot(f"not drawn: {BEST_ONLY_NOTE}")
+        return plot_history(searched, path) + _left_out(hidden)
+
+    draw("history", history_plot)
+    draw("pareto", lambda p: plot_pareto(trials, p, best_only=sorted(hidden)))
     draw("epsilon", lambda p: plot_epsilon(every, p, highlight=study))
     draw("importance", importance_plot)
+    if hidden and images.get("importance") is not None:
+        notes["importance"] += _left_out(hidden)
 
     top_df = _top(trials, top)
-    report = Report(out, out / "report.md", out / "index.html", images, notes, importances, top_df)
-    page = _page_data(store, trials, study, report)
+    report = Report(
+        out,
+        out / "report.md",
+        out / "index.html",
+        images,
+        notes,
+        importances,
+        top_df,
+        best_only=tuple(sorted(hidden)),
+        searcher_only=ps_studies if all_trials else (),
+    )
+    page = _page_data(store, trials, searched, study, report)
     report.markdown.write_text(render_markdown(page))
     report.html.write_text(render_html(page))
     return report
+
+
+def _left_out(hidden: set[str]) -> str:
+    return f" Left out: {', '.join(sorted(hidden))}: {BEST_ONLY_NOTE}." if hidden else ""
 
 
 def _top(trials: pd.DataFrame, top: int) -> pd.DataFrame:
@@ -301,8 +353,10 @@ def plot_history(trials: pd.DataFrame, path: Path) -> str:
     return f"{n} of {plural(len(trials), 'trial')} {verb} a validation accuracy; the line is the best finished trial so far."
 
 
-def plot_pareto(trials: pd.DataFrame, path: Path) -> str:
-    """Accuracy against trainable parameters, coloured by model, with the Pareto front."""
+def plot_pareto(trials: pd.DataFrame, path: Path, best_only: Sequence[str] = ()) -> str:
+    """Accuracy against trainable parameters, coloured by model, with the Pareto front.
+
+    ``best_only``: studies reduced to their best trial; the note does not count them as trials."""
     ranked = rankable(trials, METRIC)
     params = _numeric(ranked, "num_params")
     ranked, params = ranked[np.isfinite(params)], params[np.isfinite(params)]
@@ -333,7 +387,15 @@ def plot_pareto(trials: pd.DataFrame, path: Path) -> str:
         title="Accuracy against model size",
     )
     ids = ", ".join(str(t) for t in front["trial_id"])
-    return f"{plural(len(ranked), 'finished trial')}; Pareto front (max accuracy, min parameters): {ids}."
+    if not best_only:
+        return f"{plural(len(ranked), 'finished trial')}; Pareto front (max accuracy, min parameters): {ids}."
+    counted = int((~ranked["study"].astype(str).isin(best_only)).sum())
+    shown = (
+        f"{plural(counted, 'finished trial')} and " if counted else ""
+    ) + f"the best trial of {', '.join(best_only)}"
+    return (
+        f"{shown}; Pareto front (max accuracy, min parameters): {ids}. {BEST_ONLY_NOTE[0].upper()}{BEST_ONLY_NOTE[1:]}."
+    )
 
 
 def plot_epsilon(trials: pd.DataFrame, path: Path, highlight: str | None = None) -> str:
@@ -571,22 +633,53 @@ def _spread(ranked: pd.DataFrame, metric: str, keys: Sequence[str]) -> dict[str,
 # ------------------------------------------------------------------------------ page
 
 
-def _page_data(store: ResultsStore, trials: pd.DataFrame, study: str | None, report: Report) -> dict[str, Any]:
-    counts = trials["status"].astype(str).value_counts().sort_index()
+def _page_data(
+    store: ResultsStore, trials: pd.DataFrame, searched: pd.DataFrame, study: str | None, report: Report
+) -> dict[str, Any]:
+    """`searched`: the trials whose number may be stated (all but the best-only studies' best trials)."""
+    counts = searched["status"].astype(str).value_counts().sort_index()
     studies = sorted(trials["study"].astype(str).unique())
+    title = f"eqdp-ray report: study {study}" if study else f"eqdp-ray report: {_count(len(studies), 'study')}"
+    coverage = [
+        f"Study {name}: a Papernot-Steinke search. This report shows only its best trial (its configuration, score "
+        "and model), the one output its bound covers; its number of trials and its other trials are not covered and "
+        "are not shown."
+        for name in report.best_only
+    ]
+    banner = None
+    if report.searcher_only:
+        title += " (NOT covered: for the searcher only)"
+        banner = (
+            f"{PS_SEARCHER_ONLY}. This report shows every trial of the Papernot-Steinke "
+            f"{'study' if len(report.searcher_only) == 1 else 'studies'} {', '.join(report.searcher_only)} and how "
+            "many ran; the search's bound covers only the best trial's configuration, score and model. Share the "
+            "report made without --all-trials."
+        )
     return {
-        "title": f"eqdp-ray report: study {study}" if study else f"eqdp-ray report: {_count(len(studies), 'study')}",
+        "title": title,
+        "banner": banner,
+        "coverage": coverage,
         "store": store.uri,
         "generated": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
         "studies": studies,
         "counts": ", ".join(f"{n} {s}" for s, n in counts.items()),
-        "n_trials": len(trials),
+        "n_trials": len(searched),
+        "trials_line": _trials_line(len(searched), counts, report.best_only),
         "top": summary_view(report.top, TOP_COLUMNS) if not report.top.empty else None,
         "privacy": _privacy_lines(trials) + search_privacy_statements(store, trials),
         "images": {k: (p.name if p else None) for k, p in report.images.items()},
         "notes": report.notes,
         "importances": report.importances,
     }
+
+
+def _trials_line(n: int, counts: pd.Series, best_only: Sequence[str]) -> str:
+    """ "N trials (statuses)", never counting a best-only study's trials (their number is not covered)."""
+    listed = f"{plural(n, 'trial')} ({', '.join(f'{k} {s}' for s, k in counts.items())})" if n else ""
+    if not best_only:
+        return listed
+    best = f"the best trial of {', '.join(best_only)}"
+    return f"{listed} and {best}" if listed else best
 
 
 def _privacy_lines(trials: pd.DataFrame) -> list[str]:
@@ -666,13 +759,18 @@ def _importance_frame(importances: Importances | None) -> pd.DataFrame | None:
 def render_markdown(page: Mapping[str, Any]) -> str:
     """``report.md``: the same content as the HTML page, readable as text and on GitHub."""
     out = [f"# {page['title']}", ""]
+    if page.get("banner"):
+        out += [f"> **{page['banner']}**", ""]
     out.append(
-        f"Store `{page['store']}`; {plural(page['n_trials'], 'trial')} ({page['counts']}); "
+        f"Store `{page['store']}`; {page['trials_line']}; "
         f"studies: {', '.join(page['studies'])}. Generated {page['generated']}."
     )
+    out += [f"\n{line}" for line in page.get("coverage", [])]
     out += ["", "## Best trials (by validation accuracy)", ""]
     out.append(_markdown_table(page["top"]) if page["top"] is not None else NO_RANKED)
     out += ["", "Test accuracy is recorded, never used to select.", "", "## Privacy", ""]
+    if page.get("banner"):
+        out += [f"- **{page['banner']}**"]
     out += [f"- {line}" for line in page["privacy"]]
     for key, title in TITLES.items():
         out += ["", f"## {title}", ""]
@@ -697,6 +795,7 @@ th { background: #f3f3f3; }
 img { max-width: 100%; border: 1px solid #eee; }
 .note { color: #555; font-size: 0.9em; }
 .skipped { color: #a33; }
+.not-covered { border: 3px solid #b00; background: #fee; color: #700; padding: 0.6em 1em; font-weight: bold; }
 """
 
 
@@ -709,12 +808,15 @@ def render_html(page: Mapping[str, Any]) -> str:
         f"<title>{esc(page['title'])}</title>",
         f"<style>{_CSS}</style></head><body>",
         f"<h1>{esc(page['title'])}</h1>",
-        f"<p>Store <code>{esc(page['store'])}</code>; {plural(page['n_trials'], 'trial')} ({esc(page['counts'])}); "
+        *([f"<p class='not-covered'>{esc(page['banner'])}</p>"] if page.get("banner") else []),
+        f"<p>Store <code>{esc(page['store'])}</code>; {esc(page['trials_line'])}; "
         f"studies: {esc(', '.join(page['studies']))}. Generated {esc(page['generated'])}.</p>",
+        *[f"<p>{esc(line)}</p>" for line in page.get("coverage", [])],
         "<h2>Best trials (by validation accuracy)</h2>",
         _html_table(page["top"]) if page["top"] is not None else f"<p>{NO_RANKED}</p>",
         "<p class='note'>Test accuracy is recorded, never used to select.</p>",
         "<h2>Privacy</h2><ul>",
+        *([f"<li class='not-covered'>{esc(page['banner'])}</li>"] if page.get("banner") else []),
         *[f"<li>{esc(line)}</li>" for line in page["privacy"]],
         "</ul>",
     ]

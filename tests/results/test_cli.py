@@ -723,3 +723,36 @@ def test_an_unknown_storage_scheme_is_one_clear_error(capsys):
     assert main(["best", "--store", "foo://bar"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("eqdp-ray: error: ") and "Unknown storage scheme 'foo'" in err and "Traceback" not in err
+
+
+def test_results_of_a_papernot_steinke_study_says_its_rows_and_counts_are_for_the_searcher_only(store, capsys):
+    """`results` is the searcher's tool: it lists every trial, and says on stderr that they are not covered."""
+    add_ps_study(store)
+    for fmt in ("table", "json"):
+        code, out, err = cli(capsys, "results", "--store", store.uri, "--study", "psx", "--format", fmt)
+        assert code == 0, err
+        assert all(t in out for t in ("s0", "s1", "s2", "s3"))
+        assert "psx: these rows and their number are NOT covered by the search's epsilon: for the searcher only" in err
+    # the study listing counts psx's trials: said once, for psx only
+    code, out, err = cli(capsys, "results", "--store", store.uri)
+    assert code == 0, err
+    notes = [line for line in err.splitlines() if "for the searcher only" in line]
+    assert len(notes) == 1 and notes[0].startswith("[eqdp-ray] privacy: psx: its trial counts are NOT covered")
+    code, out, err = cli(capsys, "results", "--store", store.uri, "--study", "digits8")
+    assert code == 0 and "for the searcher only" not in err
+
+
+def test_no_results_in_a_papernot_steinke_study_states_no_trial_counts(store, capsys):
+    """Nothing finished: the message says so without how many trials ran or their statuses (not covered)."""
+    store.write_trials([
+        trial_row("psy", f"f{i}", None, status=status, search_mode="random_count", budget_scope="search")
+        for i, status in enumerate(["failed", "failed", "running"])
+    ])  # fmt: skip
+    code, out, err = cli(capsys, "best", "--store", store.uri, "--study", "psy")
+    assert code == 1 and out == ""
+    assert "no completed or stopped_early trial" in err and "psy: Papernot-Steinke" in err
+    assert "failed" not in err and "running" not in err and "trials there" not in err
+    # an ordinary study still gets its counts
+    store.write_trial(trial_row("plain", "x0", None, status="failed"))
+    code, out, err = cli(capsys, "best", "--store", store.uri, "--study", "plain")
+    assert code == 1 and "(trials there: 1 failed)" in err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 import struct
 from pathlib import Path
 
@@ -268,3 +269,56 @@ def test_report_page_path_taken_by_a_directory_is_one_clear_line(tmp_path, capsy
     assert err == (
         f"eqdp-ray: error: {tmp_path}/out/report.md: Is a directory; fix that path (or pass another one) and run again\n"
     )
+
+
+# ------------------------------------------------------------------------------ Papernot-Steinke studies
+
+
+def test_report_of_a_papernot_steinke_study_shows_only_what_its_bound_covers(tmp_path, capsys):
+    """By default: the best trial, its config and score, the bound's statement; no other trial, no count."""
+    from .test_cli import add_ps_study
+
+    store = build_store(tmp_path / "store")
+    add_ps_study(store)  # psx: s0..s3, best s1 (0.95)
+    out = tmp_path / "report"
+    assert main(["report", "--store", store.uri, "--study", "psx", "--out", str(out)]) == 0
+    _, stderr = capsys.readouterr()
+    md, page = (out / "report.md").read_text(), (out / "index.html").read_text()
+    for text in (md, page):
+        assert "s1" in text and not any(t in text for t in ("s0", "s2", "s3"))
+        assert "best trial's configuration, score and model only" in text  # the Papernot-Steinke statement
+        assert not re.search(r"\d+ (finished )?trials", text) and "4 completed" not in text
+        assert "for the searcher only, do not publish" not in text
+    assert "| 1 | psx | s1 | completed |" in md
+    assert not (out / PLOTS["history"]).exists() and not (out / PLOTS["importance"]).exists()
+    assert "psx: a Papernot-Steinke study: the report shows only its best trial" in stderr
+
+    # the whole store: psx contributes its best trial only, and is not counted among the trials
+    whole = tmp_path / "whole"
+    assert main(["report", "--store", store.uri, "--out", str(whole)]) == 0
+    md = (whole / "report.md").read_text()
+    assert "s1" in md and not any(f"| {t} |" in md for t in ("s0", "s2", "s3"))
+    assert "10 trials (7 completed, 1 failed, 1 running, 1 stopped_early) and the best trial of psx" in md
+    assert "Left out: psx" in md  # of the history and importance plots
+
+
+def test_report_all_trials_shows_the_rest_marked_not_covered_for_the_searcher_only(tmp_path, capsys):
+    from .test_cli import add_ps_study
+
+    store = build_store(tmp_path / "store")
+    add_ps_study(store)
+    out = tmp_path / "report"
+    assert main(["report", "--store", store.uri, "--study", "psx", "--out", str(out), "--all-trials"]) == 0
+    _, stderr = capsys.readouterr()
+    md, page = (out / "report.md").read_text(), (out / "index.html").read_text()
+    assert all(f"| {t} |" in md for t in ("s0", "s1", "s2", "s3")) and "4 trials (4 completed)" in md
+    warning = "NOT covered by the search's epsilon: for the searcher only, do not publish"
+    assert md.startswith("# eqdp-ray report: study psx (NOT covered: for the searcher only)")
+    assert md.splitlines()[2].startswith(f"> **{warning}")  # at the top, before anything else
+    assert f"<p class='not-covered'>{warning}" in page and page.index("not-covered") < page.index("<table>")
+    assert (out / PLOTS["history"]).exists()
+    assert "psx: the report's trials beyond the best and their number are NOT covered" in stderr
+    # an ordinary study is not marked, with or without the flag
+    plain = tmp_path / "plain"
+    assert main(["report", "--store", store.uri, "--study", "digits8", "--out", str(plain), "--all-trials"]) == 0
+    assert "searcher only" not in (plain / "report.md").read_text()
