@@ -72,9 +72,12 @@ def will_start_local_ray(address: str | None) -> bool:
     return not ray.is_initialized() and not (address or os.environ.get("RAY_ADDRESS"))
 
 
-def connect_ray(address: str | None, *, num_cpus: int, include_dashboard: bool = True) -> bool:
+def connect_ray(
+    address: str | None, *, num_cpus: int, include_dashboard: bool = True, log_to_driver: bool = True
+) -> bool:
     """Attach to `address` (or RAY_ADDRESS), else start a local Ray with `num_cpus` (see `local_cpus`);
-    True if this call started Ray."""
+    True if this call started Ray. `log_to_driver=False` keeps the workers' output in their log files
+    instead of echoing it on the driver (a search whose trial logs must not leave it)."""
     import ray
 
     if ray.is_initialized():
@@ -83,14 +86,14 @@ def connect_ray(address: str | None, *, num_cpus: int, include_dashboard: bool =
     if address:
         probe_address(address)
         try:
-            ray.init(address=address)
+            ray.init(address=address, log_to_driver=log_to_driver)
         except Exception as exc:  # noqa: BLE001 - every failure means the same to the user
             raise ClusterError(
                 f"cannot attach to the Ray cluster at '{address}' ({type(exc).__name__}: {exc}); "
                 "check the address (e.g. 'auto' on a cluster node) and the auth token"
             ) from None
         return True
-    ray.init(num_cpus=num_cpus, include_dashboard=include_dashboard)
+    ray.init(num_cpus=num_cpus, include_dashboard=include_dashboard, log_to_driver=log_to_driver)
     return True
 
 

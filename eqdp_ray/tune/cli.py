@@ -75,7 +75,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
             "[eqdp-ray] the best trial by validation accuracy, the only output its Papernot-Steinke bound covers "
             "(test accuracy is recorded, never used to select):"
         )
-        print(format_rows(summary.top[:1]))
+        # no trial finished: the search has no output (saying how many ran, or that none did, is not covered)
+        print(format_rows(summary.top[:1]) if summary.top else "(no output: no finished trial with a score)")
         print(f"[eqdp-ray] {summary.privacy_note}")
         print(f"[eqdp-ray] next: eqdp-ray best --store {summary.store} --study {summary.study}")
         return 0

@@ -9,11 +9,13 @@ of the search. `--resume` refuses to continue a study whose space or store has c
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import random
 import secrets
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -389,11 +391,12 @@ def _record_study(plan: StudyPlan) -> None:
     )
 
 
-def _connect(address: str | None, space: SearchSpace, *, oversubscribe: bool) -> bool:
+def _connect(address: str | None, space: SearchSpace, *, oversubscribe: bool, quiet: bool = False) -> bool:
     """Attach to a cluster (`address`) or start a local Ray; True if we started it (and must stop it).
 
     A local Ray advertises this machine's cores, so a trial that needs more fails here, before
-    anything is written, unless oversubscribing was asked for.
+    anything is written, unless oversubscribing was asked for. `quiet`: the trials' own output stays
+    in their log files instead of being echoed on the driver (see `quiet_tune_output`).
     """
     r = space.resources
     local = will_start_local_ray(address)
@@ -404,6 +407,7 @@ def _connect(address: str | None, space: SearchSpace, *, oversubscribe: bool) ->
             address,
             num_cpus=local_cpus(r.workers, r.cpus_per_worker, oversubscribe=oversubscribe),
             include_dashboard=False,
+            log_to_driver=not quiet,
         )
     except ClusterError as exc:
         raise SpaceError(str(exc)) from None
@@ -425,8 +429,14 @@ def _make_tuner(plan: StudyPlan, ctx: Any) -> Any:
 
     space = plan.space
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), trial_resources(space))
-    if plan.resume:
-        return tune.Tuner.restore(plan.experiment, trainable=trainable, resume_errored=True)
+    if plan.resume:  # the restored RunConfig is the one the study started with, `verbose` included
+        tuner = tune.Tuner.restore(plan.experiment, trainable=trainable, resume_errored=True)
+        # a Papernot-Steinke study started before such searches ran silently is silenced on resume too
+        # (Tune offers no setter; `get_run_config` returns the restored config itself)
+        local = getattr(tuner, "_local_tuner", None)
+        if _best_only(plan) and local is not None:
+            local.get_run_config().verbose = 0
+        return tuner
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
@@ -442,8 +452,33 @@ def _make_tuner(plan: StudyPlan, ctx: Any) -> Any:
             callbacks=[StoreCallback(ctx)],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             failure_config=tune.FailureConfig(max_failures=0),
+            verbose=0 if _best_only(plan) else None,  # None: Tune's default; 0: see quiet_tune_output
         ),
     )
+
+
+@contextlib.contextmanager
+def quiet_tune_output(quiet: bool) -> Iterator[None]:
+    """Tune without its console output, for a search whose number of trials is secret (Papernot-Steinke).
+
+    Tune's default output prints the number of trials, a per-trial status table and every trial's results on
+    the driver. `verbose=0` (set in `_make_tuner`) silences them in Tune's older console engine; its newer one
+    (Ray 2.x's default) still prints a "Number of trials" table when the experiment starts, so the older one
+    is chosen for the duration of `fit` (Tune reads RAY_AIR_NEW_OUTPUT there, as Ray's own examples set it
+    for custom reporters). The variable is restored afterwards.
+    """
+    if not quiet:
+        yield
+        return
+    before = os.environ.get("RAY_AIR_NEW_OUTPUT")
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
+        else:
+            os.environ["RAY_AIR_NEW_OUTPUT"] = before
 
 
 def run_search(
@@ -486,15 +521,22 @@ def run_search(
         search_plan=plan.budget.plan.to_dict() if plan.budget else None,
     )
     _check_locations_writable(plan)
+    quiet = _best_only(plan)  # Papernot-Steinke: the number of trials and the trials' logs must not leave
     if plan.num_trials == 0:
         _record_study(plan)  # the draw is spent: running the space again is a second search
-        log(
-            "[eqdp-ray] the secret draw gave K=0 trials: the search ends without output, as the bound assumes. "
-            "Running it again is a second search whose privacy adds up."
-        )
+        if quiet:  # the count is not covered, even when it is 0: say only that there is no output
+            log(
+                "[eqdp-ray] the search ends without output, as its Papernot-Steinke bound allows. Running it "
+                "again is a second search whose privacy adds up."
+            )
+        else:
+            log(
+                "[eqdp-ray] the secret draw gave K=0 trials: the search ends without output. Running it again "
+                "is a second search whose privacy adds up."
+            )
         return _summarize(plan, ctx)
 
-    started_ray = _connect(address, space, oversubscribe=oversubscribe)
+    started_ray = _connect(address, space, oversubscribe=oversubscribe, quiet=quiet)
     try:
         _record_study(plan)  # only now: a study that never reached its cluster leaves nothing to resume
         keeper = None
@@ -502,7 +544,8 @@ def run_search(
             from eqdp_ray.tune.ledger import start_keeper
 
             keeper = start_keeper(space.study, plan.store_uri, plan.budget.plan)
-        _make_tuner(plan, ctx).fit()
+        with quiet_tune_output(quiet):
+            _make_tuner(plan, ctx).fit()
         ledger = _ledger_summary(keeper, log)
     finally:
         if started_ray:
