@@ -175,6 +175,7 @@ def build_report(
     searched = trials[~trials["study"].astype(str).isin(hidden)] if hidden else trials
 
     studies = sorted(trials["study"].astype(str).unique())
+    hidden &= set(studies)  # a best-only study without a finished trial has no output: it is not on the page
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     images: dict[str, Path | None] = {}

@@ -293,13 +293,16 @@ def test_report_of_a_papernot_steinke_study_shows_only_what_its_bound_covers(tmp
     assert not (out / PLOTS["history"]).exists() and not (out / PLOTS["importance"]).exists()
     assert "psx: a Papernot-Steinke study: the report shows only its best trial" in stderr
 
-    # the whole store: psx contributes its best trial only, and is not counted among the trials
+    # the whole store: psx contributes its best trial only, and is not counted among the trials; psy, where no
+    # trial finished, has no output at all
+    store.write_trial(trial_row("psy", "y0", None, status="failed", search_mode="random_count", budget_scope="search"))
     whole = tmp_path / "whole"
     assert main(["report", "--store", store.uri, "--out", str(whole)]) == 0
     md = (whole / "report.md").read_text()
     assert "s1" in md and not any(f"| {t} |" in md for t in ("s0", "s2", "s3"))
     assert "10 trials (7 completed, 1 failed, 1 running, 1 stopped_early) and the best trial of psx" in md
-    assert "Left out: psx" in md  # of the history and importance plots
+    assert "Left out: psx:" in md  # of the history and importance plots
+    assert "psy" not in md and "y0" not in md
 
 
 def test_report_all_trials_shows_the_rest_marked_not_covered_for_the_searcher_only(tmp_path, capsys):
