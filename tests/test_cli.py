@@ -63,3 +63,28 @@ def test_top_level_help_says_what_the_tool_does_and_lists_every_command_on_one_l
     assert set(commands) >= {"train", "models", "audit", "tune", "best", "results", "report"}
     for name in commands:
         assert re.search(rf"^    {name} +\S.*\w$", out, re.M), f"{name} has no one-line help:\n{out}"
+
+
+def test_the_cli_starts_without_torch_or_ray():
+    """Every command imports the audit, tune and results CLIs to register them; `best` or `--help`
+    took ~7 s because the audit and tune packages imported torch on the way."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys; from eqdp_ray import cli; cli.build_parser(); "
+        "print(sorted(m for m in ('torch', 'ray', 'escnn', 'opacus') if m in sys.modules))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"
+
+
+@pytest.mark.parametrize("package", ["eqdp_ray.audit", "eqdp_ray.tune"])
+def test_every_name_a_lazy_package_exports_loads(package):
+    import importlib
+
+    module = importlib.import_module(package)
+    for name in module.__all__:
+        getattr(module, name)  # a wrong home raises AttributeError or ModuleNotFoundError
+    with pytest.raises(AttributeError, match="no_such_name"):
+        module.no_such_name  # noqa: B018

@@ -1,24 +1,33 @@
 """Tuning under a fixed privacy budget: search spaces, Ray Tune + Optuna + ASHA, the privacy of a search.
 
-Importing this package does not import Ray; `run_search` does, when it runs.
+Importing this package imports neither Ray nor torch: the names load on first use (PEP 562), so the
+CLI, which imports ``eqdp_ray.tune.cli`` for every command, starts fast; `run_search` imports Ray
+when it runs.
 """
 
-from eqdp_ray.config import SpaceError
-from eqdp_ray.config.space import SearchSpace, load_space, trial_config
-from eqdp_ray.privacy.selection import SearchPrivacy, search_privacy
-from eqdp_ray.tune.feasibility import SpaceCheck, check_space
-from eqdp_ray.tune.runner import SearchSummary, run_search, validate_space
+from __future__ import annotations
 
-__all__ = [
-    "SearchPrivacy",
-    "SearchSpace",
-    "SearchSummary",
-    "SpaceCheck",
-    "SpaceError",
-    "check_space",
-    "load_space",
-    "run_search",
-    "search_privacy",
-    "trial_config",
-    "validate_space",
-]
+import importlib
+from typing import Any
+
+_HOMES = {
+    "SearchPrivacy": "eqdp_ray.privacy.selection",
+    "SearchSpace": "eqdp_ray.config.space",
+    "SearchSummary": "eqdp_ray.tune.runner",
+    "SpaceCheck": "eqdp_ray.tune.feasibility",
+    "SpaceError": "eqdp_ray.config",
+    "check_space": "eqdp_ray.tune.feasibility",
+    "load_space": "eqdp_ray.config.space",
+    "run_search": "eqdp_ray.tune.runner",
+    "search_privacy": "eqdp_ray.privacy.selection",
+    "trial_config": "eqdp_ray.config.space",
+    "validate_space": "eqdp_ray.tune.runner",
+}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_HOMES[name]), name)

@@ -10,10 +10,9 @@ import math
 from typing import Any
 
 from eqdp_ray.config.storage import DEFAULT_STORE_URI
-from eqdp_ray.tune.runner import SUMMARY_COLUMNS  # loaded already: the package's __init__ imports the runner
 
-#: The summary's columns that the printed table shows (the final accuracy stays in the Python summary).
-TABLE_COLUMNS: tuple[str, ...] = tuple(c for c in SUMMARY_COLUMNS if c != "final_val_accuracy")
+#: The summary's column that the printed table leaves out (it stays in the Python summary).
+UNPRINTED_COLUMNS = frozenset({"final_val_accuracy"})
 
 
 def _fmt(value: Any) -> str:
@@ -31,19 +30,21 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "(no trials)"
     from eqdp_ray.privacy import format_epsilon
+    from eqdp_ray.tune.runner import SUMMARY_COLUMNS
 
     def cell(column: str, value: Any) -> str:  # an epsilon is rounded up: never more privacy than accounted
         if column == "epsilon" and isinstance(value, float) and not math.isnan(value):
             return format_epsilon(value)
         return _fmt(value)
 
-    columns = [c for c in TABLE_COLUMNS if c in rows[0]]
+    columns = [c for c in SUMMARY_COLUMNS if c in rows[0] and c not in UNPRINTED_COLUMNS]
     table = [columns] + [[cell(c, r.get(c)) for c in columns] for r in rows]
     widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in table)
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
+    from eqdp_ray.results.export import plural
     from eqdp_ray.tune.runner import run_search, validate_space
 
     if args.check:
@@ -82,7 +83,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         return 0
     counts = ", ".join(f"{n} {s}" for s, n in sorted(summary.status_counts.items())) or "none"
     print(
-        f"\n[eqdp-ray] study '{summary.study}': {summary.num_trials} trials ({counts}); store {summary.store}; "
+        f"\n[eqdp-ray] study '{summary.study}': {plural(summary.num_trials, 'trial')} ({counts}); store {summary.store}; "
         f"experiment {summary.experiment_path}"
     )
     print("[eqdp-ray] top trials by validation accuracy (test accuracy is recorded, never used to select):")
