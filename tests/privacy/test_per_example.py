@@ -42,6 +42,23 @@ def loop_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[l
     return out
 
 
+def assert_averaged_equals_the_loop(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, k: int
+) -> tuple[list[torch.Tensor], list[list[torch.Tensor]]]:
+    """Each example's gradient (the mean over its k example-major rows) equals the single-example loop's."""
+    singles = loop_gradients(model, x, y)
+    grads, _ = PerExampleGradients(model)(x, y, multiplicity=k)
+    params = [p for p in model.parameters() if p.requires_grad]
+    assert len(grads) == len(params)
+    n = len(y) // k
+    for j, (p, g) in enumerate(zip(params, grads)):
+        assert g.shape == (n, *p.shape) and g.abs().sum() > 0
+        for i in range(n):
+            expected = torch.stack([singles[i * k + a][j] for a in range(k)]).mean(0)
+            torch.testing.assert_close(g[i], expected, rtol=1e-9, atol=1e-11)
+    return grads, singles
+
+
 # 8x8 inputs: the first layer's 64 positions take the grouped-convolution route, the stride-2 layer's
 # 16 the unfold route; 20x20 (400 positions, then 100 at stride 2) takes the grouped route for both.
 @pytest.mark.parametrize("size", [8, 20])
@@ -115,13 +132,7 @@ def test_augmentation_multiplicity_averages_each_examples_inputs(
     k = 3
     x = torch.randn(4 * k, 2, size, size, dtype=torch.float64)  # example-major: rows 0..2 are example 0
     y = torch.tensor([0, 1, 2, 3]).repeat_interleave(k)
-    singles = loop_gradients(model, x, y)
-    grads, _ = PerExampleGradients(model)(x, y, multiplicity=k)
-    for j, g in enumerate(grads):
-        assert g.shape[0] == 4
-        for i in range(4):
-            expected = torch.stack([singles[i * k + a][j] for a in range(k)]).mean(0)
-            torch.testing.assert_close(g[i], expected, rtol=1e-9, atol=1e-11)
+    assert_averaged_equals_the_loop(model, x, y, k)
 
 
 def test_parameters_get_no_summed_gradient_and_hooks_can_be_removed():
@@ -290,15 +301,7 @@ def test_conventional_rules_equal_the_loop(case, k, route, monkeypatch):
     n = 3
     x = torch.randn(n * k, 4, 9, 9, dtype=torch.float64)
     y = torch.arange(n).repeat_interleave(k)
-    singles = loop_gradients(model, x, y)
-    grads, _ = PerExampleGradients(model)(x, y, multiplicity=k)
-    params = [p for p in model.parameters() if p.requires_grad]
-    assert len(grads) == len(params)
-    for j, (p, g) in enumerate(zip(params, grads)):
-        assert g.shape == (n, *p.shape)
-        for i in range(n):
-            expected = torch.stack([singles[i * k + a][j] for a in range(k)]).mean(0)
-            torch.testing.assert_close(g[i], expected, rtol=1e-9, atol=1e-11)
+    assert_averaged_equals_the_loop(model, x, y, k)
 
 
 def mixed_field_net() -> nn.Module:
@@ -339,15 +342,7 @@ def test_a_model_of_mixed_field_types_equals_the_loop(k, chunk_bytes, monkeypatc
         * torch.logspace(-1, 1, n).repeat_interleave(k)[:, None, None, None]
     )
     y = torch.arange(n).repeat_interleave(k)
-    singles = loop_gradients(model, x, y)
-    grads, _ = PerExampleGradients(model)(x, y, multiplicity=k)
-    params = [p for p in model.parameters() if p.requires_grad]
-    assert len(grads) == len(params)
-    for j, (p, g) in enumerate(zip(params, grads)):
-        assert g.shape == (n, *p.shape) and g.abs().sum() > 0
-        for i in range(n):
-            expected = torch.stack([singles[i * k + a][j] for a in range(k)]).mean(0)
-            torch.testing.assert_close(g[i], expected, rtol=1e-9, atol=1e-11)
+    grads, singles = assert_averaged_equals_the_loop(model, x, y, k)
     summed, norms = clip_and_sum(grads, max_norm := norms_median(grads))
     assert (norms > max_norm).any() and (norms < max_norm).any()
     for got, expected in zip(summed, clipped_sum_of_loop(singles, k, max_norm)):
