@@ -7,6 +7,7 @@ history) the same way.
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -42,6 +43,21 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+def is_epsilon_column(column: Any) -> bool:
+    """Columns holding an epsilon (spent, target, search-level): shown rounded up, never down."""
+    return "epsilon" in str(column)
+
+
+def format_cell(column: Any, value: Any) -> str:
+    """One cell as text for people (tables, the report's page): an epsilon rounded up (`format_epsilon`), so it never
+    claims more privacy than accounted; other floats with 4 decimals (scientific when tiny/huge)."""
+    if is_epsilon_column(column) and isinstance(value, (float, np.floating)) and not math.isnan(value):
+        from eqdp_ray.privacy import format_epsilon  # lazily: the results layer loads without torch
+
+        return format_epsilon(float(value))
+    return _cell(value)
+
+
 def _numeric(series: pd.Series) -> bool:
     return pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series)
 
@@ -64,14 +80,7 @@ def format_table(df: pd.DataFrame, columns: Sequence[str] | None = None, *, max_
     def clip(text: str) -> str:
         return text if len(text) <= max_width else text[: max(1, max_width - 3)] + "..."
 
-    from eqdp_ray.privacy import format_epsilon  # lazily: the results layer loads without torch
-
-    def cell(column: Any, value: Any) -> str:  # an epsilon is rounded up: never more privacy than accounted
-        if "epsilon" in str(column) and isinstance(value, (float, np.floating)) and not math.isnan(value):
-            return format_epsilon(float(value))
-        return _cell(value)
-
-    cells = [[clip(cell(c, v)) for v in df[c].tolist()] for c in cols]
+    cells = [[clip(format_cell(c, v)) for v in df[c].tolist()] for c in cols]
     headers = [clip(str(c)) for c in cols]
     widths = [max([len(h)] + [len(x) for x in col]) for h, col in zip(headers, cells)]
     right = [_numeric(df[c]) for c in cols]
@@ -86,9 +95,18 @@ def format_table(df: pd.DataFrame, columns: Sequence[str] | None = None, *, max_
 
 
 def to_json(df: pd.DataFrame, columns: Sequence[str] | None = None) -> str:
-    """JSON array of row objects (ISO-8601 timestamps, null for missing)."""
+    """JSON array of row objects (ISO-8601 timestamps, null for missing).
+
+    Floats are written exactly (shortest round-trip text): pandas' encoder rounds to 10 decimals, to nearest, which
+    would print an epsilon spent of 1.00000000004 as 1.0, below what was accounted.
+    """
     frame = df if columns is None else df[list(columns)]
-    return frame.to_json(orient="records", date_format="iso", date_unit="us", indent=2)
+    records = json.loads(frame.to_json(orient="records", date_format="iso", date_unit="us"))
+    for name in frame.columns:
+        if pd.api.types.is_float_dtype(frame[name]):
+            for record, value in zip(records, frame[name].tolist()):
+                record[str(name)] = None if value is None or not math.isfinite(value) else float(value)
+    return json.dumps(records, indent=2)
 
 
 def to_csv(df: pd.DataFrame, columns: Sequence[str] | None = None) -> str:

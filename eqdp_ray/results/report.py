@@ -28,8 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from eqdp_ray.results.export import _cell as format_cell
-from eqdp_ray.results.export import plural
+from eqdp_ray.results.export import format_cell, plural
 from eqdp_ray.results.query import (
     PS_SEARCHER_ONLY,
     NoResults,
@@ -732,7 +731,10 @@ def _md_escape(text: str) -> str:
 def _markdown_table(df: pd.DataFrame) -> str:
     header = "| " + " | ".join(map(str, df.columns)) + " |"
     rule = "| " + " | ".join("---" for _ in df.columns) + " |"
-    rows = ["| " + " | ".join(_md_escape(format_cell(v)) for v in row) + " |" for row in df.itertuples(index=False)]
+    rows = [
+        "| " + " | ".join(_md_escape(format_cell(c, v)) for c, v in zip(df.columns, row)) + " |"
+        for row in df.itertuples(index=False)
+    ]
     return "\n".join([header, rule, *rows])
 
 
@@ -744,7 +746,7 @@ def _text(value: str) -> str:
 def _html_table(df: pd.DataFrame) -> str:
     head = "".join(f"<th>{_text(str(c))}</th>" for c in df.columns)
     body = "".join(
-        "<tr>" + "".join(f"<td>{_text(format_cell(v))}</td>" for v in row) + "</tr>"
+        "<tr>" + "".join(f"<td>{_text(format_cell(c, v))}</td>" for c, v in zip(df.columns, row)) + "</tr>"
         for row in df.itertuples(index=False)
     )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"

@@ -62,3 +62,11 @@ def test_format_table_rounds_epsilons_up():
     df = pd.DataFrame({"epsilon": [2.45932, 7.999999999], "target_epsilon": [8.0, 0.12341], "val": [2.45932, 0.5]})
     rows = [line.split() for line in format_table(df).splitlines()[2:]]
     assert rows == [["2.46", "8", "2.4593"], ["8", "0.1235", "0.5000"]]
+
+
+def test_json_writes_epsilons_exactly_never_rounded_down():
+    """pandas' JSON encoder rounded to 10 decimals, to nearest: an epsilon spent of 1.00000000004 read 1.0."""
+    df = pd.DataFrame({"epsilon": [1.00000000004, 7.12345678914, float("nan")], "search_epsilon": [4e-11, 8.0, 2.5]})
+    records = json.loads(export(df, "json"))
+    assert [r["epsilon"] for r in records] == [1.00000000004, 7.12345678914, None]
+    assert [r["search_epsilon"] for r in records] == [4e-11, 8.0, 2.5]

@@ -259,6 +259,16 @@ def test_report_counts_read_as_english_for_one_trial(tmp_path):
     assert "; 1 trial (1 completed);" in rep.html.read_text()
 
 
+def test_report_tables_round_epsilons_up(tmp_path):
+    """The page's top table printed every float with 4 decimals, to nearest: an epsilon spent of 2.45314 read 2.4531."""
+    store = ResultsStore(str(tmp_path / "s"))
+    store.write_trial(trial_row("one", "a", 0.5, epsilon=2.45314))
+    rep = build_report(store, tmp_path / "out")
+    md, page = rep.markdown.read_text(), rep.html.read_text()
+    assert "| 2.454 | 8 |" in md and "<td>2.454</td><td>8</td>" in page
+    assert "2.4531" not in md and "2.4531" not in page
+
+
 def test_report_page_path_taken_by_a_directory_is_one_clear_line(tmp_path, capsys):
     """It used to say "[Errno 21] Is a directory: '.../report.md'"."""
     store = ResultsStore(str(tmp_path / "s"))
