@@ -44,13 +44,18 @@ class PrivacyPlan:
     epsilon: float  # what (noise_multiplier, sample_rate, steps) actually spends
 
 
-def check_budget(target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str) -> None:
-    if accountant not in ACCOUNTANTS:
-        raise PrivacyBudgetError(f"unknown accountant {accountant!r}: use one of {', '.join(ACCOUNTANTS)}")
+def check_epsilon_delta(target_epsilon: float, delta: float) -> None:
+    """Refuse a budget no accountant can meet: one home for the check that runs, searches and audits share."""
     if not (isinstance(target_epsilon, (int, float)) and math.isfinite(target_epsilon) and target_epsilon > 0):
         raise PrivacyBudgetError(f"target epsilon must be a finite number > 0, got {target_epsilon!r}")
     if not (0 < delta < 1):
         raise PrivacyBudgetError(f"delta must lie strictly between 0 and 1, got {delta!r} (typical: 1e-5, below 1/N)")
+
+
+def check_budget(target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str) -> None:
+    if accountant not in ACCOUNTANTS:
+        raise PrivacyBudgetError(f"unknown accountant {accountant!r}: use one of {', '.join(ACCOUNTANTS)}")
+    check_epsilon_delta(target_epsilon, delta)
     if not (0 < sample_rate <= 1):
         raise PrivacyBudgetError(
             f"sample rate must lie in (0, 1], got {sample_rate!r}: the expected batch size must not exceed the training set"

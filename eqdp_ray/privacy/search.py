@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from eqdp_ray.privacy.accounting import check_epsilon_delta
 from eqdp_ray.privacy.errors import PrivacyBudgetError
 from eqdp_ray.privacy.rdp import ORDERS, gaussian_rdp, rdp_to_epsilon, subsampled_gaussian_rdp
 from eqdp_ray.privacy.selection import (
@@ -250,10 +251,7 @@ def plan_search(
         raise PrivacyBudgetError("a search needs at least one trial shape to calibrate")
     if method not in METHODS:
         raise PrivacyBudgetError(f"unknown search accounting method {method!r}: use one of {', '.join(METHODS)}")
-    if not (math.isfinite(target_epsilon) and target_epsilon > 0):
-        raise PrivacyBudgetError(f"target epsilon must be a finite number > 0, got {target_epsilon!r}")
-    if not 0 < delta < 1:
-        raise PrivacyBudgetError(f"delta must lie strictly between 0 and 1, got {delta!r}")
+    check_epsilon_delta(target_epsilon, delta)
     dist: TruncatedNegativeBinomial | PoissonCount | None = None
     dist_params: dict[str, float] | None = None
     if method == COMPOSITION:

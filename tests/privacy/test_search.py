@@ -106,6 +106,21 @@ def test_too_many_score_releases_is_one_clear_error():
         plan_search(1.0, 1e-5, [TrialShape(0.05, 100, 50)], max_trials=20, score_noise=1.0)
 
 
+@pytest.mark.parametrize(
+    "target,delta,match",
+    [(0.0, 1e-5, "target epsilon"), (float("inf"), 1e-5, "target epsilon"), (8.0, 0.0, "delta"), (8.0, 1.0, "delta")],
+)
+def test_a_search_refuses_the_budgets_a_run_refuses(target, delta, match):
+    """plan_search and plan_privacy share one check, so a budget fails the same way in both."""
+    from eqdp_ray.privacy import plan_privacy
+
+    with pytest.raises(PrivacyBudgetError, match=match) as searched:
+        plan_search(target, delta, SHAPES, max_trials=4)
+    with pytest.raises(PrivacyBudgetError, match=match) as ran:
+        plan_privacy(target, delta, 0.05, 100, "rdp")
+    assert str(searched.value) == str(ran.value)
+
+
 def test_papernot_steinke_plan_is_the_theorem_by_hand():
     plan = plan_search(8.0, 1e-5, SHAPES, method=PAPERNOT_STEINKE, mean_trials=10, score_noise=20.0)
     assert plan.epsilon <= 8.0 and plan.epsilon >= 0.99 * 8.0
