@@ -325,9 +325,9 @@ def augmentations_of(rows: torch.Tensor, run: Run, multiplicity: int, crop_paddi
     return table[rows]
 
 
-def dp_sgd_step(run: Run) -> tuple[int, torch.Tensor]:
-    """One DP-SGD step (see the module docstring); returns the global batch size and (loss sum,
-    correct, augmented count) over all ranks."""
+def dp_sgd_step(run: Run) -> torch.Tensor:
+    """One DP-SGD step (see the module docstring); returns (loss sum, correct, augmented count) over
+    all ranks. The realised batch size stays inside: only the noisy sum it went into leaves."""
     t, p, state, model = run.config.training, run.config.privacy, run.state, run.state.model
     data, device = run.data, run.device
     model.train()
@@ -374,12 +374,16 @@ def dp_sgd_step(run: Run) -> tuple[int, torch.Tensor]:
     state.optimizer.zero_grad(set_to_none=True)
     state.ema.update(model, state.step)
     state.step += 1
-    return len(global_rows), stats
+    return stats
 
 
 @dataclass
 class _Tally:
-    """Training loss/accuracy and throughput since the last reset."""
+    """Training loss/accuracy and throughput since the last reset.
+
+    Throughput counts the expected batch size of each step, not the realised Poisson sample: the
+    sample sizes are not covered by epsilon, so the samples/s that leaves the run (logs, store)
+    must not be a function of them (docs/PRIVACY.md, section 6)."""
 
     loss: float = 0.0
     correct: float = 0.0
@@ -387,7 +391,7 @@ class _Tally:
     examples: float = 0.0
     seconds: float = 0.0
 
-    def add(self, examples: int, stats: torch.Tensor, seconds: float) -> None:
+    def add(self, examples: float, stats: torch.Tensor, seconds: float) -> None:
         self.loss += stats[0].item()
         self.correct += stats[1].item()
         self.count += stats[2].item()
@@ -485,13 +489,14 @@ def train(
     run = setup_run(config, comm, resume_state, data, canaries)
     _log_start(run, log)
 
-    state, window, totals = run.state, _Tally(), _Tally()  # totals: sampled examples and seconds in steps
+    state, window, totals = run.state, _Tally(), _Tally()  # totals: expected examples and seconds in steps
     best_val = max((h["val_accuracy"] for h in state.history), default=-1.0)  # a resumed run keeps its best
     while state.step < run.steps:
         step_start = time.time()
-        sampled, stats = dp_sgd_step(run)
+        stats = dp_sgd_step(run)
+        seconds = time.time() - step_start
         for tally in (window, totals):
-            tally.add(sampled, stats, time.time() - step_start)
+            tally.add(run.sampler.expected_batch_size, stats, seconds)
         if state.step % run.eval_every == 0 or state.step == run.steps:
             record = evaluation_record(run, window)
             best_val = max(best_val, record["val_accuracy"])

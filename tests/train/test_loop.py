@@ -76,6 +76,22 @@ def test_result_record_and_privacy_fields():
     assert 0.0 <= result["test_accuracy"] <= 1.0 and result["samples_per_s"] > 0
 
 
+def test_throughput_never_reveals_the_realised_batch_sizes(monkeypatch):
+    """samples/s leaves the run (logs, store) uncovered by epsilon, so it counts the expected batch
+    size: on a clock where every step takes 1 s it is exactly the expected batch size, whatever the
+    Poisson sampler drew."""
+    import types
+
+    from eqdp_ray.train import loop
+
+    ticks = iter(range(10**6))
+    monkeypatch.setattr(loop, "time", types.SimpleNamespace(time=lambda: float(next(ticks))))
+    captured = []
+    result = train(tiny_config(), on_evaluation=lambda record, state: captured.append(record), log=None)
+    assert result["samples_per_s"] == pytest.approx(128.0)
+    assert captured and all(r["samples_per_s"] == pytest.approx(128.0) for r in captured)
+
+
 def test_fixed_secret_is_reproducible_and_micro_batching_does_not_change_the_step():
     _, a = final_parameters(tiny_config())
     _, b = final_parameters(tiny_config(physical_batch_size=16))  # 8 examples x K=2 per forward
