@@ -360,9 +360,10 @@ def dp_sgd_step(run: Run) -> torch.Tensor:
             stats[0] += nn.functional.cross_entropy(logits, targets, reduction="sum").item()
             stats[1] += (logits.argmax(1) == targets).sum().item()
             stats[2] += len(targets)
-    if canaries is not None and len(canary_ids):
-        canary_sum, _ = clip_and_sum(canaries.gradients(canary_ids, params), p.max_grad_norm)
-        summed = [a + b for a, b in zip(summed, canary_sum)]
+    if canaries is not None:
+        for chunk in canaries.batches(canary_ids):
+            canary_sum, _ = clip_and_sum(canaries.gradients(chunk, params), p.max_grad_norm)
+            summed = [a + b for a, b in zip(summed, canary_sum)]
     reduced = run.comm.all_reduce_sum(summed + [stats.to(summed[0].device)])
     summed, stats = reduced[:-1], reduced[-1].cpu()
     noisy = add_gaussian_noise(summed, run.plan.noise_multiplier, p.max_grad_norm, run.noise_rng)

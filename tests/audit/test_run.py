@@ -65,6 +65,18 @@ def test_real_mechanism_stays_within_its_claim(epsilon, tmp_path):
     assert bound.epsilon_lower_bound == saved["epsilon_lower_bound"]
 
 
+def test_canaries_taken_in_batches_audit_exactly_as_all_at_once(monkeypatch):
+    """About 400 canaries are sampled per step: in batches of 7 the run and its bound are the same."""
+    from eqdp_ray.privacy import canaries as canaries_module
+
+    monkeypatch.setattr(canaries_module, "CHUNK", 10**6)
+    at_once = audit(audit_config(8.0))
+    monkeypatch.setattr(canaries_module, "CHUNK", 7)
+    batched = audit(audit_config(8.0))
+    assert batched["scores"] == at_once["scores"]
+    assert batched["epsilon_lower_bound"] == at_once["epsilon_lower_bound"]
+
+
 def test_reusing_noise_stays_within_the_claim_only_when_fresh():
     """q = 0.25 over 8 steps: with fresh noise the bound holds; with the first draw added again at
     every step the differences between steps cancel the noise and expose the sampled canaries."""

@@ -26,6 +26,32 @@ def test_each_canary_is_a_dirac_of_ten_c_that_clipping_cuts_to_c():
     assert torch.allclose(total.norm(), torch.tensor(2.0 * 2**0.5), atol=1e-5)  # two canaries, each clipped to C
 
 
+def test_canary_gradients_follow_each_parameter_and_come_in_bounded_batches(monkeypatch):
+    from eqdp_ray.privacy import canaries as canaries_module
+
+    params = [torch.zeros(2, 3, dtype=torch.float64), torch.zeros(4), torch.zeros(1, 5)]
+    canaries = bound_canaries([True] * 12, params)
+    ids = torch.arange(12)
+    grads = canaries.gradients(ids, params)
+    assert [(g.shape, g.dtype) for g in grads] == [
+        ((12, 2, 3), torch.float64),
+        ((12, 4), torch.float32),
+        ((12, 1, 5), torch.float32),
+    ]
+    expected = torch.zeros(12, 15, dtype=torch.float64)  # the dense reference: row i is 20 at coordinate i
+    expected[ids, canaries.coordinates] = 20.0
+    assert torch.equal(torch.cat([g.reshape(12, -1).double() for g in grads], dim=1), expected)
+    monkeypatch.setattr(canaries_module, "CHUNK", 5)
+    batches = canaries.batches(ids)
+    assert [len(b) for b in batches] == [5, 5, 2] and canaries.batches(ids[:0]) == ()
+    whole, _ = clip_and_sum(grads, max_norm=2.0)
+    in_batches = [torch.zeros_like(p) for p in params]
+    for chunk in batches:  # distinct coordinates: the batched sum is the same numbers, exactly
+        part, _ = clip_and_sum(canaries.gradients(chunk, params), max_norm=2.0)
+        in_batches = [a + b for a, b in zip(in_batches, part)]
+    assert all(torch.equal(a, b) for a, b in zip(whole, in_batches))
+
+
 def test_only_canaries_in_the_data_set_are_kept_from_a_sampled_batch():
     canaries = bound_canaries([True, False, True], [torch.zeros(10)])
     real, ids = canaries.split_rows(torch.tensor([3, 99, 100, 101, 102]))
