@@ -19,7 +19,7 @@ from pathlib import Path
 from eqdp_ray.audit import run_audit
 from eqdp_ray.config import load_config, parse_config
 from eqdp_ray.data import load_dataset
-from eqdp_ray.privacy import _faults
+from eqdp_ray.privacy import _faults, format_epsilon, format_lower_bound
 
 QUICKSTART = Path(__file__).resolve().parent.parent / "configs" / "quickstart.yaml"
 # about 200 digits are kept (a per-example hash decides), less the validation split
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
         with _faults._inject(fault, **params) if fault else contextlib.nullcontext():
             r = run_audit(cfg, canaries=args.canaries, coin_seed=3, log=None)
         print(
-            f"| {name} | {args.canaries} | {r['claimed_epsilon']:.3f} | {r['epsilon_lower_bound']:.3f} | "
+            f"| {name} | {args.canaries} | {format_epsilon(r['claimed_epsilon'])} | {format_lower_bound(r['epsilon_lower_bound'])} | "
             f"{r['correct']}/{r['guesses_in'] + r['guesses_out']} | {r['winning_score']} | {time.time() - started:.0f} |",
             flush=True,
         )

@@ -12,7 +12,7 @@ from pathlib import Path
 def cmd_audit(args: argparse.Namespace) -> int:
     from eqdp_ray.audit.run import check_audit_arguments, run_audit
     from eqdp_ray.config import load_config
-    from eqdp_ray.privacy import format_epsilon
+    from eqdp_ray.privacy import format_epsilon, format_lower_bound
     from eqdp_ray.train.output import check_output_dir
 
     check_audit_arguments(args.canaries, args.workers, args.confidence)  # before any work: nothing drawn yet
@@ -31,7 +31,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     claimed = record["claimed_epsilon"]
     verdict = "consistent with the claim" if record["epsilon_lower_bound"] <= claimed else "VIOLATES the claim"
     print(
-        f"[eqdp-ray] audit: epsilon lower bound {record['epsilon_lower_bound']:.3f} "
+        f"[eqdp-ray] audit: epsilon lower bound {format_lower_bound(record['epsilon_lower_bound'])} "
         f"({record['confidence']:.0%} confidence, {record['canaries']} canaries) "
         f"vs claimed epsilon {format_epsilon(claimed)} "
         f"at delta {record['delta']:g}: {verdict}"

@@ -24,7 +24,7 @@ import torch
 from eqdp_ray import __version__
 from eqdp_ray.config import RunConfig, config_to_dict
 from eqdp_ray.config.errors import UserError
-from eqdp_ray.privacy import GradientCanaries, audit_from_score_sets, format_epsilon
+from eqdp_ray.privacy import GradientCanaries, audit_from_score_sets, format_epsilon, format_lower_bound
 from eqdp_ray.privacy.canaries import SCORES
 
 logger = logging.getLogger(__name__)
@@ -140,7 +140,7 @@ def run_audit(
     }
     if log:
         log(
-            f"[eqdp-ray] audit: empirical epsilon >= {bound.epsilon_lower_bound:.3f} at {confidence:.0%} confidence "
+            f"[eqdp-ray] audit: empirical epsilon >= {format_lower_bound(bound.epsilon_lower_bound)} at {confidence:.0%} confidence "
             f"({canaries} canaries, {bound.correct} of {bound.guesses_in + bound.guesses_out} guesses right); "
             f"the run claims epsilon = {claimed if claimed is None else format_epsilon(claimed)} at delta = {p.delta:g}"
         )

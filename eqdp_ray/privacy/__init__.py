@@ -18,7 +18,7 @@ from eqdp_ray.privacy.audit_bound import (
 )
 from eqdp_ray.privacy.canaries import GradientCanaries
 from eqdp_ray.privacy.clipping import average_augmentations, clip_and_sum, clip_factors, per_example_norms
-from eqdp_ray.privacy.epsilon_format import format_epsilon
+from eqdp_ray.privacy.epsilon_format import format_epsilon, format_lower_bound
 from eqdp_ray.privacy.errors import PrivacyBudgetError, PrivacyError, UnsupportedModelError
 from eqdp_ray.privacy.noise import add_gaussian_noise, noise_generator, noisy_accuracy, secure_seed
 from eqdp_ray.privacy.per_example import PerExampleGradients, check_model_supports_dp
@@ -49,6 +49,7 @@ __all__ = [
     "one_run_p_value",
     "GradientCanaries",
     "format_epsilon",
+    "format_lower_bound",
     "average_augmentations",
     "clip_and_sum",
     "clip_factors",

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from eqdp_ray.privacy import format_epsilon
+from eqdp_ray.privacy import format_epsilon, format_lower_bound
 
 
 @pytest.mark.parametrize(
@@ -32,3 +32,19 @@ def test_never_below_the_value_and_within_one_unit_of_the_last_digit():
         shown = float(format_epsilon(epsilon))
         assert shown >= epsilon * (1 - 1e-8)
         assert shown - epsilon <= 10 ** (math.floor(math.log10(epsilon)) - 3) * 1.000001
+
+
+@pytest.mark.parametrize(
+    "bound, text",
+    [(2.453, "2.453"), (2.45399, "2.453"), (0.99951, "0.9995"), (8.0, "8"), (123.456789, "123.4"), (0.0, "0")],
+)
+def test_a_lower_bound_is_rounded_down(bound, text):
+    assert format_lower_bound(bound) == text
+
+
+def test_a_bound_within_its_claim_never_reads_above_it():
+    """Printed side by side (bound down, claim up), the order of the exact values is kept."""
+    rng = np.random.default_rng(1)
+    for claim in np.exp(rng.uniform(np.log(1e-2), np.log(1e2), 500)):
+        for bound in (claim, claim * (1 - 1e-7), claim * rng.uniform(0, 1)):
+            assert float(format_lower_bound(bound)) <= bound <= claim <= float(format_epsilon(claim))
