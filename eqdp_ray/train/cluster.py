@@ -136,11 +136,15 @@ def _missing_local_dirs(path: str) -> list[str]:
 
 
 def show_progress_in_worker_log() -> None:
-    """Processes that Ray starts (Train workers, Tune trials) configure no logging: show the library's
-    progress lines in their logs, as a direct run prints them."""
+    """Show the library's progress lines in the logs of processes that Ray starts (Train workers, Tune
+    trials), once each, as a direct run prints them.
+
+    The package logs through its own handler and stops there: Ray gives those processes a root
+    handler of its own, and a record that also went on to it was printed twice."""
     package = logging.getLogger("eqdp_ray")
     if not package.handlers:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
         package.addHandler(handler)
         package.setLevel(logging.INFO)
+        package.propagate = False
