@@ -1,7 +1,7 @@
 """Data layer: image data sets as uint8 tensors with train/val/test splits, plus batched
 augmentation and normalisation. Imports no other eqdp_ray subpackage."""
 
-from .augment import apply_crop_flip, augment_batch, draw_crop_flip, normalize
+from .augment import apply_crop_flip, augment_batch, crop_flip_for_rows, draw_crop_flip, normalize
 from .dataset import ImageDataset
 from .errors import DatasetError
 from .load import DATASETS, batch_too_large_message, default_root, load_dataset
@@ -13,6 +13,7 @@ __all__ = [
     "ImageDataset",
     "apply_crop_flip",
     "augment_batch",
+    "crop_flip_for_rows",
     "draw_crop_flip",
     "default_root",
     "load_dataset",

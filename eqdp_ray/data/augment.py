@@ -9,11 +9,12 @@ from __future__ import annotations
 import numbers
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from .errors import DatasetError
 
-__all__ = ["apply_crop_flip", "augment_batch", "draw_crop_flip", "normalize"]
+__all__ = ["apply_crop_flip", "augment_batch", "crop_flip_for_rows", "draw_crop_flip", "keyed_uniforms", "normalize"]
 
 
 def _reflect(i: torch.Tensor, n: int) -> torch.Tensor:
@@ -43,6 +44,40 @@ def draw_crop_flip(
     """
     gen_device = generator.device if generator is not None else torch.device("cpu")
     uniform = torch.rand((num, multiplicity, 3), generator=generator, device=gen_device, dtype=torch.float64)
+    return _crop_flip_from_uniforms(uniform, crop_padding, hflip)
+
+
+def crop_flip_for_rows(rows: torch.Tensor, key: int, multiplicity: int, crop_padding: int, hflip: bool) -> torch.Tensor:
+    """Augmentation parameters of the data set's `rows`, (len(rows), multiplicity, 3) int64 as
+    ``draw_crop_flip`` gives, each row's a function of (key, row) alone.
+
+    A step draws them for its sampled rows only (work and memory in the batch, not the data set),
+    and an example's augmentation does not depend on which others were sampled or how many rows
+    the data set has."""
+    uniform = keyed_uniforms(key, rows, multiplicity * 3).view(len(rows), multiplicity, 3)
+    return _crop_flip_from_uniforms(uniform, crop_padding, hflip)
+
+
+_GOLDEN_GAMMA = np.uint64(0x9E3779B97F4A7C15)
+_MIX_1, _MIX_2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+
+
+def keyed_uniforms(key: int, rows: torch.Tensor, per_row: int) -> torch.Tensor:
+    """(len(rows), per_row) float64 uniforms on [0, 1): SplitMix64 (Steele, Lea & Flood 2014) of the
+    counter row * per_row + j from the state `key`, a counter-based generator, so any row's numbers
+    come without drawing the others'. Unsigned 64-bit numpy arithmetic wraps, as the mixer needs."""
+    if not 0 <= key < 2**64:
+        raise ValueError(f"the key must be a 64-bit unsigned integer, got {key}")
+    counters = rows.detach().cpu().numpy().astype(np.uint64)[:, None] * np.uint64(per_row)
+    counters = counters + np.arange(per_row, dtype=np.uint64)[None, :] + np.uint64(1)
+    z = np.uint64(key) + counters * _GOLDEN_GAMMA
+    z = (z ^ (z >> np.uint64(30))) * _MIX_1
+    z = (z ^ (z >> np.uint64(27))) * _MIX_2
+    z = z ^ (z >> np.uint64(31))
+    return torch.from_numpy((z >> np.uint64(11)).astype(np.float64) * 2.0**-53)
+
+
+def _crop_flip_from_uniforms(uniform: torch.Tensor, crop_padding: int, hflip: bool) -> torch.Tensor:
     choices = 2 * crop_padding + 1 if crop_padding > 0 else 1
     offsets = (uniform[..., :2] * choices).long().clamp_(max=choices - 1)
     flip = (uniform[..., 2:] < 0.5).long() if hflip else torch.zeros_like(offsets[..., :1])

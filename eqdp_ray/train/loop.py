@@ -27,7 +27,7 @@ from eqdp_ray.data import (
     ImageDataset,
     apply_crop_flip,
     batch_too_large_message,
-    draw_crop_flip,
+    crop_flip_for_rows,
     load_dataset,
     normalize,
 )
@@ -218,7 +218,6 @@ class Run:
     secret: int = field(repr=False)
     noise_rng: torch.Generator = field(repr=False)
     sample_rng: torch.Generator = field(repr=False)
-    augment_rng: torch.Generator = field(repr=False)
     canaries: GradientCanaries | None = None
     score_rng: torch.Generator = field(default_factory=lambda: noise_generator(0), repr=False)  # validation noise
 
@@ -308,7 +307,6 @@ def setup_run(
         secret=secret,
         noise_rng=noise_rng,
         sample_rng=sample_rng,
-        augment_rng=torch.Generator(),
         canaries=canaries,
     )
 
@@ -316,13 +314,13 @@ def setup_run(
 def augmentations_of(rows: torch.Tensor, run: Run, multiplicity: int, crop_padding: int) -> torch.Tensor:
     """This step's crop and flip parameters of the sampled rows, drawn from the run's secret.
 
-    Drawn for every row of the data set and indexed by row, so an example's augmentation does
-    not depend on which others were sampled, and from the secret, like the noise and the sample:
-    with a public seed, adding one example would redraw (a known function of) the others'
-    augmentations, and the step's sensitivity would exceed C (docs/PRIVACY.md).
+    Each row's are a function of (this step's key, the row) alone, so an example's augmentation does
+    not depend on which others were sampled, and the key comes from the secret, like the noise and
+    the sample: with a public seed, adding one example would redraw (a known function of) the
+    others' augmentations, and the step's sensitivity would exceed C (docs/PRIVACY.md).
     """
-    table = draw_crop_flip(run.sampler.num_examples, multiplicity, crop_padding, run.hflip, run.augment_rng)
-    return table[rows]
+    key = derive_seed(run.secret, "augment", run.state.step)
+    return crop_flip_for_rows(rows, key, multiplicity, crop_padding, run.hflip)
 
 
 def dp_sgd_step(run: Run) -> torch.Tensor:
@@ -333,7 +331,6 @@ def dp_sgd_step(run: Run) -> torch.Tensor:
     model.train()
     run.noise_rng.manual_seed(derive_seed(run.secret, "noise", state.step))
     run.sample_rng.manual_seed(derive_seed(run.secret, "sample", state.step))
-    run.augment_rng.manual_seed(derive_seed(run.secret, "augment", state.step))
     global_rows = run.sampler.sample_global()
     aug_params = augmentations_of(global_rows, run, t.augmult, t.crop_padding)
     mine = run.sampler.shard_mask(global_rows)

@@ -112,3 +112,36 @@ def test_runs_on_gpu_with_cpu_generator():
     ref = augment_batch(x.cpu(), crop_padding=4, hflip=True, generator=torch.Generator().manual_seed(0))
     assert y.is_cuda and torch.equal(y.cpu(), ref)
     assert normalize((x * 255).to(torch.uint8), (0.5,) * 3, (0.5,) * 3).is_cuda
+
+
+def test_keyed_uniforms_are_splitmix64_of_the_row_counters():
+    from eqdp_ray.data.augment import keyed_uniforms
+
+    # SplitMix64 from state 0: first output 0xE220A8397B1DCDAF, second 0x6E789E6AA1B965F4 (reference vectors)
+    got = keyed_uniforms(0, torch.tensor([0]), 2)
+    assert got.tolist() == [[(0xE220A8397B1DCDAF >> 11) * 2.0**-53, (0x6E789E6AA1B965F4 >> 11) * 2.0**-53]]
+    rows = torch.tensor([7, 3, 123_456_789, 0])
+    whole = keyed_uniforms(2**63 + 5, rows, 12)
+    assert whole.dtype == torch.float64 and whole.shape == (4, 12)
+    for i, row in enumerate(rows.tolist()):  # a row's numbers do not depend on the other rows asked for
+        assert torch.equal(keyed_uniforms(2**63 + 5, torch.tensor([row]), 12)[0], whole[i])
+    assert not torch.equal(keyed_uniforms(2**63 + 6, rows, 12), whole)
+    with pytest.raises(ValueError, match="64-bit"):
+        keyed_uniforms(-1, rows, 12)
+
+
+def test_crop_flip_for_rows_is_uniform_and_per_row():
+    from eqdp_ray.data import crop_flip_for_rows
+
+    rows = torch.arange(20_000)
+    params = crop_flip_for_rows(rows, 12345, 4, 2, True)
+    assert params.shape == (20_000, 4, 3) and params.dtype == torch.int64
+    for column, values in ((0, 5), (1, 5), (2, 2)):  # offsets 0..4 for padding 2, flips 0/1
+        counts = torch.bincount(params[..., column].reshape(-1), minlength=values).double()
+        assert len(counts) == values
+        expected = params[..., column].numel() / values
+        assert ((counts - expected).abs() < 5 * expected**0.5).all()  # within 5 sigma of uniform
+    subset = rows.flip(0)[::7]  # any rows, any order: each gets what it gets in the whole
+    assert torch.equal(crop_flip_for_rows(subset, 12345, 4, 2, True), params[subset])
+    assert (crop_flip_for_rows(rows, 12345, 4, 2, False)[..., 2] == 0).all()
+    assert (crop_flip_for_rows(rows, 12345, 4, 0, True)[..., :2] == 0).all()

@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from eqdp_ray.config import parse_config
-from eqdp_ray.data import load_dataset
+from eqdp_ray.data import crop_flip_for_rows, load_dataset
 from eqdp_ray.privacy import PoissonSampler, noise_generator
 from eqdp_ray.privacy._faults import _inject
 from eqdp_ray.train.comm import LocalComm
-from eqdp_ray.train.loop import derive_seed, dp_sgd_step, setup_run
+from eqdp_ray.train.loop import augmentations_of, derive_seed, dp_sgd_step, setup_run
 
 C = 1.0
 BATCH = 32
@@ -80,10 +80,13 @@ def test_adding_one_example_moves_the_clipped_sum_by_at_most_the_clip_norm(augmu
 
 def test_augmentation_is_drawn_from_the_secret_not_the_public_seed():
     data = load_dataset("digits", val_size=0.1, seed=0)
-    seeds = {}
+    rows = torch.arange(len(data.train_y))
+    drawn = {}
     for secret in (1, 2):
-        run = setup_run(config(secret, 1), LocalComm(), None, data)
+        run = setup_run(config(secret, 2), LocalComm(), None, data)
         with _inject("no_noise"):
-            dp_sgd_step(run)
-        seeds[secret] = run.augment_rng.initial_seed()
-    assert seeds[1] == derive_seed(1, "augment", 0) and seeds[1] != seeds[2]
+            dp_sgd_step(run)  # step 1 now
+        drawn[secret] = augmentations_of(rows, run, 2, 1)
+        key = derive_seed(secret, "augment", 1)
+        assert torch.equal(drawn[secret], crop_flip_for_rows(rows, key, 2, 1, run.hflip))
+    assert not torch.equal(drawn[1], drawn[2])
