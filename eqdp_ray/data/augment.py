@@ -37,10 +37,9 @@ def draw_crop_flip(
 ) -> torch.Tensor:
     """Random augmentation parameters, (num, multiplicity, 3) int64: row offset, column offset, flip.
 
-    Drawing the parameters apart from applying them lets the trainer draw them once for a whole
-    logical batch, so an example is augmented the same way whichever worker or micro-batch
-    it lands in. Row r's parameters come from the r-th triple of one uniform stream, so they do
-    not depend on `num`: a table for one more row extends this one and changes none of its rows.
+    Drawn from a generator for `augment_batch`; the trainer draws its sampled rows' parameters with
+    ``crop_flip_for_rows`` instead. Row r's parameters come from the r-th triple of one uniform
+    stream, so they do not depend on `num`.
     """
     gen_device = generator.device if generator is not None else torch.device("cpu")
     uniform = torch.rand((num, multiplicity, 3), generator=generator, device=gen_device, dtype=torch.float64)

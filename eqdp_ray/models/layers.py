@@ -62,10 +62,8 @@ def flush_subnormal(basis: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Zero the entries that would be subnormal in `dtype`: round-off of zeros, ~1e-39 against entries of
     order 0.1, that cost a real computation on them 10-100 cycles each on CPUs that handle subnormals in
     microcode (on an Intel Xeon the per-example basis transpose of the 8x8 layer took 78 ms with 144
-    such entries in its basis, 8 ms without; docs/BENCHMARKS.md). Zeroing by magnitude keeps every
+    such entries in its basis, 5 ms without; docs/BENCHMARKS.md). Zeroing by magnitude keeps every
     exact equality and sign symmetry of the basis."""
-    if not dtype.is_floating_point:
-        return basis
     return torch.where(basis.abs() < torch.finfo(dtype).tiny, torch.zeros((), dtype=basis.dtype), basis)
 
 
