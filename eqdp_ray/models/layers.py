@@ -171,13 +171,10 @@ class FieldGroupNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(num_fields))
         self.bias = nn.Parameter(torch.zeros(num_fields))
 
-    def normalized(self, x: torch.Tensor) -> torch.Tensor:
-        return F.group_norm(x, self.num_groups, eps=self.eps)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        scale = self.weight.repeat_interleave(self.field_size)[None, :, None, None]
-        shift = self.bias.repeat_interleave(self.field_size)[None, :, None, None]
-        return self.normalized(x) * scale + shift
+        scale = self.weight.repeat_interleave(self.field_size)
+        shift = self.bias.repeat_interleave(self.field_size)
+        return F.group_norm(x, self.num_groups, scale, shift, self.eps)  # one op: its statistics stay on the graph
 
     def extra_repr(self) -> str:
         return f"fields={self.num_fields}, field_size={self.field_size}, groups={self.num_groups}"

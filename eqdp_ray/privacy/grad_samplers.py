@@ -8,7 +8,7 @@ One rule per layer type the models use:
   the filter gradient over them first, which makes that transpose o times smaller.
 * ``nn.Conv2d``: the same per-example filter gradients; they are the parameter's gradient.
 * ``FieldGroupNorm`` and ``nn.GroupNorm``: sums over each channel's (or field's) positions of
-  the normalised input times the output gradient.
+  the normalised input times the output gradient, from the forward's saved group statistics.
 * ``nn.Linear``: one batched matrix product per layer.
 
 Per-example filter gradients come from one grouped weight-gradient convolution with the
@@ -366,36 +366,102 @@ def conv2d_rule(
     return grads
 
 
-def _per_example_channel_sums(values: torch.Tensor, multiplicity: int, channels_per_sum: int = 1) -> torch.Tensor:
-    """Mean over each example's K rows of the sum over positions (and over groups of channels_per_sum channels)."""
+def _per_example_channel_sums(values: torch.Tensor, multiplicity: int) -> torch.Tensor:
+    """Mean over each example's K rows of the sum over each channel's positions."""
     n = values.shape[0] // multiplicity
-    sums = values.reshape(n, multiplicity, values.shape[1] // channels_per_sum, -1).sum((1, 3))
+    sums = values.reshape(n, multiplicity, values.shape[1], -1).sum((1, 3))
     return sums / multiplicity if multiplicity > 1 else sums
+
+
+# Sum over positions of x * output gradient, formed this many bytes of product at a time so that the
+# product is summed while it is still in cache (it is as large as the layer's input).
+CHANNEL_DOT_CHUNK_BYTES = 2 * 2**20
+
+
+def saved_group_norm_statistics(layer: nn.Module, output: torch.Tensor) -> list[torch.Tensor]:
+    """The per-example, per-group mean and 1/std that the forward's group norm computed, where autograd kept
+    them for its backward (free); [] elsewhere (the rule then recomputes them)."""
+    node = output.grad_fn
+    if type(node).__name__ != "NativeGroupNormBackward0" or getattr(node, "_saved_group", None) != layer.num_groups:
+        return []
+    try:
+        return [node._saved_result1.detach(), node._saved_result2.detach()]
+    except (AttributeError, RuntimeError):  # another torch's names, or the saved tensors already freed
+        return []
+
+
+def _group_statistics(x: torch.Tensor, groups: int, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per example and group: the mean and 1 / sqrt(variance + eps), by group norm's own kernel (several times
+    faster than ``torch.var_mean`` on the CPU)."""
+    rows, channels = x.shape[:2]
+    _, mean, rstd = torch.native_group_norm(x, None, None, rows, channels, x[0, 0].numel(), groups, eps)
+    return mean, rstd
+
+
+def _channel_dots(x: torch.Tensor, backprops: torch.Tensor) -> torch.Tensor:
+    """(N, C): the sum over each row's and channel's positions of x times the output gradient."""
+    rows, channels = x.shape[:2]
+    x, backprops = x.reshape(rows, channels, -1), backprops.reshape(rows, channels, -1)
+    dots = torch.empty(rows, channels, dtype=backprops.dtype, device=backprops.device)
+    chunk = max(1, CHANNEL_DOT_CHUNK_BYTES // (x[0].numel() * x.element_size())) if x.device.type == "cpu" else rows
+    for start in range(0, rows, chunk):
+        torch.sum(x[start : start + chunk] * backprops[start : start + chunk], dim=2, out=dots[start : start + chunk])
+    return dots
+
+
+def _group_norm_gradients(
+    x: torch.Tensor,
+    statistics: list[torch.Tensor],
+    backprops: torch.Tensor,
+    groups: int,
+    eps: float,
+    multiplicity: int,
+    channels_per_sum: int = 1,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-example gradients of a group norm's scale and shift (each summed over channels_per_sum channels).
+
+    With x_hat = (x - mean) * rstd, the scale's gradient sum_s x_hat g is rstd (sum_s x g - mean sum_s g):
+    the formula torch's own backward uses for the summed gradient, here kept per example. It reads the
+    input and the output gradient once, and never forms x_hat; `statistics` are the forward's mean and
+    rstd where the hook found them (``saved_group_norm_statistics``), else they are recomputed.
+    """
+    rows, channels = x.shape[:2]
+    mean, rstd = (s.to(backprops.dtype) for s in statistics) if statistics else _group_statistics(x, groups, eps)
+    per_group = channels // groups
+    dots = _channel_dots(x, backprops).view(rows, groups, per_group)
+    sums = backprops.reshape(rows, groups, per_group, -1).sum(3)
+    scale = (dots - mean.view(rows, groups, 1) * sums) * rstd.view(rows, groups, 1)
+    n = rows // multiplicity
+
+    def per_example(values: torch.Tensor) -> torch.Tensor:
+        values = values.reshape(n, multiplicity, channels // channels_per_sum, channels_per_sum).sum((1, 3))
+        return values / multiplicity if multiplicity > 1 else values
+
+    return per_example(scale), per_example(sums)
 
 
 def field_group_norm_rule(
     layer: FieldGroupNorm, activations: list[torch.Tensor], backprops: torch.Tensor, multiplicity: int = 1
 ) -> dict[nn.Parameter, torch.Tensor]:
-    x = activations[0].to(backprops.dtype)
-    grads: dict[nn.Parameter, torch.Tensor] = {}
-    if layer.weight.requires_grad:
-        grads[layer.weight] = _per_example_channel_sums(layer.normalized(x) * backprops, multiplicity, layer.field_size)
-    if layer.bias.requires_grad:
-        grads[layer.bias] = _per_example_channel_sums(backprops, multiplicity, layer.field_size)
-    return grads
+    x, statistics = activations[0].to(backprops.dtype), activations[1:]
+    scale, shift = _group_norm_gradients(
+        x, statistics, backprops, layer.num_groups, layer.eps, multiplicity, layer.field_size
+    )
+    return {p: g for p, g in ((layer.weight, scale), (layer.bias, shift)) if p.requires_grad}
 
 
 def group_norm_rule(
     layer: nn.GroupNorm, activations: list[torch.Tensor], backprops: torch.Tensor, multiplicity: int = 1
 ) -> dict[nn.Parameter, torch.Tensor]:
-    x = activations[0].to(backprops.dtype)
-    grads: dict[nn.Parameter, torch.Tensor] = {}
-    if layer.affine and layer.weight.requires_grad:
-        normalized = F.group_norm(x, layer.num_groups, eps=layer.eps)
-        grads[layer.weight] = _per_example_channel_sums(normalized * backprops, multiplicity)
-    if layer.affine and layer.bias.requires_grad:
-        grads[layer.bias] = _per_example_channel_sums(backprops, multiplicity)
-    return grads
+    if not layer.affine:
+        return {}
+    x, statistics = activations[0].to(backprops.dtype), activations[1:]
+    scale, shift = _group_norm_gradients(x, statistics, backprops, layer.num_groups, layer.eps, multiplicity)
+    return {p: g for p, g in ((layer.weight, scale), (layer.bias, shift)) if p.requires_grad}
+
+
+# What a layer's rule takes beside its input, read off its output in the forward hook.
+FORWARD_STATISTICS = {FieldGroupNorm: saved_group_norm_statistics, nn.GroupNorm: saved_group_norm_statistics}
 
 
 def linear_rule(

@@ -20,7 +20,10 @@ from torch.autograd.graph import GradientEdge, get_gradient_edge
 from eqdp_ray.privacy.clipping import PerExampleGradient
 from eqdp_ray.privacy.errors import UnsupportedModelError
 from eqdp_ray.privacy.ghost_norms import DEFERRED_RULES
-from eqdp_ray.privacy.grad_samplers import AUGMENTATION_AWARE_RULES  # also registers our rules with Opacus
+from eqdp_ray.privacy.grad_samplers import (  # also registers our rules with Opacus
+    AUGMENTATION_AWARE_RULES,
+    FORWARD_STATISTICS,
+)
 
 _MIXING_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm, nn.LocalResponseNorm)
 
@@ -97,6 +100,9 @@ class PerExampleGradients:
             self._uses[p] = self._uses.get(p, 0) + 1
         if output.requires_grad:
             activations = [t.detach() for t in inputs]  # emptied by the rule, so they are freed as backward goes
+            statistics = FORWARD_STATISTICS.get(type(module))
+            if statistics is not None:  # what the forward computed that the rule would otherwise recompute
+                activations += statistics(module, output)
             output.register_hook(functools.partial(self._per_example_rule, module, activations))
             if not any(isinstance(t, torch.Tensor) and t.requires_grad for t in inputs):
                 # Backward need go no further than this; the edge, not the tensor, in case it is later

@@ -595,3 +595,60 @@ def test_each_examples_deferred_contribution_is_at_most_c_in_float32():
             parts = [g.weighted_sum(alone) if isinstance(g, DeferredGradient) else g[i] * factors[i] for g in grads]
             norm = torch.cat([p.flatten() for p in parts]).norm()
             assert norm <= max_norm and norm > max_norm * (1 - 1e-4)
+
+
+def group_norm_loop(layer: nn.Module, x: torch.Tensor, grad_output: torch.Tensor, k: int) -> list[torch.Tensor]:
+    """Each example's scale and shift gradients (mean over its k rows) by single-row backward passes."""
+    grads = []
+    for i in range(len(x)):
+        scale, shift = torch.autograd.grad(
+            (layer(x[i : i + 1]) * grad_output[i : i + 1]).sum(), [layer.weight, layer.bias]
+        )
+        grads.append(torch.cat([scale, shift]))
+    return list(torch.stack(grads).view(len(x) // k, k, -1).mean(1))
+
+
+GROUP_NORMS = {
+    "nn.GroupNorm": lambda: nn.GroupNorm(3, 12),
+    "FieldGroupNorm": lambda: FieldGroupNorm(num_fields=6, field_size=2, num_groups=3),
+}
+
+
+@pytest.mark.parametrize("chunk_bytes", [None, 1])  # 1: the channel dot products one row at a time
+@pytest.mark.parametrize("statistics", ["saved", "recomputed"])
+@pytest.mark.parametrize("k", [1, 3])
+@pytest.mark.parametrize("kind", sorted(GROUP_NORMS))
+def test_group_norm_rules_equal_the_loop(kind, k, statistics, chunk_bytes, monkeypatch):
+    """Scale and shift gradients from the forward's saved mean and 1/std (as the hooks pass them), or
+    recomputed (as Opacus's registry calls the rule), equal single-row backward passes, off-centre inputs
+    included (the rule subtracts mean x sum of gradients)."""
+    if chunk_bytes is not None:
+        monkeypatch.setattr(grad_samplers, "CHANNEL_DOT_CHUNK_BYTES", chunk_bytes)
+    torch.manual_seed(5)
+    layer = GROUP_NORMS[kind]().double()
+    with torch.no_grad():
+        layer.weight.uniform_(0.5, 1.5)
+        layer.bias.uniform_(-1, 1)
+    x = (3 + 2 * torch.randn(4 * k, 12, 5, 5, dtype=torch.float64)).requires_grad_()
+    grad_output = torch.randn_like(x)
+    saved = grad_samplers.saved_group_norm_statistics(layer, layer(x))
+    assert len(saved) == 2  # torch kept them under the names the rule reads; else every step recomputes them
+    activations = [x.detach()] + (saved if statistics == "saved" else [])
+    rule = grad_samplers.AUGMENTATION_AWARE_RULES[type(layer)]
+    grads = rule(layer, activations, grad_output, k)
+    expected = group_norm_loop(layer, x.detach(), grad_output, k)
+    for i, e in enumerate(expected):
+        torch.testing.assert_close(torch.cat([grads[layer.weight][i], grads[layer.bias][i]]), e, rtol=1e-9, atol=1e-11)
+
+
+def test_group_norm_statistics_are_read_only_off_a_group_norm_of_the_layers_groups():
+    """The statistics come off the output's own group-norm node, with the layer's group count; anything else
+    (an output some other op made) gets none, and the rule recomputes them."""
+    layer = nn.GroupNorm(2, 4)
+    x = torch.randn(3, 4, 5, 5, requires_grad=True)
+    mean, rstd = grad_samplers.saved_group_norm_statistics(layer, layer(x))
+    var, expected_mean = torch.var_mean(x.detach().reshape(3, 2, -1), dim=2, correction=0)
+    torch.testing.assert_close(mean, expected_mean)
+    torch.testing.assert_close(rstd, (var + layer.eps).rsqrt())
+    assert grad_samplers.saved_group_norm_statistics(layer, layer(x) + 1) == []
+    assert grad_samplers.saved_group_norm_statistics(nn.GroupNorm(4, 4), layer(x)) == []
