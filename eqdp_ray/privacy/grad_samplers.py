@@ -25,7 +25,8 @@ layers (with K=1) in Opacus's registry, which is what marks those layers as supp
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -36,12 +37,10 @@ from torch.func import vjp, vmap
 from eqdp_ray.models.kernel_symmetry import KernelSymmetry, grid_permutation, symmetries_hold
 from eqdp_ray.models.layers import FieldGroupNorm, SteerableConv2d
 
-# Below this many contracted positions per example (K x output height x width) the unfold route
-# is faster on CPU; from it on the grouped weight-gradient convolution wins (measured per layer of
-# the three benchmark models, 2 threads, 2026-12-01: at 64 positions grouped 44 ms against unfold
-# 61 ms on the equivariant model's 8x8 layer, at parity on the conventional ones, whose 8x8 layers
-# take ghost norms anyway; at 16 unfold wins; docs/BENCHMARKS.md). Both compute the same sum, so
-# the choice only moves time.
+# Off the CPU (where routes are not timed, see ``FilterGradientRoutes``): below this many contracted
+# positions per example (K x output height x width) the unfold route, from it on the grouped
+# weight-gradient convolution (measured per layer of the three benchmark models, 2 threads, AMD
+# EPYC, 2026-12-01: at 64 positions grouped 44 ms against unfold 61 ms; docs/BENCHMARKS.md).
 GROUPED_CONV_MIN_POSITIONS = 64
 
 # The unfold route forms a patch tensor (in x kernel area times the input); it is formed this
@@ -49,6 +48,13 @@ GROUPED_CONV_MIN_POSITIONS = 64
 # norms (ghost_norms.py) form their patches' Gram matrices under the same budget, reading it
 # from here at call time.
 PATCH_CHUNK_BYTES = 8 * 2**20
+
+# The canvas routes (shifted products, canvas patches) lay a few examples' inputs and output gradients
+# out (and, for the patches, their patches) this many bytes at a time, so that all kernel offsets'
+# products read them from cache (measured on the Intel machine, 2026-12-03, the equivariant model's
+# 16x16 layer at K=1: shifted products 72-82 ms in 2 MiB chunks against 127 ms for all 64 examples at
+# once; canvas patches 112 ms in 4-16 MiB chunks against 152-156 in 0.5-2; docs/BENCHMARKS.md).
+CANVAS_CHUNK_BYTES = {"shifted": 2 * 2**20, "patches": 8 * 2**20}
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,19 @@ class ConvGeometry:
     def of_steerable(layer: SteerableConv2d) -> ConvGeometry:
         k, s, p = layer.kernel_size, layer.stride, layer.padding
         return ConvGeometry((k, k), (s, s), (p, p))
+
+    @property
+    def keeps_size(self) -> bool:
+        """Stride 1, no dilation or groups, odd kernel with half its size as zero padding: output size = input size."""
+        kh, kw = self.kernel
+        return (
+            self.stride == (1, 1)
+            and self.dilation == (1, 1)
+            and self.groups == 1
+            and kh % 2 == 1
+            and kw % 2 == 1
+            and self.padding == (kh // 2, kw // 2)
+        )
 
 
 def _conv2d_inputs(layer: nn.Conv2d, x: torch.Tensor) -> tuple[torch.Tensor, ConvGeometry]:
@@ -89,11 +108,12 @@ def _conv2d_inputs(layer: nn.Conv2d, x: torch.Tensor) -> tuple[torch.Tensor, Con
 def per_example_filter_gradients(
     geometry: ConvGeometry, activations: torch.Tensor, backprops: torch.Tensor, multiplicity: int = 1
 ) -> torch.Tensor:
-    """Sum over each example's K inputs of the gradient w.r.t. the filter: (N/K, out, in/groups, kh, kw)."""
-    positions = multiplicity * backprops.shape[2] * backprops.shape[3]
-    if positions >= GROUPED_CONV_MIN_POSITIONS:
-        return _filter_gradients_by_grouped_conv(geometry, activations, backprops, multiplicity)
-    return _filter_gradients_by_unfold(geometry, activations, backprops, multiplicity)
+    """Sum over each example's K inputs of the gradient w.r.t. the filter: (N/K, out, in/groups, kh, kw).
+
+    Every route computes the same sum; ``FILTER_GRADIENT_ROUTES`` picks the one that is fastest for
+    the layer's shape on this machine. The result may be a permuted view (the shifted-products route).
+    """
+    return FILTER_GRADIENT_ROUTES(geometry, activations, backprops, multiplicity)
 
 
 def _filter_gradients_by_unfold(
@@ -178,6 +198,239 @@ def summed_weight_gradient(
         [False, True, False],
     )
     return grad
+
+
+def _filter_gradients_by_example_loop(
+    geometry: ConvGeometry, activations: torch.Tensor, backprops: torch.Tensor, multiplicity: int
+) -> torch.Tensor:
+    """Sum over K: the layer's own weight-gradient convolution once per example, over its K inputs.
+
+    The convolution library's fastest kernels (those of ordinary training), at the price of one call
+    per example; with K inputs and large maps each call is large enough for that not to matter.
+    """
+    k = multiplicity
+    n = activations.shape[0] // k
+    g = geometry.groups
+    weight = torch.empty(
+        backprops.shape[1], activations.shape[1] // g, *geometry.kernel, dtype=backprops.dtype, device=backprops.device
+    )
+    out = torch.empty(n, *weight.shape, dtype=backprops.dtype, device=backprops.device)
+    for i in range(n):
+        rows = slice(i * k, (i + 1) * k)
+        out[i] = summed_weight_gradient(geometry, activations[rows], backprops[rows], weight, g)
+    return out
+
+
+@dataclass(frozen=True)
+class _Canvas:
+    """Where a size-keeping convolution's inputs and output gradients go on flat per-channel canvases.
+
+    Each example's K inputs are laid out one after another, every row followed by pw zeros and every
+    input by ph zero rows (which also serve as the next row's and the next input's padding); its output
+    gradients likewise, on the same grid. The input at kernel offset (dy, dx) of every output position is
+    then the input canvas read `offset(dy, dx)` further on: a view, not a patch tensor.
+    """
+
+    height: int
+    width: int
+    multiplicity: int
+    padding: tuple[int, int]
+
+    @property
+    def row(self) -> int:
+        return self.width + self.padding[1]
+
+    @property
+    def body(self) -> int:  # the K inputs with their trailing zero rows
+        return self.multiplicity * (self.height + self.padding[0]) * self.row
+
+    @property
+    def lead(self) -> int:  # zeros read before the first input's first position
+        return self.padding[0] * self.row + self.padding[1]
+
+    @property
+    def input_size(self) -> int:
+        return self.lead + self.body + self.padding[1]
+
+    @property
+    def length(self) -> int:  # canvas positions where an output gradient can be nonzero
+        return ((self.multiplicity - 1) * (self.height + self.padding[0]) + self.height) * self.row
+
+    def offset(self, dy: int, dx: int) -> int:
+        return self.lead + (dy - self.padding[0]) * self.row + (dx - self.padding[1])
+
+    def write(self, canvas: torch.Tensor, values: torch.Tensor) -> None:
+        """Lay m examples' K x (channels, height, width) values onto their canvases (m, channels, >= body)."""
+        m, channels = canvas.shape[:2]
+        h, w, k = self.height, self.width, self.multiplicity
+        grid = canvas[:, :, : self.body].view(m, channels, k, h + self.padding[0], self.row)
+        grid[..., :h, :w] = values.reshape(m, k, channels, h, w).transpose(1, 2)
+
+
+def _canvas_chunks(
+    geometry: ConvGeometry,
+    activations: torch.Tensor,
+    backprops: torch.Tensor,
+    multiplicity: int,
+    budget: int,
+    extra_bytes: int = 0,
+):
+    """(canvas, rows of examples, input canvases, output-gradient canvases) for a few examples at a time.
+
+    As many examples as fit `budget` bytes with `extra_bytes` per example besides the canvases;
+    the buffers are reused from chunk to chunk, so their zeros are written once.
+    """
+    canvas = _Canvas(*activations.shape[2:], multiplicity, geometry.padding)
+    n = activations.shape[0] // multiplicity
+    channels_in, channels_out = activations.shape[1], backprops.shape[1]
+    example_bytes = (channels_in * canvas.input_size + channels_out * canvas.body) * backprops.element_size()
+    example_bytes += extra_bytes
+    chunk = min(n, max(1, budget // example_bytes)) if backprops.device.type == "cpu" else n
+    inputs = backprops.new_zeros(chunk, channels_in, canvas.input_size)
+    grads = backprops.new_zeros(chunk, channels_out, canvas.body)
+    for start in range(0, n, chunk):
+        m = min(n, start + chunk) - start
+        rows = slice(start * multiplicity, (start + m) * multiplicity)
+        canvas.write(inputs[:m, :, canvas.lead :], activations[rows])
+        canvas.write(grads[:m], backprops[rows])
+        yield canvas, slice(start, start + m), inputs[:m], grads[:m, :, : canvas.length]
+
+
+def _filter_gradients_by_shifted_products(
+    geometry: ConvGeometry, activations: torch.Tensor, backprops: torch.Tensor, multiplicity: int
+) -> torch.Tensor:
+    """Sum over K, for size-keeping geometries: one batched matrix product per kernel offset, no patches.
+
+    The filter gradient at kernel offset (dy, dx) is the product of the output-gradient canvas with the
+    input canvas shifted by that offset (``_Canvas``), with the K inputs and all positions in its
+    contraction. Returns a permuted view (n, out, in, kh, kw) of an (n, kh * kw, out, in) tensor.
+    """
+    kh, kw = geometry.kernel
+    n = activations.shape[0] // multiplicity
+    out = backprops.new_empty(n, kh * kw, backprops.shape[1], activations.shape[1])
+    for canvas, examples, inputs, grads in _canvas_chunks(
+        geometry, activations, backprops, multiplicity, CANVAS_CHUNK_BYTES["shifted"]
+    ):
+        for dy in range(kh):
+            for dx in range(kw):
+                offset = canvas.offset(dy, dx)
+                shifted = inputs[:, :, offset : offset + canvas.length].transpose(1, 2)
+                torch.bmm(grads, shifted, out=out[examples, dy * kw + dx])
+    return out.permute(0, 2, 3, 1).unflatten(3, (kh, kw))
+
+
+def _filter_gradients_by_canvas_patches(
+    geometry: ConvGeometry, activations: torch.Tensor, backprops: torch.Tensor, multiplicity: int
+) -> torch.Tensor:
+    """Sum over K, for size-keeping geometries: patches copied from shifted canvases, one product per example.
+
+    The unfold route's contraction (one (out, positions) x (positions, in x kh x kw) product per example,
+    the efficient shape), with its patches gathered as kh x kw contiguous copies of the shifted input
+    canvas (``_Canvas``) instead of by F.unfold, a few examples at a time.
+    """
+    kh, kw = geometry.kernel
+    n = activations.shape[0] // multiplicity
+    channels_in, channels_out = activations.shape[1], backprops.shape[1]
+    length = _Canvas(*activations.shape[2:], multiplicity, geometry.padding).length
+    patch_bytes = channels_in * kh * kw * length * backprops.element_size()
+    out = backprops.new_empty(n, channels_out, channels_in * kh * kw)
+    patches = None
+    for canvas, examples, inputs, grads in _canvas_chunks(
+        geometry, activations, backprops, multiplicity, CANVAS_CHUNK_BYTES["patches"], patch_bytes
+    ):
+        m = inputs.shape[0]
+        if patches is None:
+            patches = backprops.new_empty(m, channels_in, kh * kw, length)
+        for dy in range(kh):
+            for dx in range(kw):
+                offset = canvas.offset(dy, dx)
+                patches[:m, :, dy * kw + dx] = inputs[:, :, offset : offset + length]
+        torch.bmm(grads, patches[:m].view(m, -1, length).transpose(1, 2), out=out[examples])
+    return out.view(n, channels_out, channels_in, kh, kw)
+
+
+@dataclass
+class _RouteTimes:
+    """The timed calls of each candidate route for one layer shape, and the route chosen from them."""
+
+    candidates: tuple[str, ...]
+    seconds: dict[str, list[float]] = field(default_factory=dict)
+    chosen: str | None = None
+
+    def next_route(self, trials: int) -> str:
+        if self.chosen is None:
+            counts = {name: len(self.seconds.get(name, ())) for name in self.candidates}
+            fewest = min(self.candidates, key=counts.get)  # round-robin: a slow spell of the machine hits all
+            if counts[fewest] < trials:
+                return fewest
+            self.chosen = min(self.candidates, key=lambda name: min(self.seconds[name]))
+        return self.chosen
+
+
+class FilterGradientRoutes:
+    """Per-example filter gradients by the route that is fastest for the layer's shape on this machine.
+
+    All routes compute the same sum (tests hold each to a per-example loop in float64); which is fastest
+    depends on the CPU (on an Intel Xeon the shifted products took 105 ms where the grouped convolution
+    took 190 on the equivariant model's 16x16 layer; on the AMD machine the grouped one led;
+    docs/BENCHMARKS.md). On the CPU the first calls for a shape (layer, batch, K, dtype, threads) run
+    each applicable route `trials` times, as part of the work, timed; later calls take the fastest
+    (least time over its trials), so the choice costs no extra computation. It depends on shapes and
+    timing only, never on the data. Off the CPU the choice is fixed by GROUPED_CONV_MIN_POSITIONS.
+    `forced` (a route name) makes every call take that route where it applies (tests).
+    """
+
+    ROUTES = {
+        "grouped": _filter_gradients_by_grouped_conv,
+        "unfold": _filter_gradients_by_unfold,
+        "shifted": _filter_gradients_by_shifted_products,
+        "canvas": _filter_gradients_by_canvas_patches,
+        "loop": _filter_gradients_by_example_loop,
+    }
+
+    def __init__(self, trials: int = 2) -> None:
+        self.trials, self.forced = trials, None
+        self.times: dict[tuple, _RouteTimes] = {}
+
+    @staticmethod
+    def applicable(geometry: ConvGeometry, activations: torch.Tensor, backprops: torch.Tensor) -> tuple[str, ...]:
+        sizes_kept = geometry.keeps_size and activations.shape[2:] == backprops.shape[2:]
+        return ("grouped", "unfold", "loop") + (("shifted", "canvas") if sizes_kept else ())
+
+    @staticmethod
+    def fixed_choice(backprops: torch.Tensor, multiplicity: int) -> str:
+        positions = multiplicity * backprops.shape[2] * backprops.shape[3]
+        return "grouped" if positions >= GROUPED_CONV_MIN_POSITIONS else "unfold"
+
+    def __call__(
+        self, geometry: ConvGeometry, activations: torch.Tensor, backprops: torch.Tensor, multiplicity: int
+    ) -> torch.Tensor:
+        candidates = self.applicable(geometry, activations, backprops)
+        if self.forced in candidates:
+            return self.ROUTES[self.forced](geometry, activations, backprops, multiplicity)
+        if backprops.device.type != "cpu":
+            return self.ROUTES[self.fixed_choice(backprops, multiplicity)](
+                geometry, activations, backprops, multiplicity
+            )
+        key = (
+            geometry,
+            tuple(activations.shape),
+            tuple(backprops.shape),
+            multiplicity,
+            backprops.dtype,
+            torch.get_num_threads(),
+        )
+        times = self.times.setdefault(key, _RouteTimes(candidates))
+        name = times.next_route(self.trials)
+        if times.chosen is not None:
+            return self.ROUTES[name](geometry, activations, backprops, multiplicity)
+        start = time.perf_counter()
+        result = self.ROUTES[name](geometry, activations, backprops, multiplicity)
+        times.seconds.setdefault(name, []).append(time.perf_counter() - start)
+        return result
+
+
+FILTER_GRADIENT_ROUTES = FilterGradientRoutes()
 
 
 # A steerable layer whose basis has exact grid symmetries (``eqdp_ray.models.kernel_symmetry``: D_N
@@ -290,11 +543,25 @@ def _coefficient_gradients_by_symmetry(
     inputs = x.flatten(1).index_select(1, gather_in).view(rows, x.shape[1], *x.shape[2:])
     outputs = backprops.flatten(1).index_select(1, gather_out).view(rows, fields_out, *backprops.shape[2:])
     sums = per_example_filter_gradients(geometry, inputs, outputs, multiplicity * copies)  # n, f_out, f_in*i, k, k
-    torch.mm(
-        sums.reshape(n * fields_out * fields_in, channels_in * points),
-        basis[:, 0].to(sums.dtype).reshape(b, channels_in * points).t(),
-        out=out.view(n * fields_out * fields_in, b),
-    )
+    blocks = sums.unflatten(2, (fields_in, channels_in))  # n, f_out, f_in, i, kh, kw
+    kernel_basis = basis[:, 0].unflatten(2, geometry.kernel)  # b, i, kh, kw
+    _contract_with_basis(blocks, kernel_basis.to(sums.dtype), out.view(n * fields_out * fields_in, b))
+
+
+def _contract_with_basis(blocks: torch.Tensor, basis: torch.Tensor, out: torch.Tensor) -> None:
+    """out (rows, b) = blocks (*rows, *entries) contracted over the entries with basis (b, *entries).
+
+    The entries end in the kernel offsets (kh, kw). `blocks` may have any strides; it is copied once, in
+    the order of its memory: where the offsets are outermost (the shifted-products layout), both sides
+    put them first.
+    """
+    entries = basis.dim() - 1
+    lead = blocks.dim() - entries
+    if blocks.stride(-1) != 1:
+        inner = list(range(lead, blocks.dim()))
+        blocks = blocks.permute(*range(lead), inner[-2], inner[-1], *inner[:-2])
+        basis = basis.permute(0, entries - 1, entries, *range(1, entries - 1))
+    torch.mm(blocks.reshape(-1, basis[0].numel()), basis.reshape(basis.shape[0], -1).t(), out=out)
 
 
 def _coefficient_gradients(
@@ -306,15 +573,12 @@ def _coefficient_gradients(
     so its transpose contracts each example's (o, i, s) entries of every field pair with the basis:
     one matrix product of (m x fields_out x fields_in, o*i*s) by (o*i*s, b), no per-example calls.
     """
-    b, o, i, s = basis.shape
+    b, o, i, _ = basis.shape
     m = filter_grads.shape[0]
     fields_out, fields_in = filter_grads.shape[1] // o, filter_grads.shape[2] // i
-    blocks = filter_grads.reshape(m, fields_out, o, fields_in, i * s).transpose(2, 3)
-    torch.mm(
-        blocks.reshape(m * fields_out * fields_in, o * i * s),
-        basis.to(filter_grads.dtype).reshape(b, o * i * s).t(),
-        out=out.view(m * fields_out * fields_in, b),
-    )
+    blocks = filter_grads.unflatten(2, (fields_in, i)).unflatten(1, (fields_out, o)).transpose(2, 3)
+    kernel_basis = basis.unflatten(3, filter_grads.shape[3:]).to(filter_grads.dtype)  # b, o, i, kh, kw
+    _contract_with_basis(blocks, kernel_basis, out.view(m * fields_out * fields_in, b))
 
 
 def steerable_conv_rule(
@@ -358,7 +622,7 @@ def conv2d_rule(
     x, geometry = _conv2d_inputs(layer, activations[0].to(backprops.dtype))
     grads: dict[nn.Parameter, torch.Tensor] = {}
     if layer.weight.requires_grad:
-        grads[layer.weight] = per_example_filter_gradients(geometry, x, backprops, multiplicity)
+        grads[layer.weight] = per_example_filter_gradients(geometry, x, backprops, multiplicity).contiguous()
         if multiplicity > 1:
             grads[layer.weight] /= multiplicity
     if layer.bias is not None and layer.bias.requires_grad:
