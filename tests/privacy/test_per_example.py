@@ -1,5 +1,8 @@
 """Per-example gradients must equal a loop of single-example backward passes, for every parameter."""
 
+import itertools
+import time
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -144,10 +147,13 @@ def test_parameters_get_no_summed_gradient_and_hooks_can_be_removed():
     assert all(not m._forward_hooks and not m._backward_hooks for m in model.modules())
 
 
-@pytest.mark.parametrize("kernel,stride,padding,k", [(3, 1, 1, 1), (5, 2, 2, 3), (3, 2, 0, 2)])
-def test_both_filter_gradient_routes_equal_the_loop(kernel, stride, padding, k, monkeypatch):
-    """The unfold route and the grouped-convolution route must each give every example's
-    dense-filter gradient, summed over its K inputs, whichever one the size selects."""
+ROUTES = sorted(grad_samplers.FilterGradientRoutes.ROUTES)
+
+
+@pytest.mark.parametrize("kernel,stride,padding,k", [(3, 1, 1, 1), (5, 1, 2, 2), (5, 2, 2, 3), (3, 2, 0, 2)])
+def test_every_filter_gradient_route_equals_the_loop(kernel, stride, padding, k, monkeypatch):
+    """Every route that applies to the geometry (the canvas routes: size-keeping ones only) gives every
+    example's dense-filter gradient, summed over its K inputs, also when formed a few examples at a time."""
     torch.manual_seed(3)
     gspace = make_gspace("dihedral", 2)
     layer = SteerableConv2d(
@@ -168,14 +174,69 @@ def test_both_filter_gradient_routes_equal_the_loop(kernel, stride, padding, k, 
         expected.append(dense.grad)
     expected = torch.stack(expected)
     geometry = grad_samplers.ConvGeometry.of_steerable(layer)
-    for route in (grad_samplers._filter_gradients_by_unfold, grad_samplers._filter_gradients_by_grouped_conv):
+    applicable = grad_samplers.FilterGradientRoutes.applicable(geometry, x, weights)
+    assert ("shifted" in applicable) == ("canvas" in applicable) == (stride == 1)
+    for name in applicable:
+        route = grad_samplers.FilterGradientRoutes.ROUTES[name]
         torch.testing.assert_close(route(geometry, x, weights, k), expected, rtol=1e-9, atol=1e-11)
     monkeypatch.setattr(grad_samplers, "PATCH_CHUNK_BYTES", 1)  # patches formed one example at a time
-    got = grad_samplers._filter_gradients_by_unfold(geometry, x, weights, k)
-    torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-11)
-    torch.testing.assert_close(
-        grad_samplers.per_example_filter_gradients(geometry, x, weights, k), expected, rtol=1e-9, atol=1e-11
-    )
+    for name in ("shifted", "patches"):  # canvases for two examples at a time: the last chunk is shorter
+        monkeypatch.setitem(grad_samplers.CANVAS_CHUNK_BYTES, name, 2 * 8 * x[0].numel() * (k + 6 * kernel**2))
+    for name in applicable:
+        route = grad_samplers.FilterGradientRoutes.ROUTES[name]
+        torch.testing.assert_close(route(geometry, x, weights, k), expected, rtol=1e-9, atol=1e-11)
+    routes = grad_samplers.FilterGradientRoutes(trials=1)
+    monkeypatch.setattr(grad_samplers, "FILTER_GRADIENT_ROUTES", routes)
+    for _ in range(len(applicable) + 1):  # each route once, timed, then the fastest
+        got = grad_samplers.per_example_filter_gradients(geometry, x, weights, k)
+        torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-11)
+    (times,) = routes.times.values()
+    assert times.chosen in applicable and sorted(times.seconds) == sorted(applicable)
+
+
+def test_route_choice_times_each_route_then_keeps_the_fastest(monkeypatch):
+    """On the CPU each applicable route is run `trials` times, round-robin, as the work of those calls;
+    every later call for that shape takes the least-time route. Another shape is timed afresh."""
+    calls = []
+
+    def route_taking(name, seconds):
+        def route(geometry, activations, backprops, multiplicity):
+            calls.append(name)
+            time.sleep(seconds)
+            return torch.full((1,), float(len(calls)))
+
+        return route
+
+    delays = {"grouped": 0.07, "unfold": 0.001, "loop": 0.06, "shifted": 0.05, "canvas": 0.08}
+    routes = grad_samplers.FilterGradientRoutes(trials=2)
+    monkeypatch.setattr(routes, "ROUTES", {name: route_taking(name, t) for name, t in delays.items()})
+    geometry = grad_samplers.ConvGeometry((3, 3), padding=(1, 1))
+    x, grads = torch.zeros(4, 2, 5, 5), torch.zeros(4, 3, 5, 5)
+    results = [routes(geometry, x, grads, 1)[0].item() for _ in range(13)]
+    assert results == list(range(1, 14))  # every call does the work once
+    assert sorted(calls[:10]) == sorted(2 * list(delays)) and set(calls[:5]) == set(delays)
+    assert calls[10:] == ["unfold"] * 3
+    strided = grad_samplers.ConvGeometry((3, 3), stride=(2, 2), padding=(1, 1))
+    for _ in range(3):
+        routes(strided, x, grads[..., :3, :3], 1)
+    assert set(calls[13:]) == {"grouped", "unfold", "loop"}  # no canvas routes for a strided geometry
+    routes.forced = "canvas"
+    routes(geometry, x, grads, 1)
+    assert calls[-1] == "canvas"
+
+
+def test_off_the_cpu_the_route_is_fixed_by_the_positions(monkeypatch):
+    """Where timing without synchronising would mislead (accelerators), the grouped convolution from
+    GROUPED_CONV_MIN_POSITIONS contracted positions on, the unfold route below."""
+    calls = []
+    routes = grad_samplers.FilterGradientRoutes()
+    stubs = {name: (lambda *args, name=name: calls.append(name)) for name in routes.ROUTES}
+    monkeypatch.setattr(routes, "ROUTES", stubs)
+    geometry = grad_samplers.ConvGeometry((3, 3), padding=(1, 1))
+    x = torch.zeros(8, 2, 8, 8, device="meta")
+    routes(geometry, x, torch.zeros(8, 3, 8, 8, device="meta"), 1)  # 64 positions
+    routes(geometry, x[..., :4, :4], torch.zeros(8, 3, 4, 4, device="meta"), 2)  # 32
+    assert calls == ["grouped", "unfold"] and not routes.times
 
 
 def assert_steerable_rule_equals_the_loop(layer: SteerableConv2d, x: torch.Tensor, k: int) -> None:
@@ -191,21 +252,25 @@ def assert_steerable_rule_equals_the_loop(layer: SteerableConv2d, x: torch.Tenso
     torch.testing.assert_close(got, torch.stack(expected), rtol=1e-9, atol=1e-11)
 
 
+@pytest.mark.parametrize("filter_route", ["shifted", "grouped"])
 @pytest.mark.parametrize("k", [1, 2])
-def test_steerable_rule_with_mixed_field_types_equals_the_loop(k):
+def test_steerable_rule_with_mixed_field_types_equals_the_loop(k, filter_route, monkeypatch):
     """Several field types give several basis blocks: the general route (the expansion's vector-Jacobian
-    product) must match the loop, as the one-block matrix product does for a single field type."""
+    product) must match the loop, as the one-block matrix product does for a single field type; on the
+    shifted-products route (a permuted layout; stride 1 only) as on the others."""
+    monkeypatch.setattr(grad_samplers.FILTER_GRADIENT_ROUTES, "forced", filter_route)
     torch.manual_seed(6)
     gspace = make_gspace("dihedral", 4)
     mixed_in = enn.FieldType(gspace, [gspace.trivial_repr, gspace.regular_repr, gspace.trivial_repr])
     mixed_out = enn.FieldType(gspace, [gspace.regular_repr, gspace.irrep(1, 1)])
     single = enn.FieldType(gspace, 2 * [gspace.regular_repr])
-    for in_type, out_type in [(mixed_in, mixed_out), (single, single)]:
-        layer = SteerableConv2d(in_type, out_type, stride=2).double()
+    for (in_type, out_type), stride in itertools.product([(mixed_in, mixed_out), (single, single)], (2, 1)):
+        layer = SteerableConv2d(in_type, out_type, stride=stride).double()
         assert (grad_samplers._single_block_basis(layer) is None) == (in_type is mixed_in)
         assert_steerable_rule_equals_the_loop(layer, torch.randn(3 * k, in_type.size, 7, 7, dtype=torch.float64), k)
 
 
+@pytest.mark.parametrize("filter_route", ROUTES)
 @pytest.mark.parametrize("route", ["symmetry", "dense transpose"])
 @pytest.mark.parametrize("k", [1, 3])
 @pytest.mark.parametrize(
@@ -218,11 +283,13 @@ def test_steerable_rule_with_mixed_field_types_equals_the_loop(k):
     ],
 )
 def test_steerable_rule_by_basis_symmetry_equals_the_loop(
-    group, order, restrict, fields_in, size, padding, k, route, monkeypatch
+    group, order, restrict, fields_in, size, padding, k, route, filter_route, monkeypatch
 ):
     """The route that sums each filter gradient over the basis's grid symmetries (rotated and
-    channel-permuted copies of the example) against a loop of backward passes, in float64."""
+    channel-permuted copies of the example), and the dense transpose, against a loop of backward passes,
+    in float64, on each filter-gradient route (where it applies)."""
     torch.manual_seed(7)
+    monkeypatch.setattr(grad_samplers.FILTER_GRADIENT_ROUTES, "forced", filter_route)
     monkeypatch.setattr(grad_samplers, "SYMMETRY_ROUTE_POSITIONS", 10.0**9 if route == "symmetry" else 0.0)
     monkeypatch.setitem(grad_samplers.FILTER_GRADIENT_CHUNK_BYTES, "cpu", 1)  # and one example at a time
     gspace = make_gspace(group, order)
@@ -285,16 +352,15 @@ CONV_CASES = {
 }
 
 
-@pytest.mark.parametrize("route", ["unfold", "grouped"])
+@pytest.mark.parametrize("route", ROUTES)
 @pytest.mark.parametrize("k", [1, 3])
 @pytest.mark.parametrize("case", sorted(CONV_CASES))
 def test_conventional_rules_equal_the_loop(case, k, route, monkeypatch):
-    """nn.Conv2d (each geometry, on each filter-gradient route), nn.GroupNorm and nn.Linear give every
-    example's gradient averaged over its K inputs, as a loop of single-input backward passes does."""
-    threshold = 10**9 if route == "unfold" else 0
-    monkeypatch.setattr(grad_samplers, "GROUPED_CONV_MIN_POSITIONS", threshold)
-    if route == "unfold":
-        monkeypatch.setattr(grad_samplers, "PATCH_CHUNK_BYTES", 1)  # and in chunks of one example
+    """nn.Conv2d (each geometry, on each filter-gradient route where it applies), nn.GroupNorm and
+    nn.Linear give every example's gradient averaged over its K inputs, as a loop of single-input
+    backward passes does."""
+    monkeypatch.setattr(grad_samplers.FILTER_GRADIENT_ROUTES, "forced", route)
+    monkeypatch.setattr(grad_samplers, "PATCH_CHUNK_BYTES", 1)  # the unfold route in chunks of one example
     options = dict(bias=False) | CONV_CASES[case]
     torch.manual_seed(4)
     model = conventional_net(nn.Conv2d(4, 6, **options))
