@@ -373,9 +373,10 @@ class FilterGradientRoutes:
     All routes compute the same sum (tests hold each to a per-example loop in float64); which is fastest
     depends on the CPU (on an Intel Xeon the shifted products took 105 ms where the grouped convolution
     took 190 on the equivariant model's 16x16 layer; on the AMD machine the grouped one led;
-    docs/BENCHMARKS.md). On the CPU the first calls for a shape (layer, batch, K, dtype, threads) run
-    each applicable route `trials` times, as part of the work, timed; later calls take the fastest
-    (least time over its trials), so the choice costs no extra computation. It depends on shapes and
+    docs/BENCHMARKS.md). On the CPU the first calls for a shape (layer, K, dtype, threads, and the
+    batch size to within a power of 2) run each applicable route `trials` times, as part of the work,
+    timed per example; later calls take the fastest (least time over its trials), so the choice costs
+    no extra computation. It depends on shapes and
     timing only, never on the data. Off the CPU the choice is fixed by GROUPED_CONV_MIN_POSITIONS.
     `forced` (a route name) makes every call take that route where it applies (tests).
     """
@@ -412,10 +413,12 @@ class FilterGradientRoutes:
             return self.ROUTES[self.fixed_choice(backprops, multiplicity)](
                 geometry, activations, backprops, multiplicity
             )
+        examples = activations.shape[0] // multiplicity
         key = (
             geometry,
-            tuple(activations.shape),
-            tuple(backprops.shape),
+            tuple(activations.shape[1:]),
+            tuple(backprops.shape[1:]),
+            examples.bit_length(),  # batch sizes vary (Poisson sampling, a last micro-batch): by powers of 2
             multiplicity,
             backprops.dtype,
             torch.get_num_threads(),
@@ -426,7 +429,7 @@ class FilterGradientRoutes:
             return self.ROUTES[name](geometry, activations, backprops, multiplicity)
         start = time.perf_counter()
         result = self.ROUTES[name](geometry, activations, backprops, multiplicity)
-        times.seconds.setdefault(name, []).append(time.perf_counter() - start)
+        times.seconds.setdefault(name, []).append((time.perf_counter() - start) / examples)  # per example
         return result
 
 

@@ -196,7 +196,8 @@ def test_every_filter_gradient_route_equals_the_loop(kernel, stride, padding, k,
 
 def test_route_choice_times_each_route_then_keeps_the_fastest(monkeypatch):
     """On the CPU each applicable route is run `trials` times, round-robin, as the work of those calls;
-    every later call for that shape takes the least-time route. Another shape is timed afresh."""
+    every later call for that shape (and batch sizes within its power of 2) takes the least-time route.
+    Another shape is timed afresh."""
     calls = []
 
     def route_taking(name, seconds):
@@ -216,10 +217,12 @@ def test_route_choice_times_each_route_then_keeps_the_fastest(monkeypatch):
     assert results == list(range(1, 14))  # every call does the work once
     assert sorted(calls[:10]) == sorted(2 * list(delays)) and set(calls[:5]) == set(delays)
     assert calls[10:] == ["unfold"] * 3
+    routes(geometry, torch.zeros(7, 2, 5, 5), torch.zeros(7, 3, 5, 5), 1)  # 7 examples: 4's power of 2
+    assert calls[13:] == ["unfold"] and len(routes.times) == 1
     strided = grad_samplers.ConvGeometry((3, 3), stride=(2, 2), padding=(1, 1))
     for _ in range(3):
         routes(strided, x, grads[..., :3, :3], 1)
-    assert set(calls[13:]) == {"grouped", "unfold", "loop"}  # no canvas routes for a strided geometry
+    assert set(calls[14:]) == {"grouped", "unfold", "loop"}  # no canvas routes for a strided geometry
     routes.forced = "canvas"
     routes(geometry, x, grads, 1)
     assert calls[-1] == "canvas"
