@@ -12,7 +12,8 @@ with GroupNorm (Klause et al.) and WRN-16-4 with GroupNorm (De et al.). Variants
 c and e run for the equivariant model (the paper's route); o, o4, O, O4 where Opacus accepts the
 model (it refuses escnn-based layers, which own buffers); o and o4 share this process's heap reuse
 (train.memory.reuse_freed_memory, as in training), O and O4 do not. Every DP variant clips and adds
-noise the same way; they differ in how per-example gradients are computed. Variants run
+noise the same way; they differ in how per-example gradients are computed. b and d first run
+until every layer's filter-gradient route is chosen (timed on the first calls, as in training). Variants run
 interleaved (each round runs each once). Prints median seconds, the peak extra memory of one
 step, and each ratio as the median of per-round ratios with its range over rounds.
 Targets: equivariant b/a <= 1.15, d/a4 <= 1.15, c/b >= 1.3, e/d >= 10;
@@ -37,7 +38,13 @@ import torch.nn.functional as F
 warnings.filterwarnings("ignore")
 
 from eqdp_ray.models import build_model  # noqa: E402
-from eqdp_ray.privacy import PerExampleGradients, add_gaussian_noise, clip_and_sum, noise_generator  # noqa: E402
+from eqdp_ray.privacy import (  # noqa: E402
+    PerExampleGradients,
+    add_gaussian_noise,
+    clip_and_sum,
+    grad_samplers,
+    noise_generator,
+)
 from eqdp_ray.train.memory import reuse_freed_memory  # noqa: E402
 
 LR = 1e-4  # keeps weights stable on random data; the paper's lr 2 diverges there and slows every step
@@ -179,6 +186,19 @@ def time_once(fn, device: torch.device) -> float:
     fn()
     sync(device)
     return time.perf_counter() - start
+
+
+def settle_route_choice(steps: list, most: int = 20) -> int:
+    """Run our DP steps until the filter-gradient route of every layer shape is chosen (its first calls
+    time each route, ``grad_samplers.FilterGradientRoutes``), as the first steps of training do; the
+    calls taken."""
+    routes = grad_samplers.FILTER_GRADIENT_ROUTES
+    for calls in range(1, most + 1):
+        for step in steps:
+            step()
+        if all(times.chosen is not None for times in routes.times.values()):
+            return calls
+    return most
 
 
 def measure_interleaved(variants: dict, repeats: int, device: torch.device) -> tuple[dict, dict, dict]:
@@ -368,6 +388,9 @@ def main() -> None:
         f"{args.threads} threads, torch {torch.__version__}, {args.examples} examples, "
         f"median of {args.repeats} interleaved rounds"
     )
+    settled = settle_route_choice([variants["b"], variants["d"]])
+    chosen = sorted({times.chosen for times in grad_samplers.FILTER_GRADIENT_ROUTES.times.values()} - {None})
+    print(f"filter-gradient routes chosen after {settled} warm-up steps each of b and d: {', '.join(chosen)}")
     try:
         results, peaks, rounds = measure_interleaved(variants, args.repeats, device)
     finally:
