@@ -9,6 +9,7 @@ with GroupNorm (Klause et al.) and WRN-16-4 with GroupNorm (De et al.). Variants
   c   torch.func vmap(grad) (the paper's code), as b    e   route c over the same 64 x 4
   o   Opacus's hooks (GradSampleModule), as b          o4  Opacus's hooks over the same 64 x 4
   O   o in a process of its own with glibc's default allocator (Opacus as users run it)   O4  as o4
+  bf  b with the filter-gradient routes fixed by size, as before they were timed       df  d likewise
 c and e run for the equivariant model (the paper's route); o, o4, O, O4 where Opacus accepts the
 model (it refuses escnn-based layers, which own buffers); o and o4 share this process's heap reuse
 (train.memory.reuse_freed_memory, as in training), O and O4 do not. Every DP variant clips and adds
@@ -186,6 +187,20 @@ def time_once(fn, device: torch.device) -> float:
     fn()
     sync(device)
     return time.perf_counter() - start
+
+
+def with_fixed_routes(step):
+    """`step` with the filter-gradient routes fixed by size (GROUPED_CONV_MIN_POSITIONS), not timed."""
+    fixed = grad_samplers.FilterGradientRoutes(timed=False)
+
+    def run() -> None:
+        timed, grad_samplers.FILTER_GRADIENT_ROUTES = grad_samplers.FILTER_GRADIENT_ROUTES, fixed
+        try:
+            step()
+        finally:
+            grad_samplers.FILTER_GRADIENT_ROUTES = timed
+
+    return run
 
 
 def settle_route_choice(steps: list, most: int = 20) -> int:
@@ -374,6 +389,8 @@ def main() -> None:
         "a4": lambda: non_private_step(model, optimizer, x4, y4),
         "b": lambda: our_dp_step(gradients, dp_optimizer, dp_params, x, y, 1, generator),
         "d": lambda: our_dp_step(gradients, dp_optimizer, dp_params, x4, y4, 4, generator),
+        "bf": with_fixed_routes(lambda: our_dp_step(gradients, dp_optimizer, dp_params, x, y, 1, generator)),
+        "df": with_fixed_routes(lambda: our_dp_step(gradients, dp_optimizer, dp_params, x4, y4, 4, generator)),
     }
     if equivariant:
         vmap_model, vmap_params, vmap_optimizer = route(args.model, device)
@@ -399,6 +416,12 @@ def main() -> None:
     for name in variants:
         print(f"  {name:>2}: {results[name]:8.3f} s   peak +{peaks[name] / 2**20:8.1f} MiB")
     print_ratios(RATIOS["equivariant" if equivariant else "conventional"], rounds)
+    for fixed, timed in (("bf", "b"), ("df", "d")):  # what timing the routes gains
+        per_round = [t_fixed / t_timed for t_fixed, t_timed in zip(rounds[fixed], rounds[timed])]
+        print(
+            f"  {fixed}/{timed} = {statistics.median(per_round):6.2f}   routes fixed by size over timed"
+            f"   (rounds {min(per_round):.2f}-{max(per_round):.2f})"
+        )
 
 
 if __name__ == "__main__":

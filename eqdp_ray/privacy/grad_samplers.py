@@ -377,7 +377,8 @@ class FilterGradientRoutes:
     batch size to within a power of 2) run each applicable route `trials` times, as part of the work,
     timed per example; later calls take the fastest (least time over its trials), so the choice costs
     no extra computation. It depends on shapes and
-    timing only, never on the data. Off the CPU the choice is fixed by GROUPED_CONV_MIN_POSITIONS.
+    timing only, never on the data. Off the CPU (or not `timed`) the choice is fixed by
+    GROUPED_CONV_MIN_POSITIONS, as it was before the routes were timed.
     `forced` (a route name) makes every call take that route where it applies (tests).
     """
 
@@ -389,8 +390,8 @@ class FilterGradientRoutes:
         "loop": _filter_gradients_by_example_loop,
     }
 
-    def __init__(self, trials: int = 2) -> None:
-        self.trials, self.forced = trials, None
+    def __init__(self, trials: int = 2, timed: bool = True) -> None:
+        self.trials, self.timed, self.forced = trials, timed, None
         self.times: dict[tuple, _RouteTimes] = {}
 
     @staticmethod
@@ -409,7 +410,7 @@ class FilterGradientRoutes:
         candidates = self.applicable(geometry, activations, backprops)
         if self.forced in candidates:
             return self.ROUTES[self.forced](geometry, activations, backprops, multiplicity)
-        if backprops.device.type != "cpu":
+        if backprops.device.type != "cpu" or not self.timed:
             return self.ROUTES[self.fixed_choice(backprops, multiplicity)](
                 geometry, activations, backprops, multiplicity
             )

@@ -25,8 +25,12 @@ def run_benchmark(model: str) -> str:
 @pytest.mark.parametrize(
     "model,variants,ratios",
     [
-        ("resnet9", {"a", "a4", "b", "d", "o", "o4", "O", "O4"}, {"b/a", "d/a4", "o/b", "o4/d", "O/b", "O4/d"}),
-        ("eq_resnet9", {"a", "a4", "b", "d", "c", "e"}, {"b/a", "d/a4", "c/b", "e/d"}),
+        (
+            "resnet9",
+            {"a", "a4", "b", "d", "bf", "df", "o", "o4", "O", "O4"},
+            {"b/a", "d/a4", "o/b", "o4/d", "O/b", "O4/d"},
+        ),
+        ("eq_resnet9", {"a", "a4", "b", "d", "bf", "df", "c", "e"}, {"b/a", "d/a4", "c/b", "e/d"}),
     ],
 )
 def test_dp_step_benchmark_prints_each_variant_and_ratio(model, variants, ratios):
@@ -39,6 +43,11 @@ def test_dp_step_benchmark_prints_each_variant_and_ratio(model, variants, ratios
     for label, value in printed.items():  # each ratio is the two variants' times, not a constant
         num, den = label.split("/")
         assert value == pytest.approx(timed[num][0] / timed[den][0], rel=0.02, abs=0.01)
+    for fixed, ours in (("bf", "b"), ("df", "d")):  # the gain of timing the filter-gradient routes
+        (line,) = [line for line in lines if line.strip().startswith(f"{fixed}/{ours} =")]
+        value = float(line.split("=")[1].split()[0])
+        assert value == pytest.approx(timed[fixed][0] / timed[ours][0], rel=0.02, abs=0.01)
+    assert any(line.startswith("filter-gradient routes chosen after") for line in lines)
     leads = [line for line in lines if RATIO.match(line) and ">=" in line]
     assert leads and all("ceiling" in line for line in leads)
     if model == "eq_resnet9":
