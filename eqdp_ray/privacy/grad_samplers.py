@@ -11,9 +11,11 @@ One rule per layer type the models use:
   the normalised input times the output gradient, from the forward's saved group statistics.
 * ``nn.Linear``: one batched matrix product per layer.
 
-Per-example filter gradients come from one grouped weight-gradient convolution with the
-examples as groups (large feature maps) or from unfold and a batched matrix product (small
-ones). Every rule takes the augmentation multiplicity K and returns the per-*example* gradient
+Per-example filter gradients come by one of five routes that compute the same sum: a grouped
+weight-gradient convolution with the examples as groups, unfold and a batched matrix product, a
+per-example loop of the ordinary weight-gradient convolution, and (for size-keeping convolutions)
+shifted products or patches copied from flat per-channel canvases. Which is fastest depends on the
+layer's shape and the CPU; ``FilterGradientRoutes`` times them on the first calls. Every rule takes the augmentation multiplicity K and returns the per-*example* gradient
 (the mean over each example's K augmented inputs): the contraction over K happens before the
 large per-example tensors are formed, which is what keeps a K=4 step cheap. Opacus has rules
 for nn.Conv2d, nn.Linear and nn.GroupNorm too; ours replace them in ``PerExampleGradients``
