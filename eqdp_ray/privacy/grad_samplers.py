@@ -15,8 +15,9 @@ Per-example filter gradients come by one of five routes that compute the same su
 weight-gradient convolution with the examples as groups, unfold and a batched matrix product, a
 per-example loop of the ordinary weight-gradient convolution, and (for size-keeping convolutions)
 shifted products or patches copied from flat per-channel canvases. Which is fastest depends on the
-layer's shape and the CPU; ``FilterGradientRoutes`` times them on the first calls. Every rule takes the augmentation multiplicity K and returns the per-*example* gradient
-(the mean over each example's K augmented inputs): the contraction over K happens before the
+layer's shape and the CPU; ``FilterGradientRoutes`` times them on the first calls. Every rule
+takes the augmentation multiplicity K and returns the per-*example* gradient (the mean over each
+example's K augmented inputs): the contraction over K happens before the
 large per-example tensors are formed, which is what keeps a K=4 step cheap. Opacus has rules
 for nn.Conv2d, nn.Linear and nn.GroupNorm too; ours replace them in ``PerExampleGradients``
 (they are faster and K-aware) but are not registered with Opacus, whose own hooks stay Opacus's
@@ -378,9 +379,8 @@ class FilterGradientRoutes:
     docs/BENCHMARKS.md). On the CPU the first calls for a shape (layer, K, dtype, threads, and the
     batch size to within a power of 2) run each applicable route `trials` times, as part of the work,
     timed per example; later calls take the fastest (least time over its trials), so the choice costs
-    no extra computation. It depends on shapes and
-    timing only, never on the data. Off the CPU (or not `timed`) the choice is fixed by
-    GROUPED_CONV_MIN_POSITIONS, as it was before the routes were timed.
+    no extra computation. It depends on shapes and timing only, never on the data. Off the CPU (or
+    not `timed`) the choice is fixed by GROUPED_CONV_MIN_POSITIONS, as it was before routes were timed.
     `forced` (a route name) makes every call take that route where it applies (tests).
     """
 
