@@ -27,8 +27,10 @@ layers (with K=1) in Opacus's registry, which is what marks those layers as supp
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -437,6 +439,18 @@ class FilterGradientRoutes:
 
 
 FILTER_GRADIENT_ROUTES = FilterGradientRoutes()
+
+
+@contextlib.contextmanager
+def untimed_filter_gradient_routes() -> Iterator[None]:
+    """Inside, routes are chosen by shape alone (the fixed rule), so a run with fixed seeds repeats bit
+    for bit: timed choices differ between runs and processes, and routes differ in float rounding."""
+    routes = FILTER_GRADIENT_ROUTES
+    timed, routes.timed = routes.timed, False
+    try:
+        yield
+    finally:
+        routes.timed = timed
 
 
 # A steerable layer whose basis has exact grid symmetries (``eqdp_ray.models.kernel_symmetry``: D_N

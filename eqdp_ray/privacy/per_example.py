@@ -8,6 +8,7 @@ trainable layer without a registered per-example rule.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import torch
@@ -23,6 +24,7 @@ from eqdp_ray.privacy.ghost_norms import DEFERRED_RULES
 from eqdp_ray.privacy.grad_samplers import (  # also registers our rules with Opacus
     AUGMENTATION_AWARE_RULES,
     FORWARD_STATISTICS,
+    untimed_filter_gradient_routes,
 )
 
 _MIXING_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm, nn.LocalResponseNorm)
@@ -70,11 +72,14 @@ class PerExampleGradients:
     summed parameter gradients of ordinary training, which DP-SGD would discard, nor the gradient
     of the images are computed: that is what keeps a DP step close to a non-private one. On the
     CPU, see ``eqdp_ray.train.memory.reuse_freed_memory`` (the train loop switches it on).
+    `reproducible` chooses the filter-gradient routes by shape alone, not by timing them, so that the
+    same inputs give the same gradients bit for bit in every run (a run with fixed seeds).
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, reproducible: bool = False) -> None:
         check_model_supports_dp(model)
         self.model = model
+        self.reproducible = reproducible
         self.parameters = [p for p in model.parameters() if p.requires_grad]
         self._active = False
         self._multiplicity = 1
@@ -139,11 +144,13 @@ class PerExampleGradients:
                 f"{len(targets)} inputs are not a whole number of examples of {multiplicity} augmentations"
             )
         self._grads, self._multiplicity, self._defer, self._active = {}, multiplicity, defer, True
+        routes = untimed_filter_gradient_routes() if self.reproducible else contextlib.nullcontext()
         try:
-            logits = self.model(inputs.detach())
-            if self._first_outputs:  # their hooks fire too; the gradients returned are not needed
-                loss = F.cross_entropy(logits, targets, reduction="sum")
-                torch.autograd.grad(loss, self._first_outputs, allow_unused=True)
+            with routes:
+                logits = self.model(inputs.detach())
+                if self._first_outputs:  # their hooks fire too; the gradients returned are not needed
+                    loss = F.cross_entropy(logits, targets, reduction="sum")
+                    torch.autograd.grad(loss, self._first_outputs, allow_unused=True)
         finally:
             self._active = False
             self._uses.clear()

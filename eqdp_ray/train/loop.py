@@ -271,7 +271,8 @@ def setup_run(
     # steerable bases, even where the ranks' escnn caches (one per node) were filled apart.
     comm.broadcast_from_rank0(list(model.state_dict().values()))
     ema = ExponentialMovingAverage(model, t.ema_decay)  # copied before the hooks are attached
-    gradients = PerExampleGradients(model)
+    # A fixed secret seed promises a run that repeats bit for bit: routes by shape, not by timing.
+    gradients = PerExampleGradients(model, reproducible=p.secret_seed is not None)
     if device.type == "cpu":
         reuse_freed_memory()  # a DP step's per-example gradients are large blocks, freed every step
     optimizer = torch.optim.SGD(

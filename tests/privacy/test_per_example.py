@@ -242,6 +242,25 @@ def test_off_the_cpu_the_route_is_fixed_by_the_positions(monkeypatch):
     assert calls == ["grouped", "unfold"] and not routes.times
 
 
+def test_a_reproducible_engine_chooses_routes_by_shape_not_by_timing(monkeypatch):
+    """Timed choices differ between runs (and routes in float rounding), so a run with fixed seeds
+    must not time them: its gradients are the fixed rule's, bit for bit, and nothing is timed."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.Flatten(), nn.Linear(3 * 6 * 6, 2))
+    x, y = torch.randn(4, 2, 6, 6), torch.tensor([0, 1, 1, 0])
+    routes = grad_samplers.FilterGradientRoutes(trials=1)
+    monkeypatch.setattr(grad_samplers, "FILTER_GRADIENT_ROUTES", routes)
+    untimed, _ = PerExampleGradients(model, reproducible=True)(x, y)
+    assert not routes.times and routes.timed  # nothing timed, and the setting restored
+    fixed = grad_samplers.FilterGradientRoutes(timed=False)
+    monkeypatch.setattr(grad_samplers, "FILTER_GRADIENT_ROUTES", fixed)
+    by_shape, _ = PerExampleGradients(model)(x, y)
+    assert all(torch.equal(a, b) for a, b in zip(untimed, by_shape))
+    monkeypatch.setattr(grad_samplers, "FILTER_GRADIENT_ROUTES", routes)
+    PerExampleGradients(model)(x, y)
+    assert routes.times  # the default engine times the routes
+
+
 def assert_steerable_rule_equals_the_loop(layer: SteerableConv2d, x: torch.Tensor, k: int) -> None:
     """The rule's per-example coefficient gradients (mean over each example's K rows of x) against
     backward passes one example at a time, for a random output gradient."""
