@@ -383,6 +383,7 @@ class FilterGradientRoutes:
     timed per example; later calls take the fastest (least time over its trials), so the choice costs
     no extra computation. It depends on shapes and timing only, never on the data. Off the CPU (or
     not `timed`) the choice is fixed by GROUPED_CONV_MIN_POSITIONS, as it was before routes were timed.
+    A run with fixed seeds must repeat bit for bit, so it is not timed (``untimed_filter_gradient_routes``).
     `forced` (a route name) makes every call take that route where it applies (tests).
     """
 
