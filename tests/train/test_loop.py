@@ -94,6 +94,8 @@ def test_throughput_never_reveals_the_realised_batch_sizes(monkeypatch):
 
 def test_fixed_secret_is_reproducible_and_micro_batching_does_not_change_the_step():
     _, a = final_parameters(tiny_config())
+    _, again = final_parameters(tiny_config())  # bit for bit: no timed choice of per-example routes
+    assert all(torch.equal(x, y) for x, y in zip(a["params"], again["params"]))
     _, b = final_parameters(tiny_config(physical_batch_size=16))  # 8 examples x K=2 per forward
     for x, y in zip(a["params"], b["params"]):
         torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5)
