@@ -30,8 +30,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -111,14 +112,22 @@ def _conv2d_inputs(layer: nn.Conv2d, x: torch.Tensor) -> tuple[torch.Tensor, Con
 
 
 def per_example_filter_gradients(
-    geometry: ConvGeometry, activations: torch.Tensor, backprops: torch.Tensor, multiplicity: int = 1
-) -> torch.Tensor:
+    geometry: ConvGeometry,
+    activations: torch.Tensor,
+    backprops: torch.Tensor,
+    multiplicity: int = 1,
+    consume: Callable[[torch.Tensor], Any] | None = None,
+    consumer: tuple = (),
+) -> Any:
     """Sum over each example's K inputs of the gradient w.r.t. the filter: (N/K, out, in/groups, kh, kw).
 
     Every route computes the same sum; ``FILTER_GRADIENT_ROUTES`` picks the one that is fastest for
     the layer's shape on this machine. The result may be a permuted view (the shifted-products route).
+    With `consume`, returns consume(result), and the route is chosen by the time of both: what the
+    caller does next (a basis transpose, a copy) costs more on some routes' layouts than on others'.
+    `consumer` names what `consume` does (hashable), so that each kind of caller is timed apart.
     """
-    return FILTER_GRADIENT_ROUTES(geometry, activations, backprops, multiplicity)
+    return FILTER_GRADIENT_ROUTES(geometry, activations, backprops, multiplicity, consume, consumer)
 
 
 def _filter_gradients_by_unfold(
@@ -410,15 +419,22 @@ class FilterGradientRoutes:
         return "grouped" if positions >= GROUPED_CONV_MIN_POSITIONS else "unfold"
 
     def __call__(
-        self, geometry: ConvGeometry, activations: torch.Tensor, backprops: torch.Tensor, multiplicity: int
-    ) -> torch.Tensor:
+        self,
+        geometry: ConvGeometry,
+        activations: torch.Tensor,
+        backprops: torch.Tensor,
+        multiplicity: int,
+        consume: Callable[[torch.Tensor], Any] | None = None,
+        consumer: tuple = (),
+    ) -> Any:
+        """The filter gradients by the chosen route, or consume(them) (see ``per_example_filter_gradients``)."""
         candidates = self.applicable(geometry, activations, backprops)
+        finish = consume if consume is not None else _unchanged
         if self.forced in candidates:
-            return self.ROUTES[self.forced](geometry, activations, backprops, multiplicity)
+            return finish(self.ROUTES[self.forced](geometry, activations, backprops, multiplicity))
         if backprops.device.type != "cpu" or not self.timed:
-            return self.ROUTES[self.fixed_choice(backprops, multiplicity)](
-                geometry, activations, backprops, multiplicity
-            )
+            route = self.ROUTES[self.fixed_choice(backprops, multiplicity)]
+            return finish(route(geometry, activations, backprops, multiplicity))
         examples = activations.shape[0] // multiplicity
         key = (
             geometry,
@@ -428,15 +444,20 @@ class FilterGradientRoutes:
             multiplicity,
             backprops.dtype,
             torch.get_num_threads(),
+            consumer,
         )
         times = self.times.setdefault(key, _RouteTimes(candidates))
         name = times.next_route(self.trials)
         if times.chosen is not None:
-            return self.ROUTES[name](geometry, activations, backprops, multiplicity)
+            return finish(self.ROUTES[name](geometry, activations, backprops, multiplicity))
         start = time.perf_counter()
-        result = self.ROUTES[name](geometry, activations, backprops, multiplicity)
+        result = finish(self.ROUTES[name](geometry, activations, backprops, multiplicity))
         times.seconds.setdefault(name, []).append((time.perf_counter() - start) / examples)  # per example
         return result
+
+
+def _unchanged(filter_grads: torch.Tensor) -> torch.Tensor:
+    return filter_grads
 
 
 FILTER_GRADIENT_ROUTES = FilterGradientRoutes()
@@ -563,10 +584,14 @@ def _coefficient_gradients_by_symmetry(
     rows = x.shape[0] * copies
     inputs = x.flatten(1).index_select(1, gather_in).view(rows, x.shape[1], *x.shape[2:])
     outputs = backprops.flatten(1).index_select(1, gather_out).view(rows, fields_out, *backprops.shape[2:])
-    sums = per_example_filter_gradients(geometry, inputs, outputs, multiplicity * copies)  # n, f_out, f_in*i, k, k
-    blocks = sums.unflatten(2, (fields_in, channels_in))  # n, f_out, f_in, i, kh, kw
-    kernel_basis = basis[:, 0].unflatten(2, geometry.kernel)  # b, i, kh, kw
-    _contract_with_basis(blocks, kernel_basis.to(sums.dtype), out.view(n * fields_out * fields_in, b))
+    kernel_basis = basis[:, 0].unflatten(2, geometry.kernel).to(x.dtype)  # b, i, kh, kw
+
+    def contract(sums: torch.Tensor) -> None:  # sums: n, f_out, f_in * i, kh, kw
+        blocks = sums.unflatten(2, (fields_in, channels_in))  # n, f_out, f_in, i, kh, kw
+        _contract_with_basis(blocks, kernel_basis, out.view(n * fields_out * fields_in, b))
+
+    consumer = ("symmetry contraction", tuple(basis.shape))
+    per_example_filter_gradients(geometry, inputs, outputs, multiplicity * copies, contract, consumer)
 
 
 def _contract_with_basis(blocks: torch.Tensor, basis: torch.Tensor, out: torch.Tensor) -> None:
@@ -627,10 +652,12 @@ def steerable_conv_rule(
         if symmetries is not None:
             _coefficient_gradients_by_symmetry(geometry, basis, symmetries, x[rows], backprops[rows], multiplicity, out)
             continue
-        filter_grads = per_example_filter_gradients(geometry, x[rows], backprops[rows], multiplicity)
-        if basis is not None:
-            _coefficient_gradients(layer, basis, filter_grads, out)
+        if basis is not None:  # the route is timed with the transpose its layout makes cheap or dear
+            transpose_into_out = functools.partial(_coefficient_gradients, layer, basis, out=out)
+            consumer = ("basis transpose", tuple(basis.shape))
+            per_example_filter_gradients(geometry, x[rows], backprops[rows], multiplicity, transpose_into_out, consumer)
         else:
+            filter_grads = per_example_filter_gradients(geometry, x[rows], backprops[rows], multiplicity)
             (coefficient_grads[start : start + chunk],) = vmap(transpose)(filter_grads.flatten(3))
     if multiplicity > 1:  # the transpose is linear: divide the (fewer) coefficients, not the filters
         coefficient_grads /= multiplicity
@@ -643,7 +670,8 @@ def conv2d_rule(
     x, geometry = _conv2d_inputs(layer, activations[0].to(backprops.dtype))
     grads: dict[nn.Parameter, torch.Tensor] = {}
     if layer.weight.requires_grad:
-        grads[layer.weight] = per_example_filter_gradients(geometry, x, backprops, multiplicity).contiguous()
+        contiguous = torch.Tensor.contiguous  # timed with the copy a permuted layout needs
+        grads[layer.weight] = per_example_filter_gradients(geometry, x, backprops, multiplicity, contiguous, ("copy",))
         if multiplicity > 1:
             grads[layer.weight] /= multiplicity
     if layer.bias is not None and layer.bias.requires_grad:

@@ -228,6 +228,31 @@ def test_route_choice_times_each_route_then_keeps_the_fastest(monkeypatch):
     assert calls[-1] == "canvas"
 
 
+def test_route_choice_counts_what_the_caller_does_with_the_layout(monkeypatch):
+    """A route whose layout makes the caller's next step (a basis transpose, a copy) dear loses to a slower
+    route whose layout makes it cheap; each kind of caller is timed apart, and the caller gets its result."""
+    delays = {"grouped": 0.04, "unfold": 0.001, "loop": 0.02}  # route alone: unfold is fastest
+    consume_delays = {"grouped": 0.0, "unfold": 0.06, "loop": 0.03}  # with the caller's work: grouped
+    routes = grad_samplers.FilterGradientRoutes(trials=1)
+    stubs = {
+        name: (lambda *args, name=name: (time.sleep(delays[name]), name)[1]) for name in ("grouped", "unfold", "loop")
+    }
+    monkeypatch.setattr(routes, "ROUTES", stubs)
+    geometry = grad_samplers.ConvGeometry((3, 3), stride=(2, 2))  # no canvas routes
+    x, grads = torch.zeros(4, 2, 5, 5), torch.zeros(4, 3, 2, 2)
+
+    def consume(made_by):
+        time.sleep(consume_delays[made_by])
+        return "consumed " + made_by
+
+    for _ in range(4):
+        last = routes(geometry, x, grads, 1, consume, ("transpose",))
+    assert last == "consumed grouped"
+    for _ in range(4):
+        plain = routes(geometry, x, grads, 1)
+    assert plain == "unfold" and len(routes.times) == 2
+
+
 def test_off_the_cpu_the_route_is_fixed_by_the_positions(monkeypatch):
     """Where timing without synchronising would mislead (accelerators), the grouped convolution from
     GROUPED_CONV_MIN_POSITIONS contracted positions on, the unfold route below."""
