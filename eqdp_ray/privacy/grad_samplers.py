@@ -363,11 +363,18 @@ def _filter_gradients_by_canvas_patches(
     return out.view(n, channels_out, channels_in, kh, kw)
 
 
+# The fixed rule's route is kept unless another was faster by more than this factor: two timed trials
+# on a noisy machine cannot tell routes within ~10% apart, and a wrong pick cost WRN-16-4 15% in one
+# run (docs/BENCHMARKS.md, 2026-12-03 afternoon).
+ROUTE_MARGIN = 1.1
+
+
 @dataclass
 class _RouteTimes:
     """The timed calls of each candidate route for one layer shape, and the route chosen from them."""
 
     candidates: tuple[str, ...]
+    preferred: str | None = None  # the fixed rule's route
     seconds: dict[str, list[float]] = field(default_factory=dict)
     chosen: str | None = None
 
@@ -377,7 +384,10 @@ class _RouteTimes:
             fewest = min(self.candidates, key=counts.get)  # round-robin: a slow spell of the machine hits all
             if counts[fewest] < trials:
                 return fewest
-            self.chosen = min(self.candidates, key=lambda name: min(self.seconds[name]))
+            least = {name: min(self.seconds[name]) for name in self.candidates}
+            fastest = min(self.candidates, key=least.get)
+            kept = self.preferred in least and least[self.preferred] <= ROUTE_MARGIN * least[fastest]
+            self.chosen = self.preferred if kept else fastest
         return self.chosen
 
 
@@ -389,8 +399,9 @@ class FilterGradientRoutes:
     took 190 on the equivariant model's 16x16 layer; on the AMD machine the grouped one led;
     docs/BENCHMARKS.md). On the CPU the first calls for a shape (layer, K, dtype, threads, and the
     batch size to within a power of 2) run each applicable route `trials` times, as part of the work,
-    timed per example; later calls take the fastest (least time over its trials), so the choice costs
-    no extra computation. It depends on shapes and timing only, never on the data. Off the CPU (or
+    timed per example; later calls take the fastest (least time over its trials; the fixed rule's route
+    where it is within ROUTE_MARGIN of the fastest), so the choice costs no extra computation. It depends
+    on shapes and timing only, never on the data. Off the CPU (or
     not `timed`) the choice is fixed by GROUPED_CONV_MIN_POSITIONS, as it was before routes were timed.
     A run with fixed seeds must repeat bit for bit, so it is not timed (``untimed_filter_gradient_routes``).
     `forced` (a route name) makes every call take that route where it applies (tests).
@@ -446,7 +457,7 @@ class FilterGradientRoutes:
             torch.get_num_threads(),
             consumer,
         )
-        times = self.times.setdefault(key, _RouteTimes(candidates))
+        times = self.times.setdefault(key, _RouteTimes(candidates, self.fixed_choice(backprops, multiplicity)))
         name = times.next_route(self.trials)
         if times.chosen is not None:
             return finish(self.ROUTES[name](geometry, activations, backprops, multiplicity))

@@ -228,6 +228,22 @@ def test_route_choice_times_each_route_then_keeps_the_fastest(monkeypatch):
     assert calls[-1] == "canvas"
 
 
+@pytest.mark.parametrize("unfold_seconds, chosen", [(0.031, "unfold"), (0.06, "grouped")])
+def test_route_choice_keeps_the_fixed_rules_route_unless_clearly_beaten(unfold_seconds, chosen, monkeypatch):
+    """Two noisy trials cannot tell routes within ROUTE_MARGIN apart: there the fixed rule's route (unfold,
+    for 25 positions) is kept; a route faster by more than the margin replaces it."""
+    delays = {"grouped": 0.03, "unfold": unfold_seconds, "loop": 0.09}
+    routes = grad_samplers.FilterGradientRoutes(trials=2)
+    monkeypatch.setattr(routes, "ROUTES", {name: (lambda *a, t=t: time.sleep(t)) for name, t in delays.items()})
+    geometry = grad_samplers.ConvGeometry((3, 3), stride=(2, 2))  # no canvas routes
+    x, grads = torch.zeros(4, 2, 11, 11), torch.zeros(4, 3, 5, 5)
+    assert routes.fixed_choice(grads, 1) == "unfold"
+    for _ in range(7):
+        routes(geometry, x, grads, 1)
+    (times,) = routes.times.values()
+    assert times.chosen == chosen
+
+
 def test_route_choice_counts_what_the_caller_does_with_the_layout(monkeypatch):
     """A route whose layout makes the caller's next step (a basis transpose, a copy) dear loses to a slower
     route whose layout makes it cheap; each kind of caller is timed apart, and the caller gets its result."""
