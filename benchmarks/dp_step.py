@@ -203,19 +203,6 @@ def with_fixed_routes(step):
     return run
 
 
-def settle_route_choice(steps: list, most: int = 20) -> int:
-    """Run our DP steps until the filter-gradient route of every layer shape is chosen (its first calls
-    time each route, ``grad_samplers.FilterGradientRoutes``), as the first steps of training do; the
-    calls taken."""
-    routes = grad_samplers.FILTER_GRADIENT_ROUTES
-    for calls in range(1, most + 1):
-        for step in steps:
-            step()
-        if all(times.chosen is not None for times in routes.times.values()):
-            return calls
-    return most
-
-
 def measure_interleaved(variants: dict, repeats: int, device: torch.device) -> tuple[dict, dict, dict]:
     """Median seconds and peak memory per variant, and per-round times for the ratios.
 
@@ -405,7 +392,7 @@ def main() -> None:
         f"{args.threads} threads, torch {torch.__version__}, {args.examples} examples, "
         f"median of {args.repeats} interleaved rounds"
     )
-    settled = settle_route_choice([variants["b"], variants["d"]])
+    settled = grad_samplers.FILTER_GRADIENT_ROUTES.settle(lambda: (variants["b"](), variants["d"]()))
     chosen = sorted({times.chosen for times in grad_samplers.FILTER_GRADIENT_ROUTES.times.values()} - {None})
     print(f"filter-gradient routes chosen after {settled} warm-up steps each of b and d: {', '.join(chosen)}")
     try:

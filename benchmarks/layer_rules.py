@@ -132,9 +132,7 @@ def report_steerable_layers(model: torch.nn.Module, examples: int, k: int, repea
     totals = dict.fromkeys(["summed", "rule"], 0.0)
     for layer, x, backprops in capture_conv_tensors(model, examples, k, SteerableConv2d):
         routes = steerable_layer_routes(layer, x, backprops, k)
-        settling = grad_samplers.FILTER_GRADIENT_ROUTES.trials * len(grad_samplers.FilterGradientRoutes.ROUTES) + 1
-        for _ in range(settling):  # each route timed `trials` times, then the choice
-            routes["rule"]()
+        grad_samplers.FILTER_GRADIENT_ROUTES.settle(routes["rule"])  # each route timed, then the choice
         chosen = routes_taken(routes["rule"])
         symmetry = grad_samplers._exact_symmetries(layer, x, backprops, k) is not None
         ms = time_interleaved(routes, repeats)

@@ -419,6 +419,20 @@ class FilterGradientRoutes:
         self.trials, self.timed, self.forced = trials, timed, None
         self.times: dict[tuple, _RouteTimes] = {}
 
+    @property
+    def settled(self) -> bool:
+        """Whether every layer shape met so far has its route chosen (its timed calls are over)."""
+        return all(times.chosen is not None for times in self.times.values())
+
+    def settle(self, calls: Callable[[], Any], most: int = 20) -> int:
+        """Repeat `calls` (work that runs the rules) until every shape it meets has its route chosen, as the
+        first steps of training do; how many times it ran (at most `most`). Benchmarks time after this."""
+        for count in range(1, most + 1):
+            calls()
+            if self.settled:
+                return count
+        return most
+
     @staticmethod
     def applicable(geometry: ConvGeometry, activations: torch.Tensor, backprops: torch.Tensor) -> tuple[str, ...]:
         sizes_kept = geometry.keeps_size and activations.shape[2:] == backprops.shape[2:]

@@ -194,6 +194,31 @@ def test_every_filter_gradient_route_equals_the_loop(kernel, stride, padding, k,
     assert times.chosen in applicable and sorted(times.seconds) == sorted(applicable)
 
 
+def test_settle_runs_the_work_until_every_shape_has_its_route(monkeypatch):
+    """Benchmarks time after ``settle``: it repeats the work until no shape met is still being timed,
+    and counts the repeats; a second shape met later is settled by the next call."""
+    calls = []
+
+    def route(geometry, activations, backprops, multiplicity):
+        calls.append(activations.shape[-1])
+        return torch.zeros(1)
+
+    routes = grad_samplers.FilterGradientRoutes(trials=2)
+    monkeypatch.setattr(routes, "ROUTES", dict.fromkeys(grad_samplers.FilterGradientRoutes.ROUTES, route))
+    geometry = grad_samplers.ConvGeometry((3, 3), padding=(1, 1))
+    small = lambda: routes(geometry, torch.zeros(4, 2, 5, 5), torch.zeros(4, 3, 5, 5), 1)  # noqa: E731
+    large = lambda: routes(geometry, torch.zeros(4, 2, 7, 7), torch.zeros(4, 3, 7, 7), 1)  # noqa: E731
+    assert routes.settled  # nothing met yet
+    assert routes.settle(small) == 11  # 5 routes x 2 trials, then the call that takes the choice
+    assert routes.settled and len(calls) == 11
+    large()
+    assert not routes.settled
+    assert routes.settle(lambda: (small(), large())) == 10  # the large shape's 9 remaining trials, then its choice
+    assert routes.settle(small, most=3) == 1  # settled already: one call
+    other = lambda: routes(geometry, torch.zeros(4, 2, 9, 9), torch.zeros(4, 3, 9, 9), 1)  # noqa: E731
+    assert routes.settle(other, most=3) == 3 and not routes.settled  # stopped at `most`
+
+
 def test_route_choice_times_each_route_then_keeps_the_fastest(monkeypatch):
     """On the CPU each applicable route is run `trials` times, round-robin, as the work of those calls;
     every later call for that shape (and batch sizes within its power of 2) takes the least-time route.
