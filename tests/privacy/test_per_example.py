@@ -294,6 +294,43 @@ def test_route_choice_counts_what_the_caller_does_with_the_layout(monkeypatch):
     assert plain == "unfold" and len(routes.times) == 2
 
 
+@pytest.mark.parametrize("orbit_seconds, chosen", [(0.001, "orbit"), (0.028, "dense")])
+def test_strategy_choice_times_each_strategy_at_its_routes_best(orbit_seconds, chosen, monkeypatch):
+    """A steerable layer's strategies are chosen like routes, one level up: each strategy runs until its own
+    routes are chosen (those runs are not timed: a route trial is not the strategy at its best), then once
+    timed; then the fastest, the preferred one kept unless beaten by more than ROUTE_MARGIN. Until then the
+    engine is not settled. Off the CPU, or untimed, the preferred strategy; a forced one wins everywhere."""
+    routes = grad_samplers.FilterGradientRoutes(trials=1)
+    monkeypatch.setattr(routes, "ROUTES", {name: (lambda *args: None) for name in ("grouped", "unfold", "loop")})
+    geometry = grad_samplers.ConvGeometry((3, 3), stride=(2, 2))  # three routes, no canvas
+    x, grads = torch.zeros(4, 2, 5, 5), torch.zeros(4, 3, 2, 2)
+    ran = []
+
+    def strategy(name, seconds):
+        def run():
+            ran.append(name)
+            routes(geometry, x, grads, 1, None, (name,))  # each strategy's routes are timed apart
+            time.sleep(seconds)
+
+        return run
+
+    delays = {"dense": 0.03, "orbit": orbit_seconds, "symmetry": 0.05}
+    strategies = {name: strategy(name, t) for name, t in delays.items()}
+    for _ in range(12):
+        assert not routes.settled or not ran
+        routes.run_strategy(("layer",), strategies, "dense", 4, on_cpu=True)
+    assert ran == 4 * ["dense"] + 4 * ["orbit"] + 4 * ["symmetry"]  # 3 route trials, then one timed run each
+    assert not routes.settled
+    assert routes.run_strategy(("layer",), strategies, "dense", 4, on_cpu=True) == chosen
+    assert routes.settled and ran[-1] == chosen
+    assert routes.run_strategy(("other",), strategies, "symmetry", 4, on_cpu=False) == "symmetry"
+    assert len(routes.strategies) == 1  # nothing timed off the CPU
+    untimed = grad_samplers.FilterGradientRoutes(timed=False)
+    assert untimed.run_strategy(("layer",), strategies, "orbit", 4, on_cpu=True) == "orbit" and not untimed.strategies
+    routes.forced_strategy = "symmetry"
+    assert routes.run_strategy(("layer",), strategies, "dense", 4, on_cpu=True) == "symmetry" == ran[-1]
+
+
 def test_off_the_cpu_the_route_is_fixed_by_the_positions(monkeypatch):
     """Where timing without synchronising would mislead (accelerators), the grouped convolution from
     GROUPED_CONV_MIN_POSITIONS contracted positions on, the unfold route below."""
@@ -359,7 +396,7 @@ def test_steerable_rule_with_mixed_field_types_equals_the_loop(k, filter_route, 
 
 
 @pytest.mark.parametrize("filter_route", ROUTES)
-@pytest.mark.parametrize("route", ["symmetry", "dense transpose"])
+@pytest.mark.parametrize("strategy", ["symmetry", "orbit", "dense"])
 @pytest.mark.parametrize("k", [1, 3])
 @pytest.mark.parametrize(
     "group,order,restrict,fields_in,size,padding",
@@ -371,15 +408,16 @@ def test_steerable_rule_with_mixed_field_types_equals_the_loop(k, filter_route, 
     ],
 )
 def test_steerable_rule_by_basis_symmetry_equals_the_loop(
-    group, order, restrict, fields_in, size, padding, k, route, filter_route, monkeypatch
+    group, order, restrict, fields_in, size, padding, k, strategy, filter_route, monkeypatch
 ):
-    """The route that sums each filter gradient over the basis's grid symmetries (rotated and
-    channel-permuted copies of the example), and the dense transpose, against a loop of backward passes,
-    in float64, on each filter-gradient route (where it applies)."""
+    """The strategies that sum each filter gradient over the basis's grid symmetries (inside the contraction,
+    from rotated and channel-permuted copies of the example; or after forming it, by a gather), and the dense
+    transpose, against a loop of backward passes, in float64, on each filter-gradient route (where it applies)."""
     torch.manual_seed(7)
     monkeypatch.setattr(grad_samplers.FILTER_GRADIENT_ROUTES, "forced", filter_route)
-    monkeypatch.setattr(grad_samplers, "SYMMETRY_ROUTE_POSITIONS", 10.0**9 if route == "symmetry" else 0.0)
+    monkeypatch.setattr(grad_samplers.FILTER_GRADIENT_ROUTES, "forced_strategy", strategy)
     monkeypatch.setitem(grad_samplers.FILTER_GRADIENT_CHUNK_BYTES, "cpu", 1)  # and one example at a time
+    monkeypatch.setattr(grad_samplers, "ORBIT_CHUNK_BYTES", 1)  # the orbit sum one output field at a time
     gspace = make_gspace(group, order)
     in_type = enn.FieldType(gspace, 2 * [getattr(gspace, f"{fields_in}_repr")])
     if restrict is not None:
@@ -387,18 +425,21 @@ def test_steerable_rule_by_basis_symmetry_equals_the_loop(
     out_type = enn.FieldType(in_type.gspace, 3 * [in_type.gspace.regular_repr])
     layer = SteerableConv2d(in_type, out_type, padding=padding).double()
     x = torch.randn(3 * k, in_type.size, size, size, dtype=torch.float64)
-    assert (grad_samplers._exact_symmetries(layer, x, layer(x), k) is not None) == (route == "symmetry")
+    assert grad_samplers._exact_symmetries(layer, x, layer(x)) is not None
+    taken = []
+    strategy_of = grad_samplers._steerable_strategy
+    monkeypatch.setattr(grad_samplers, "_steerable_strategy", lambda *a: taken.append(a[6]) or strategy_of(*a))
     assert_steerable_rule_equals_the_loop(layer, x, k)
+    assert taken == [strategy]
 
 
 def test_a_basis_without_exact_symmetries_takes_the_dense_transpose(monkeypatch):
     """C8's 45-degree rotations do not map the grid to itself; a checkpoint's basis that breaks the
     recorded symmetries (an older, unsymmetrized one) is caught bit for bit."""
-    monkeypatch.setattr(grad_samplers, "SYMMETRY_ROUTE_POSITIONS", 10.0**9)
 
     def symmetries(layer):
         x = torch.zeros(1, layer.in_type.size, 3, 3)
-        return grad_samplers._exact_symmetries(layer, x, layer(x), 1)
+        return grad_samplers._exact_symmetries(layer, x, layer(x))
 
     c8 = make_gspace("cyclic", 8)
     regular = enn.FieldType(c8, [c8.regular_repr])
