@@ -809,16 +809,13 @@ GROUP_NORMS = {
 }
 
 
-@pytest.mark.parametrize("chunk_bytes", [None, 1])  # 1: the channel dot products one row at a time
 @pytest.mark.parametrize("statistics", ["saved", "recomputed"])
 @pytest.mark.parametrize("k", [1, 3])
 @pytest.mark.parametrize("kind", sorted(GROUP_NORMS))
-def test_group_norm_rules_equal_the_loop(kind, k, statistics, chunk_bytes, monkeypatch):
+def test_group_norm_rules_equal_the_loop(kind, k, statistics):
     """Scale and shift gradients from the forward's saved mean and 1/std (as the hooks pass them), or
     recomputed (as Opacus's registry calls the rule), equal single-row backward passes, off-centre inputs
     included (the rule subtracts mean x sum of gradients)."""
-    if chunk_bytes is not None:
-        monkeypatch.setattr(grad_samplers, "CHANNEL_DOT_CHUNK_BYTES", chunk_bytes)
     torch.manual_seed(5)
     layer = GROUP_NORMS[kind]().double()
     with torch.no_grad():
