@@ -469,16 +469,7 @@ class FilterGradientRoutes:
             route = self.ROUTES[self.fixed_choice(backprops, multiplicity)]
             return finish(route(geometry, activations, backprops, multiplicity))
         examples = activations.shape[0] // multiplicity
-        key = (
-            geometry,
-            tuple(activations.shape[1:]),
-            tuple(backprops.shape[1:]),
-            examples.bit_length(),  # batch sizes vary (Poisson sampling, a last micro-batch): by powers of 2
-            multiplicity,
-            backprops.dtype,
-            torch.get_num_threads(),
-            consumer,
-        )
+        key = _shape_key(geometry, activations, backprops, multiplicity, consumer)
         times = self.times.setdefault(key, _RouteTimes(candidates, self.fixed_choice(backprops, multiplicity)))
         name = times.next_route(self.trials)
         if times.chosen is not None:
@@ -490,31 +481,58 @@ class FilterGradientRoutes:
         return result
 
     def run_strategy(
-        self, key: tuple, strategies: dict[str, Callable[[], None]], preferred: str, examples: int, on_cpu: bool
+        self,
+        geometry: ConvGeometry,
+        activations: torch.Tensor,
+        backprops: torch.Tensor,
+        multiplicity: int,
+        strategies: dict[str, Callable[[], None]],
+        preferred: str,
+        kind: tuple = (),
     ) -> str:
-        """Run one of `strategies` (callables that all write the same result) and return its name.
+        """Run one of `strategies` (callables that all write the same result for these tensors) and return its name.
 
-        Chosen like a route, one level up: on the CPU each strategy runs `trials` times as the work of those
-        calls, then the fastest (`preferred`, the fixed rule's, unless beaten by more than ROUTE_MARGIN). A
-        run during which a route was still being timed does not count: a strategy is timed at its routes'
-        best, so the first calls of a shape also settle each strategy's routes. Off the CPU, or untimed,
-        `preferred`.
+        Chosen like a route, one level up, for the same shape (and `kind`, what else tells layers apart): on
+        the CPU each strategy runs `trials` times as the work of those calls, then the fastest (`preferred`,
+        the fixed rule's, unless beaten by more than ROUTE_MARGIN). A run during which a route was still
+        being timed does not count: a strategy is timed at its routes' best, so the first calls of a shape
+        also settle each strategy's routes. Off the CPU, or untimed, `preferred`.
         """
         if self.forced_strategy in strategies:
             name = self.forced_strategy
-        elif len(strategies) == 1 or not on_cpu or not self.timed:
+        elif len(strategies) == 1 or backprops.device.type != "cpu" or not self.timed:
             name = preferred
         else:
+            key = _shape_key(geometry, activations, backprops, multiplicity, kind)
             times = self.strategies.setdefault(key, _RouteTimes(tuple(strategies), preferred))
             name = times.next_route(self.trials)
             if times.chosen is None:
                 trials_before, start = self._trial_calls, time.perf_counter()
                 strategies[name]()
                 if self._trial_calls == trials_before:
+                    examples = activations.shape[0] // multiplicity
                     times.seconds.setdefault(name, []).append((time.perf_counter() - start) / examples)
                 return name
         strategies[name]()
         return name
+
+
+def _shape_key(
+    geometry: ConvGeometry, activations: torch.Tensor, backprops: torch.Tensor, multiplicity: int, kind: tuple
+) -> tuple:
+    """What a timed choice is kept for: the layer's shapes, K, dtype, threads and `kind`, and the batch size to
+    within a power of 2 (batch sizes vary: Poisson sampling, a last micro-batch)."""
+    examples = activations.shape[0] // multiplicity
+    return (
+        geometry,
+        tuple(activations.shape[1:]),
+        tuple(backprops.shape[1:]),
+        examples.bit_length(),
+        multiplicity,
+        backprops.dtype,
+        torch.get_num_threads(),
+        kind,
+    )
 
 
 def _unchanged(filter_grads: torch.Tensor) -> torch.Tensor:
@@ -766,19 +784,12 @@ def steerable_conv_rule(
         symmetries = _exact_symmetries(layer, x, backprops)
         names = ("dense",) if symmetries is None else ("dense", "orbit", "symmetry")
         strategies = {name: functools.partial(run, name, symmetries) for name in names}
-        pays = symmetries is not None and _symmetry_copies_pay(basis, backprops, multiplicity)
-        key = (
-            ConvGeometry.of_steerable(layer),
-            tuple(basis.shape),
-            tuple(x.shape[1:]),
-            tuple(backprops.shape[1:]),
-            n.bit_length(),
-            multiplicity,
-            backprops.dtype,
-            torch.get_num_threads(),
+        preferred = (
+            "symmetry" if symmetries is not None and _symmetry_copies_pay(basis, backprops, multiplicity) else "dense"
         )
-        on_cpu = backprops.device.type == "cpu"
-        FILTER_GRADIENT_ROUTES.run_strategy(key, strategies, "symmetry" if pays else "dense", n, on_cpu)
+        geometry = ConvGeometry.of_steerable(layer)
+        kind = ("steerable", tuple(basis.shape))
+        FILTER_GRADIENT_ROUTES.run_strategy(geometry, x, backprops, multiplicity, strategies, preferred, kind)
     if multiplicity > 1:  # the transpose is linear: divide the (fewer) coefficients, not the filters
         coefficient_grads /= multiplicity
     return {layer.weight: coefficient_grads}

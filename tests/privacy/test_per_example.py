@@ -316,19 +316,21 @@ def test_strategy_choice_times_each_strategy_at_its_routes_best(orbit_seconds, c
 
     delays = {"dense": 0.03, "orbit": orbit_seconds, "symmetry": 0.05}
     strategies = {name: strategy(name, t) for name, t in delays.items()}
+    layer = (geometry, x, grads, 1)
     for _ in range(12):
         assert not routes.settled or not ran
-        routes.run_strategy(("layer",), strategies, "dense", 4, on_cpu=True)
+        routes.run_strategy(*layer, strategies, "dense")
     assert ran == 4 * ["dense"] + 4 * ["orbit"] + 4 * ["symmetry"]  # 3 route trials, then one timed run each
     assert not routes.settled
-    assert routes.run_strategy(("layer",), strategies, "dense", 4, on_cpu=True) == chosen
+    assert routes.run_strategy(*layer, strategies, "dense") == chosen
     assert routes.settled and ran[-1] == chosen
-    assert routes.run_strategy(("other",), strategies, "symmetry", 4, on_cpu=False) == "symmetry"
+    off_cpu = (geometry, x.to("meta"), grads.to("meta"), 1)
+    assert routes.run_strategy(*off_cpu, strategies, "symmetry") == "symmetry" == ran[-1]
     assert len(routes.strategies) == 1  # nothing timed off the CPU
     untimed = grad_samplers.FilterGradientRoutes(timed=False)
-    assert untimed.run_strategy(("layer",), strategies, "orbit", 4, on_cpu=True) == "orbit" and not untimed.strategies
+    assert untimed.run_strategy(*layer, strategies, "orbit") == "orbit" and not untimed.strategies
     routes.forced_strategy = "symmetry"
-    assert routes.run_strategy(("layer",), strategies, "dense", 4, on_cpu=True) == "symmetry" == ran[-1]
+    assert routes.run_strategy(*layer, strategies, "dense") == "symmetry" == ran[-1]
 
 
 def test_off_the_cpu_the_route_is_fixed_by_the_positions(monkeypatch):
