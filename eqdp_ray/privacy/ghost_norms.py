@@ -35,6 +35,7 @@ from eqdp_ray.privacy.grad_samplers import (
     linear_bias_gradients,
     linear_rows,
     summed_weight_gradient,
+    unfolded_patches,
 )
 
 # Ghost norms are used where T (d + p) <= GHOST_COST_RATIO x d p: the Gram matrices (cost n T^2 (d+p))
@@ -124,14 +125,7 @@ def patch_grams(x: torch.Tensor, geometry: ConvGeometry, output_size: tuple[int,
     """Gram matrices of each example's patches (a_t . a_t'), (m groups, K T, K T), the K inputs side by side."""
     if _grams_by_shifts_pay(x, geometry, output_size):
         return _patch_grams_by_shifts(x, geometry, output_size, k)
-    m, g, positions = x.shape[0] // k, geometry.groups, output_size[0] * output_size[1]
-    patches = F.unfold(
-        x, geometry.kernel, dilation=geometry.dilation, padding=geometry.padding, stride=geometry.stride
-    )  # mK, in*kh*kw, T
-    if k == 1:  # (m g, d, T) as it lies, read transposed
-        patches = patches.view(m * g, -1, positions)
-    else:
-        patches = patches.view(m, k, g, -1, positions).permute(0, 2, 3, 1, 4).reshape(m * g, -1, k * positions)
+    patches = unfolded_patches(x, geometry, k)  # (m g, d, K T)
     return _gram(patches.transpose(1, 2))
 
 
