@@ -43,6 +43,7 @@ from eqdp_ray.tune.budget import (
     plan_study_budget,
 )
 from eqdp_ray.tune.feasibility import SpaceCheck, check_space, privacy_candidates, split_sizes_of
+from eqdp_ray.tune.interrupted_upload import finish_interrupted_upload
 
 logger = logging.getLogger(__name__)
 
@@ -421,6 +422,16 @@ def _connect(address: str | None, space: SearchSpace, *, oversubscribe: bool, qu
     return started
 
 
+def _ray_temp_dir() -> str:
+    """Ray's temporary directory on this machine (its session directories lie in it)."""
+    import ray
+
+    node = ray._private.worker._global_node  # None through Ray Client: then Ray's default place
+    if node is None:
+        return os.environ.get("RAY_TMPDIR", "/tmp/ray")
+    return str(Path(node.get_session_dir_path()).parent)
+
+
 def _make_tuner(plan: StudyPlan, ctx: Any) -> Any:
     """A new Tuner for the study, or the interrupted one restored from its experiment directory."""
     from ray import tune
@@ -430,6 +441,7 @@ def _make_tuner(plan: StudyPlan, ctx: Any) -> Any:
     space = plan.space
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), trial_resources(space))
     if plan.resume:  # the restored RunConfig is the one the study started with, `verbose` included
+        finish_interrupted_upload(plan.experiment, space.study, _ray_temp_dir())
         tuner = tune.Tuner.restore(plan.experiment, trainable=trainable, resume_errored=True)
         # a Papernot-Steinke study started before such searches ran silently is silenced on resume too
         # (Tune offers no setter; `get_run_config` returns the restored config itself)
