@@ -11,6 +11,7 @@ from __future__ import annotations
 import secrets
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import torch
 
 from eqdp_ray.privacy._faults import _current_rank, _fault
@@ -39,29 +40,38 @@ def add_gaussian_noise(
 
 
 # The draw is made in blocks of this many numbers, each from its own generator seeded by the step's
-# generator, so that blocks can be drawn on several cores at once (a float64 draw is ~20 ns a number
-# on one core: 55 ms for ResNet-9's 2.4M parameters, 5% of its DP step on 2 cores). The block size
-# and the seeds are fixed, not the number of threads: every rank, on any machine, draws the same numbers.
+# generator, so that blocks can be drawn on several cores at once. The block size and the seeds are fixed,
+# not the number of threads: every rank, on any machine, draws the same numbers.
 DRAW_BLOCK = 2**17
 _draw_pool: ThreadPoolExecutor | None = None
+
+
+def _fill_block(block: torch.Tensor, seed: int, std: float) -> None:
+    """Fill a float64 block with N(0, std^2) from a generator of its own (numpy's ziggurat; GIL released).
+
+    numpy's float64 ziggurat, not torch's ``normal_``: about 8 ns a number on one core against 18 for
+    torch's Box-Muller (AMD Zen 5, 2026-12-06: WRN-16-4's 2.75M numbers on 2 threads 21-28 -> 12.7 ms,
+    docs/BENCHMARKS.md), and its bits come from scalar C code, so they do not depend on the CPU's vector
+    unit (a vectorised Box-Muller's did: tried 2026-12-04, not kept).
+    """
+    values = block.numpy()
+    np.random.Generator(np.random.PCG64(seed)).standard_normal(out=values)
+    values *= std
 
 
 def gaussian_draw(count: int, std: float, generator: torch.Generator) -> torch.Tensor:
     """`count` float64 numbers from N(0, std^2), the same on every machine for the same generator state."""
     flat = torch.empty(count, dtype=torch.float64)
     blocks = list(flat.split(DRAW_BLOCK))
-    if len(blocks) == 1:
-        return flat.normal_(0.0, std, generator=generator)
     seeds = torch.randint(0, 2**62, (len(blocks),), generator=generator, dtype=torch.int64).tolist()
-
-    def fill(block_and_seed: tuple[torch.Tensor, int]) -> None:
-        block, seed = block_and_seed
-        block.normal_(0.0, std, generator=noise_generator(seed))
+    if len(blocks) == 1:
+        _fill_block(blocks[0], seeds[0], std)
+        return flat
 
     global _draw_pool
     if _draw_pool is None:
         _draw_pool = ThreadPoolExecutor(max(1, min(8, torch.get_num_threads())), thread_name_prefix="eqdp-noise")
-    list(_draw_pool.map(fill, zip(blocks, seeds)))
+    list(_draw_pool.map(lambda pair: _fill_block(*pair, std), zip(blocks, seeds)))
     return flat
 
 

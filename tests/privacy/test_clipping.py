@@ -39,3 +39,17 @@ def test_augmentations_are_averaged_before_clipping():
     torch.testing.assert_close(norms, torch.tensor([3.0, 0.2]))
     # example 0 clipped once as a whole (to 1), not each augmentation separately
     torch.testing.assert_close(summed[0], torch.tensor([1.0 + 0.2]), rtol=1e-5, atol=1e-5)
+
+
+def test_the_blocked_clipped_sum_of_large_parameters_equals_a_loop_over_examples():
+    # parameters large enough for the blocked product (whole blocks, and whole blocks plus a remainder)
+    from eqdp_ray.privacy.clipping import WEIGHTED_SUM_BLOCK
+
+    torch.manual_seed(2)
+    grads = [torch.randn(5, 2 * WEIGHTED_SUM_BLOCK + 123), torch.randn(5, 3, WEIGHTED_SUM_BLOCK), torch.randn(5, 9)]
+    summed, norms = clip_and_sum(grads, 1.0)
+    factors = clip_factors(norms, 1.0).double()
+    for s, g in zip(summed, grads):
+        expected = sum(factors[i] * g[i].double() for i in range(len(g)))
+        assert s.shape == g.shape[1:] and s.dtype == g.dtype
+        torch.testing.assert_close(s.double(), expected, rtol=1e-5, atol=1e-6)

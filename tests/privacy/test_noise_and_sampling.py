@@ -48,6 +48,19 @@ def test_the_draw_in_blocks_is_one_gaussian_the_same_for_any_thread_count(monkey
     assert not torch.equal(one, noise.gaussian_draw(20500, 2.0, noise_generator(8)))
 
 
+def test_a_large_draw_is_normal_with_std_sigma_c():
+    """The whole of a multi-block draw passes a Kolmogorov-Smirnov test against N(0, std^2)."""
+    from scipy import stats
+
+    from eqdp_ray.privacy import noise
+
+    draw = noise.gaussian_draw(3 * noise.DRAW_BLOCK + 17, 3.0, noise_generator(11))
+    assert draw.dtype == torch.float64 and torch.isfinite(draw).all()
+    assert stats.kstest(draw.numpy() / 3.0, "norm").pvalue > 1e-3
+    tiny = noise.gaussian_draw(5, 3.0, noise_generator(11))  # one block, drawn in this thread
+    assert tiny.shape == (5,) and torch.equal(tiny, noise.gaussian_draw(5, 3.0, noise_generator(11)))
+
+
 def test_secure_seed_is_fresh():
     assert len({secure_seed() for _ in range(20)}) == 20
 
