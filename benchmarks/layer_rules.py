@@ -47,11 +47,13 @@ def capture_conv_tensors(model: torch.nn.Module, examples: int, k: int, kind: ty
         captured.append((layer, activations[0], backprops))
         return rule(layer, activations, backprops, multiplicity)
 
+    engine = PerExampleGradients(model)
+    torch.manual_seed(1)
+    x, y = torch.randn(examples * k, 3, 32, 32), torch.randint(0, 10, (examples * k,))
+    # the timed route choices made first, as in training: else the first layer of each shape would carry them
+    grad_samplers.FILTER_GRADIENT_ROUTES.settle(lambda: engine(x, y, k))
     grad_samplers.AUGMENTATION_AWARE_RULES[kind] = keep
     try:
-        engine = PerExampleGradients(model)
-        torch.manual_seed(1)
-        x, y = torch.randn(examples * k, 3, 32, 32), torch.randint(0, 10, (examples * k,))
         engine(x, y, k)  # formed everywhere: every layer passes through the rule
         engine.detach()
     finally:
